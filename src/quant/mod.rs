@@ -1,0 +1,5 @@
+//! Block formats: layout, dequantization, activation quantization and reference dot products.
+
+mod types;
+
+pub use types::GgmlType;
