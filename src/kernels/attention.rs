@@ -26,12 +26,14 @@ impl KvSlice<'_> {
     fn accumulate(&self, start: usize, weight: f32, out: &mut [f32]) {
         match self {
             KvSlice::F32(v) => {
-                for (o, &x) in out.iter_mut().zip(&v[start..start + out.len()]) {
+                let n = out.len();
+                for (o, &x) in out.iter_mut().zip(&v[start..start + n]) {
                     *o += weight * x;
                 }
             }
             KvSlice::F16(v) => {
-                for (o, &x) in out.iter_mut().zip(&v[start..start + out.len()]) {
+                let n = out.len();
+                for (o, &x) in out.iter_mut().zip(&v[start..start + n]) {
                     *o += weight * x.to_f32();
                 }
             }
