@@ -25,7 +25,6 @@ pub enum ModelError {
     InvalidHyperparameter(String),
     MissingTensor(String),
     TensorShape { name: String, expected: String, found: String },
-    UnsupportedWeightType { name: String, ty: &'static str },
     Quant(String),
     TokenOutOfRange { token: u32, n_vocab: usize },
     ContextFull { needed: usize, max: usize },
@@ -46,9 +45,6 @@ impl fmt::Display for ModelError {
             Self::TensorShape { name, expected, found } => {
                 write!(f, "tensor '{name}' has shape {found}; the hyperparameters require {expected}")
             }
-            Self::UnsupportedWeightType { name, ty } => {
-                write!(f, "tensor '{name}' is stored as {ty}, which is an activation format, not a weight format")
-            }
             Self::Quant(m) => write!(f, "tensor data error: {m}"),
             Self::TokenOutOfRange { token, n_vocab } => {
                 write!(f, "token id {token} is out of range: the vocabulary has {n_vocab} tokens (ids 0..{})", n_vocab.saturating_sub(1))
@@ -66,7 +62,7 @@ impl std::error::Error for ModelError {}
 impl From<ModelError> for Error {
     fn from(e: ModelError) -> Self {
         let kind = match &e {
-            ModelError::UnsupportedArchitecture(_) | ModelError::UnsupportedWeightType { .. } => {
+            ModelError::UnsupportedArchitecture(_) => {
                 ErrorKind::UnsupportedModel
             }
             ModelError::TokenOutOfRange { .. } => ErrorKind::InvalidArgument,

@@ -100,13 +100,6 @@ impl Loader<'_> {
                 found: format!("{:?}", t.dims),
             });
         }
-        if t.ggml_type.vec_dot_type() == t.ggml_type && t.ggml_type != GgmlType::F32 {
-            // Q8_1 / Q8_K are activation formats; no model stores weights in them.
-            return Err(ModelError::UnsupportedWeightType {
-                name: name.to_string(),
-                ty: t.ggml_type.name(),
-            });
-        }
         Ok(Matrix {
             file: Arc::clone(self.file),
             name: name.to_string(),
