@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Where the tests find their models and oracle data.
 
 use std::path::PathBuf;
@@ -25,13 +26,11 @@ fn cached_model(file: &str, fetch_arg: &str) -> PathBuf {
 }
 
 /// The default model, SmolLM2-135M-Instruct Q4_1.
-#[allow(dead_code)]
 pub fn smollm2() -> PathBuf {
     cached_model("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
 }
 
 /// Gemma 3 270M Q4_K_M.
-#[allow(dead_code)]
 pub fn gemma3() -> PathBuf {
     cached_model("gemma-3-270m-q4_k_m.gguf", "gemma")
 }

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! Comparisons against llama.cpp's recorded outputs.
 
 use smallmind::engine::{Engine, EngineOptions, GenerationRequest, NoEvents, SilentLoad};
