@@ -62,14 +62,14 @@ pub fn matmul(
 
     let out_ptr = SharedOut(out.as_mut_ptr());
     let first_error = parking_lot::Mutex::new(None);
-    let rows_per_task_min = (16384 / w.cols.max(1)).max(1);
+    let rows_per_task_min = (65536 / (w.cols * batch).max(1)).max(1);
     pool.for_ranges(w.rows, rows_per_task_min, |rows| {
         let out_ptr = &out_ptr;
         for r in rows {
             let w_row = &w.data[r * w_row_bytes..(r + 1) * w_row_bytes];
             for b in 0..batch {
                 let a_row = &activations[b * act_row_bytes..(b + 1) * act_row_bytes];
-                match quant::vec_dot(w.ty, w_row, a_row, w.cols) {
+                match dot(w.ty, w_row, a_row, w.cols) {
                     // SAFETY: b < batch and r < rows, so the index is inside `out`
                     // (checked above); row r belongs to this thread alone.
                     Ok(v) => unsafe { *out_ptr.0.add(b * w.rows + r) = v },
@@ -85,4 +85,14 @@ pub fn matmul(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// The SIMD dot product where the CPU and type have one, else the reference.
+#[inline]
+fn dot(ty: GgmlType, w_row: &[u8], a_row: &[u8], n: usize) -> Result<f32, QuantError> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = super::simd_x86::vec_dot(ty, w_row, a_row) {
+        return Ok(v);
+    }
+    quant::vec_dot(ty, w_row, a_row, n)
 }

@@ -7,6 +7,8 @@ mod attention;
 mod matmul;
 mod ops;
 mod pool;
+#[cfg(target_arch = "x86_64")]
+mod simd_x86;
 
 pub use attention::{AttentionShape, KvSlice, attention};
 pub use matmul::{MatmulScratch, WeightView, matmul};

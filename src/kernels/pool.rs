@@ -1,19 +1,25 @@
-//! Splits work over the engine's threads.
+//! The engine's worker threads.
 //!
-//! Work is always cut into the same contiguous ranges for a given size, so every result is
-//! bit-identical whatever the thread count: a thread only decides *who* computes a row,
-//! never *how*.
+//! Work is always cut into the same contiguous ranges for a given size, and each item is
+//! computed the same way whoever computes it, so results are bit-identical whatever the
+//! thread count.
 
-/// The engine's worker threads.
-#[derive(Debug, Clone)]
+/// A persistent pool of worker threads (rayon) sized by the engine's `threads` option;
+/// with one thread, work runs on the caller.
+#[derive(Debug)]
 pub struct ThreadPool {
     n_threads: usize,
+    workers: Option<rayon::ThreadPool>,
 }
 
 impl ThreadPool {
-    /// A pool of `n_threads` (at least 1; the calling thread counts as one of them).
+    /// A pool of `n_threads` (at least 1).
     pub fn new(n_threads: usize) -> Self {
-        Self { n_threads: n_threads.max(1) }
+        let n_threads = n_threads.max(1);
+        let workers = (n_threads > 1)
+            .then(|| rayon::ThreadPoolBuilder::new().num_threads(n_threads).thread_name(|i| format!("smallmind-{i}")).build().ok())
+            .flatten();
+        Self { n_threads: if workers.is_some() { n_threads } else { 1 }, workers }
     }
 
     pub fn n_threads(&self) -> usize {
@@ -27,20 +33,19 @@ impl ThreadPool {
         F: Fn(std::ops::Range<usize>) + Sync,
     {
         let max_useful = n_items.div_ceil(min_items_per_thread.max(1)).max(1);
-        let n_threads = self.n_threads.min(max_useful);
-        if n_threads <= 1 {
+        let n_parts = self.n_threads.min(max_useful);
+        let Some(workers) = self.workers.as_ref().filter(|_| n_parts > 1) else {
             work(0..n_items);
             return;
-        }
-        let per_thread = n_items.div_ceil(n_threads);
-        std::thread::scope(|scope| {
+        };
+        let per_part = n_items.div_ceil(n_parts);
+        workers.scope(|scope| {
             let work = &work;
-            for t in 1..n_threads {
-                let start = (t * per_thread).min(n_items);
-                let end = ((t + 1) * per_thread).min(n_items);
-                scope.spawn(move || work(start..end));
+            for part in 0..n_parts {
+                let start = (part * per_part).min(n_items);
+                let end = ((part + 1) * per_part).min(n_items);
+                scope.spawn(move |_| work(start..end));
             }
-            work(0..per_thread.min(n_items));
         });
     }
 }
@@ -53,9 +58,10 @@ mod tests {
     #[test]
     fn ranges_cover_every_item_exactly_once() {
         for threads in 1..5 {
+            let pool = ThreadPool::new(threads);
             for n in [0usize, 1, 7, 100, 1001] {
                 let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-                ThreadPool::new(threads).for_ranges(n, 3, |range| {
+                pool.for_ranges(n, 3, |range| {
                     for i in range {
                         seen[i].fetch_add(1, Ordering::Relaxed);
                     }
