@@ -17,7 +17,7 @@ fn floats(v: &serde_json::Value) -> Vec<f32> {
 fn dequantization_equals_gguf_py_bit_for_bit_for_every_type() {
     let oracle = oracle();
     let types = oracle["types"].as_object().unwrap();
-    assert_eq!(types.len(), 13);
+    assert_eq!(types.len(), 12, "every stored type but the Q8_1/Q8_K activation formats");
     for (name, case) in types {
         let ty = GgmlType::ALL.into_iter().find(|t| t.name() == name).unwrap();
         let bytes = hex(case["dequantize"]["bytes_hex"].as_str().unwrap());
@@ -135,8 +135,10 @@ fn activation_quantization_round_trips_within_its_step() {
             dequantize_row(ty, &q, &mut back).unwrap();
             let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             for (a, b) in x.iter().zip(&back) {
-                // Half a step of amax/127, plus f16 rounding of the scale (relative 2^-11).
-                assert!((a - b).abs() <= amax / 127.0 * 0.5 + amax * 1e-3 + 1e-38, "{ty} scale {scale}: {a} vs {b}");
+                // Half a step of amax/127, plus f16 rounding of the scale (relative 2^-11);
+                // an f16 scale below its smallest subnormal (6e-8) flushes the block to zero.
+                let f16_floor = if ty == GgmlType::Q8_K { 0.0 } else { 127.0 * 6e-8 };
+                assert!((a - b).abs() <= amax / 127.0 * 0.5 + amax * 1e-3 + f16_floor, "{ty} scale {scale}: {a} vs {b}");
             }
         }
         let mut zeros = Vec::new();
