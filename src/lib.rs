@@ -15,6 +15,7 @@ pub mod tokenizer;
 pub mod sample;
 pub mod engine;
 pub mod api;
+pub mod chat;
 pub mod ffi;
 
 pub use error::{Error, ErrorKind};

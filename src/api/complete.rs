@@ -66,7 +66,7 @@ pub struct CompleteRequest {
 
 /// Parses the sampling fields shared by completion and chat requests over `base`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn sampling_params(
+pub fn sampling_params(
     base: SamplingParams,
     temperature: Option<f32>,
     top_k: Option<i64>,
@@ -197,7 +197,7 @@ impl CompleteRequest {
 }
 
 #[derive(Serialize)]
-pub(crate) struct UsageJson {
+pub struct UsageJson {
     prompt_tokens: usize,
     completion_tokens: usize,
     total_tokens: usize,

@@ -6,7 +6,7 @@ mod complete;
 mod engine;
 mod tokenize;
 
-pub use complete::{CompleteRequest, complete};
+pub use complete::{CompleteRequest, UsageJson, complete, sampling_params};
 pub use engine::{EngineOptionsJson, info_json, parse_engine_options};
 pub use tokenize::{detokenize, tokenize};
 

@@ -1,0 +1,14 @@
+//! The chat runtime: messages, templates, context policies, sessions with their own KV
+//! cache, and the JSON of the chat calls. Knows nothing of C.
+
+mod message;
+mod policy;
+mod session;
+mod template;
+mod types;
+
+pub use message::{FunctionCall, Message, Role, ToolCall};
+pub use policy::{ContextPolicy, PolicyOutcome, apply_policy};
+pub use session::{ChatEvents, ContextReport, HistoryMode, Session, SessionConfig, Turn, TurnOutput};
+pub use template::{BuiltinFormat, ChatTemplate, TemplateContext, TemplateError};
+pub use types::{ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, response_json};

@@ -1,0 +1,300 @@
+//! Chat templates: the model's own Jinja template (`tokenizer.chat_template`), run by
+//! minijinja set up the way Hugging Face transformers renders them, or a built-in format for
+//! files that have none.
+
+use std::fmt;
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Kwargs, Serde};
+use minijinja::{Environment, Error as JinjaError, ErrorKind as JinjaErrorKind, Value};
+use serde::Serialize;
+
+use super::message::Message;
+use crate::error::{Error, ErrorKind};
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateError {
+    /// The template does not compile.
+    Syntax(String),
+    /// Rendering failed, e.g. the template raised an exception about the messages.
+    Render(String),
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Syntax(m) => write!(f, "the model's chat template does not compile: {m}"),
+            Self::Render(m) => write!(f, "the chat template rejected the conversation: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+impl From<TemplateError> for Error {
+    fn from(e: TemplateError) -> Self {
+        let kind = match e {
+            TemplateError::Syntax(_) => ErrorKind::UnsupportedModel,
+            TemplateError::Render(_) => ErrorKind::InvalidArgument,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+fn describe(e: &JinjaError) -> String {
+    let mut text = e.to_string();
+    if let Some(line) = e.line() {
+        text.push_str(&format!(" (template line {line})"));
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
+}
+
+/// Chat formats used when a model file has no template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinFormat {
+    ChatMl,
+    Llama3,
+    Gemma,
+}
+
+impl BuiltinFormat {
+    fn source(self) -> &'static str {
+        match self {
+            Self::ChatMl => {
+                "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+            }
+            Self::Llama3 => {
+                "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+            }
+            Self::Gemma => {
+                "{{ bos_token }}{% set first_user_prefix = '' %}{% if messages and messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+            }
+        }
+    }
+
+    /// The format a model family uses.
+    pub fn for_architecture(arch: crate::model::Architecture) -> Self {
+        use crate::model::Architecture;
+        match arch {
+            Architecture::Gemma3 => Self::Gemma,
+            Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 => Self::ChatMl,
+        }
+    }
+}
+
+/// What a template sees.
+pub struct TemplateContext<'a> {
+    pub messages: &'a [Message],
+    pub tools: Option<&'a serde_json::Value>,
+    pub add_generation_prompt: bool,
+    pub bos_token: &'a str,
+    pub eos_token: &'a str,
+}
+
+/// A compiled chat template, reused for every render.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+}
+
+impl fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ChatTemplate")
+    }
+}
+
+fn raise_exception(message: String) -> Result<Value, JinjaError> {
+    Err(JinjaError::new(JinjaErrorKind::InvalidOperation, message))
+}
+
+/// HF's `tojson`: `json.dumps(x, ensure_ascii=False)`, optionally indented.
+fn tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, JinjaError> {
+    let indent = match indent {
+        Some(n) => Some(n),
+        None => kwargs.get::<Option<usize>>("indent")?,
+    };
+    kwargs.assert_all_used()?;
+    let json = serde_json::to_value(&value).map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
+    let text = match indent {
+        None => python_json(&json),
+        Some(n) => {
+            let mut out = Vec::new();
+            let indent = " ".repeat(n);
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+            json.serialize(&mut ser).map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
+            String::from_utf8(out).unwrap_or_default()
+        }
+    };
+    Ok(Value::from_safe_string(text))
+}
+
+/// JSON with Python's default separators (", " and ": "), as `json.dumps` writes it.
+fn python_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(items) => format!("[{}]", items.iter().map(python_json).collect::<Vec<_>>().join(", ")),
+        serde_json::Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", serde_json::Value::String(k.clone()), python_json(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// `strftime_now(format)`: the current UTC time, for templates that print today's date.
+fn strftime_now(format: String) -> String {
+    const MONTHS: [&str; 12] =
+        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('B') => out.push_str(MONTHS[(month - 1) as usize]),
+            Some('b') => out.push_str(&MONTHS[(month - 1) as usize][..3]),
+            Some('H') => out.push_str(&format!("{:02}", rem / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", rem % 3600 / 60)),
+            Some('S') => out.push_str(&format!("{:02}", rem % 60)),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// A message as templates see it: arguments of tool calls parsed into objects when they are
+/// valid JSON (templates call `tojson` on them).
+fn message_value(m: &Message) -> serde_json::Value {
+    let mut v = serde_json::json!({ "role": m.role.as_str(), "content": m.content });
+    if let Some(name) = &m.name {
+        v["name"] = name.clone().into();
+    }
+    if let Some(id) = &m.tool_call_id {
+        v["tool_call_id"] = id.clone().into();
+    }
+    if !m.tool_calls.is_empty() {
+        v["tool_calls"] = m
+            .tool_calls
+            .iter()
+            .map(|c| {
+                let arguments: serde_json::Value =
+                    serde_json::from_str(&c.function.arguments).unwrap_or_else(|_| c.function.arguments.clone().into());
+                serde_json::json!({"id": c.id, "type": c.kind, "function": {"name": c.function.name, "arguments": arguments}})
+            })
+            .collect();
+    }
+    v
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; a syntax error names the line.
+    pub fn new(source: &str) -> Result<Self, TemplateError> {
+        let mut env = Environment::new();
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(false)
+            .build()
+            .map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        Ok(Self { env })
+    }
+
+    pub fn builtin(format: BuiltinFormat) -> Self {
+        Self::new(format.source()).expect("built-in templates compile")
+    }
+
+    pub fn render(&self, ctx: &TemplateContext<'_>) -> Result<String, TemplateError> {
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        let messages: Vec<serde_json::Value> = ctx.messages.iter().map(message_value).collect();
+        let context = minijinja::context! {
+            messages => Value::from(Serde(&messages)),
+            tools => ctx.tools.map(|t| Value::from(Serde(t))),
+            add_generation_prompt => ctx.add_generation_prompt,
+            bos_token => ctx.bos_token,
+            eos_token => ctx.eos_token,
+        };
+        template.render(context).map_err(|e| TemplateError::Render(describe(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::message::Role;
+
+    fn render(source: &str, messages: &[Message]) -> Result<String, TemplateError> {
+        ChatTemplate::new(source)?.render(&TemplateContext {
+            messages,
+            tools: None,
+            add_generation_prompt: true,
+            bos_token: "<s>",
+            eos_token: "</s>",
+        })
+    }
+
+    #[test]
+    fn builtin_formats_render_a_conversation() {
+        let msgs = [Message::new(Role::System, "Be brief."), Message::new(Role::User, "Hi")];
+        assert_eq!(
+            render(BuiltinFormat::ChatMl.source(), &msgs).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            render(BuiltinFormat::Gemma.source(), &msgs).unwrap(),
+            "<s><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert!(render(BuiltinFormat::Llama3.source(), &msgs).unwrap().starts_with("<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"));
+    }
+
+    #[test]
+    fn raise_exception_and_syntax_errors_are_reported() {
+        let err = render("{{ raise_exception('Only user and assistant roles are supported!') }}", &[]).unwrap_err();
+        assert!(err.to_string().contains("Only user and assistant roles are supported!"), "{err}");
+        let err = ChatTemplate::new("line one\n{% if %}").unwrap_err();
+        assert!(matches!(err, TemplateError::Syntax(_)) && err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn python_methods_tojson_and_strftime_work() {
+        let msgs = [Message::new(Role::User, "  padded  ")];
+        let out = render("{{ messages[0]['content'].strip() }}|{{ {'a': [1, 'é']} | tojson }}|{{ strftime_now('%Y') | length }}", &msgs).unwrap();
+        assert_eq!(out, "padded|{\"a\": [1, \"é\"]}|4");
+    }
+}
