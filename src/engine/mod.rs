@@ -1,1 +1,244 @@
-//! (being written)
+//! The engine: a loaded model with its tokenizer and worker threads, and the generation loop
+//! every higher layer (raw completion, chat sessions) runs on.
+
+mod fingerprint;
+mod generate;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use generate::{
+    FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob, Usage,
+};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::gguf::GgufFile;
+use crate::kernels::ThreadPool;
+use crate::model::{KvCache, KvType, Model};
+use crate::quant::GgmlType;
+use crate::tokenizer::Tokenizer;
+
+/// How to load and run a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineOptions {
+    pub model_path: PathBuf,
+    /// Worker threads; `None` = every core.
+    pub threads: Option<usize>,
+    /// Positions a sequence may hold; `None` = the model's training context.
+    pub context_length: Option<usize>,
+    pub kv_type: KvType,
+    /// Map the file (default) or read it into memory.
+    pub use_mmap: bool,
+}
+
+impl EngineOptions {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        Self { model_path: model_path.into(), threads: None, context_length: None, kv_type: KvType::F16, use_mmap: true }
+    }
+}
+
+/// Severity of a message sent to the host's log sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Where the engine reports what it is doing during load.
+pub trait LoadObserver {
+    /// Fraction of the load done, 0..=1. Returning false aborts the load.
+    fn progress(&mut self, fraction: f32) -> bool;
+    fn log(&mut self, level: LogLevel, message: &str);
+}
+
+/// A load observer that ignores everything.
+pub struct SilentLoad;
+
+impl LoadObserver for SilentLoad {
+    fn progress(&mut self, _fraction: f32) -> bool {
+        true
+    }
+    fn log(&mut self, _level: LogLevel, _message: &str) {}
+}
+
+/// A model ready to run, shared by every session and thread.
+#[derive(Debug)]
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pool: ThreadPool,
+    context_length: usize,
+    kv_type: KvType,
+    fingerprint: String,
+    load_time: Duration,
+}
+
+/// Number of cores this process may use.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Engine {
+    /// Opens, validates and prepares the model at `options.model_path`.
+    pub fn load(options: &EngineOptions, observer: &mut dyn LoadObserver) -> Result<Arc<Engine>> {
+        let start = Instant::now();
+        let cores = available_cores();
+        let threads = options.threads.unwrap_or(cores);
+        if threads == 0 || threads > cores {
+            return Err(Error::invalid_argument(format!(
+                "threads is {threads}; it must be between 1 and the {cores} cores this machine has"
+            )));
+        }
+        if !options.model_path.exists() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("model file '{}' does not exist", options.model_path.display()),
+            ));
+        }
+        observer.log(LogLevel::Info, &format!("loading {}", options.model_path.display()));
+        let file = Arc::new(GgufFile::open(&options.model_path, options.use_mmap)?);
+        if !observer.progress(0.05) {
+            return Err(Error::new(ErrorKind::Cancelled, "loading was cancelled by the progress callback"));
+        }
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        if !observer.progress(0.15) {
+            return Err(Error::new(ErrorKind::Cancelled, "loading was cancelled by the progress callback"));
+        }
+        let mut layer_progress = |done: usize, total: usize| observer.progress(0.15 + 0.8 * done as f32 / total as f32);
+        let model = Model::load(Arc::clone(&file), &mut layer_progress)?;
+        if tokenizer.n_vocab() != model.hparams.n_vocab {
+            return Err(Error::new(
+                ErrorKind::ModelLoad,
+                format!(
+                    "the tokenizer has {} tokens but token_embd.weight has {} rows",
+                    tokenizer.n_vocab(),
+                    model.hparams.n_vocab
+                ),
+            ));
+        }
+        let context_length = match options.context_length {
+            None => model.hparams.n_ctx_train,
+            Some(0) => return Err(Error::invalid_argument("context_length must be at least 1")),
+            Some(n) => n,
+        };
+        let fingerprint = fingerprint::of_file(&file);
+        if !observer.progress(1.0) {
+            return Err(Error::new(ErrorKind::Cancelled, "loading was cancelled by the progress callback"));
+        }
+        let load_time = start.elapsed();
+        observer.log(
+            LogLevel::Info,
+            &format!(
+                "loaded {} ({} layers, {} tokens) in {:.0} ms with {threads} threads",
+                model.hparams.arch.name(),
+                model.hparams.n_layer,
+                model.hparams.n_vocab,
+                load_time.as_secs_f64() * 1000.0
+            ),
+        );
+        Ok(Arc::new(Engine {
+            model,
+            tokenizer,
+            pool: ThreadPool::new(threads),
+            context_length,
+            kv_type: options.kv_type,
+            fingerprint,
+            load_time,
+        }))
+    }
+
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    /// Identifies the model's weights (for KV caches saved alongside sessions).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    /// An empty KV cache for one sequence of this engine.
+    pub fn new_cache(&self) -> KvCache {
+        self.model.new_cache(self.kv_type, self.context_length)
+    }
+
+    /// Facts about the loaded model for introspection.
+    pub fn info(&self) -> ModelInfo {
+        let hp = &self.model.hparams;
+        let file = &self.model.file;
+        let mut tensor_types: Vec<(GgmlType, usize)> = Vec::new();
+        let mut n_params = 0u64;
+        for t in &file.tensors {
+            n_params += t.n_elements;
+            match tensor_types.iter_mut().find(|(ty, _)| *ty == t.ggml_type) {
+                Some((_, n)) => *n += 1,
+                None => tensor_types.push((t.ggml_type, 1)),
+            }
+        }
+        tensor_types.sort_by_key(|(ty, _)| ty.id());
+        ModelInfo {
+            architecture: hp.arch.name().to_string(),
+            name: file.get_str("general.name").map(str::to_string),
+            n_vocab: hp.n_vocab,
+            n_ctx_train: hp.n_ctx_train,
+            context_length: self.context_length,
+            n_embd: hp.n_embd,
+            n_layer: hp.n_layer,
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
+            n_ff: hp.n_ff,
+            n_params,
+            file_bytes: file.file_len(),
+            tensor_types: tensor_types.into_iter().map(|(ty, n)| (ty.name(), n)).collect(),
+            chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
+            bos_id: self.tokenizer.bos_id(),
+            eos_id: self.tokenizer.eos_id(),
+            kv_type: self.kv_type,
+            threads: self.pool.n_threads(),
+            fingerprint: self.fingerprint.clone(),
+            load_ms: self.load_time.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// What `Engine::info` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub name: Option<String>,
+    pub n_vocab: usize,
+    pub n_ctx_train: usize,
+    pub context_length: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub n_params: u64,
+    pub file_bytes: u64,
+    /// Tensor type name and how many tensors use it.
+    pub tensor_types: Vec<(&'static str, usize)>,
+    pub chat_template: Option<String>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub kv_type: KvType,
+    pub threads: usize,
+    pub fingerprint: String,
+    pub load_ms: f64,
+}

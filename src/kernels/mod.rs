@@ -1,1 +1,16 @@
-//! (being written)
+//! Numeric kernels of the forward pass: quantized matrix × activations, RMSNorm, RoPE,
+//! softmax, activation functions, attention over the KV cache.
+//!
+//! Each kernel here is the plain reference; SIMD versions are tested against it.
+
+mod attention;
+mod matmul;
+mod ops;
+mod pool;
+#[cfg(target_arch = "x86_64")]
+mod simd_x86;
+
+pub use attention::{AttentionShape, KvSlice, attention};
+pub use matmul::{MatmulScratch, WeightView, matmul};
+pub use ops::{RopeStyle, add_in_place, gelu_tanh, rms_norm, rms_norm_in_place, rope, silu, softmax_in_place};
+pub use pool::ThreadPool;

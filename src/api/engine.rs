@@ -1,0 +1,120 @@
+//! Engine options and model info.
+
+use serde::{Deserialize, Serialize};
+
+use super::{parse, to_json};
+use crate::engine::{Engine, EngineOptions};
+use crate::error::{Error, Result};
+use crate::model::KvType;
+
+/// `smallmind_engine_create` options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOptionsJson {
+    pub model_path: String,
+    #[serde(default)]
+    pub threads: Option<u32>,
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    #[serde(default)]
+    pub kv_type: Option<String>,
+    #[serde(default)]
+    pub use_mmap: Option<bool>,
+    #[serde(default)]
+    pub kv_budget_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
+}
+
+/// Parses and validates engine options.
+pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
+    let raw: EngineOptionsJson = parse("engine options", json)?;
+    if raw.model_path.is_empty() {
+        return Err(Error::invalid_argument("model_path is empty: give the path of a GGUF file"));
+    }
+    if raw.kv_budget_bytes.is_some() || raw.max_sessions.is_some() {
+        return Err(Error::invalid_argument(
+            "kv_budget_bytes and max_sessions are not supported yet by this version of smallmind; remove them",
+        ));
+    }
+    let kv_type = match raw.kv_type.as_deref() {
+        None | Some("f16") => KvType::F16,
+        Some("f32") => KvType::F32,
+        Some(other) => {
+            return Err(Error::invalid_argument(format!("kv_type is '{other}'; use \"f16\" or \"f32\"")));
+        }
+    };
+    let threads = match raw.threads {
+        Some(0) => return Err(Error::invalid_argument("threads must be at least 1 (omit it to use every core)")),
+        t => t.map(|t| t as usize),
+    };
+    let context_length = match raw.context_length {
+        Some(0) => return Err(Error::invalid_argument("context_length must be at least 1")),
+        c => c.map(|c| c as usize),
+    };
+    Ok(EngineOptions {
+        model_path: raw.model_path.into(),
+        threads,
+        context_length,
+        kv_type,
+        use_mmap: raw.use_mmap.unwrap_or(true),
+    })
+}
+
+#[derive(Serialize)]
+struct InfoJson<'a> {
+    architecture: &'a str,
+    name: Option<&'a str>,
+    n_vocab: usize,
+    n_ctx_train: usize,
+    context_length: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    n_ff: usize,
+    n_params: u64,
+    file_bytes: u64,
+    tensor_types: serde_json::Map<String, serde_json::Value>,
+    chat_template: Option<&'a str>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    kv_type: &'static str,
+    threads: usize,
+    fingerprint: &'a str,
+    load_ms: f64,
+    smallmind_version: &'static str,
+}
+
+/// `smallmind_engine_info` output.
+pub fn info_json(engine: &Engine) -> Result<String> {
+    let info = engine.info();
+    to_json(&InfoJson {
+        architecture: &info.architecture,
+        name: info.name.as_deref(),
+        n_vocab: info.n_vocab,
+        n_ctx_train: info.n_ctx_train,
+        context_length: info.context_length,
+        n_embd: info.n_embd,
+        n_layer: info.n_layer,
+        n_head: info.n_head,
+        n_head_kv: info.n_head_kv,
+        head_dim: info.head_dim,
+        n_ff: info.n_ff,
+        n_params: info.n_params,
+        file_bytes: info.file_bytes,
+        tensor_types: info.tensor_types.iter().map(|(ty, n)| (ty.to_string(), (*n).into())).collect(),
+        chat_template: info.chat_template.as_deref(),
+        bos_id: info.bos_id,
+        eos_id: info.eos_id,
+        kv_type: match info.kv_type {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        },
+        threads: info.threads,
+        fingerprint: &info.fingerprint,
+        load_ms: info.load_ms,
+        smallmind_version: env!("CARGO_PKG_VERSION"),
+    })
+}

@@ -1,0 +1,301 @@
+//! The generation loop: prefill (reusing what the cache already holds), then sample,
+//! detokenize and stream until a stop condition.
+
+use std::time::Instant;
+
+use super::Engine;
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{ForwardScratch, KvCache, Logits};
+use crate::sample::{self, Sampler, SamplingParams, StopMatcher};
+use crate::tokenizer::StreamDecoder;
+
+/// Tokens evaluated per forward call during prefill: large enough for matrix-matrix work,
+/// small enough that cancellation is honoured quickly.
+const PREFILL_CHUNK: usize = 256;
+/// With every position's logits kept, (chunk, n_vocab) floats are live at once.
+const ALL_LOGITS_CHUNK: usize = 32;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Upper bound on generated tokens (0: only evaluate the prompt).
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
+    /// For each generated token, also report this many most likely alternatives.
+    pub top_logprobs: Option<usize>,
+    /// Report the log-probability of each prompt token given the ones before it.
+    pub prompt_logprobs: bool,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token, a stop token id or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The host cancelled.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Measured counts and times of one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose keys and values were already cached.
+    pub cached_tokens: usize,
+    /// From the start of the request to the first generated token.
+    pub time_to_first_token_ms: f64,
+    /// Time spent evaluating the uncached prompt tokens.
+    pub prefill_ms: f64,
+    /// Time from the first generated token to the last.
+    pub decode_ms: f64,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> usize {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        rate(self.prompt_tokens - self.cached_tokens, self.prefill_ms)
+    }
+
+    /// Tokens after the first, over the time they took (the first is counted in TTFT).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        rate(self.completion_tokens.saturating_sub(1), self.decode_ms)
+    }
+}
+
+fn rate(tokens: usize, ms: f64) -> f64 {
+    if tokens == 0 || ms <= 0.0 { 0.0 } else { tokens as f64 * 1000.0 / ms }
+}
+
+/// One generated token's probability, and optionally the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationOutput {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub logprobs: Vec<TokenLogprob>,
+    /// Entry i is log p(prompt[i] | prompt[..i]); the first token has none.
+    pub prompt_logprobs: Vec<Option<f32>>,
+}
+
+/// What the generation loop tells its caller while it runs.
+pub trait GenerationEvents {
+    /// The prompt's cached prefix is known.
+    fn on_cache_lookup(&mut self, _cached_tokens: usize) {}
+    fn on_first_token(&mut self, _elapsed_ms: f64) {}
+    /// Newly visible text (whole UTF-8). Returning false cancels.
+    fn on_text(&mut self, _text: &str) -> bool {
+        true
+    }
+    /// Polled between forward passes; true cancels.
+    fn cancelled(&mut self) -> bool {
+        false
+    }
+}
+
+/// Events nobody listens to.
+pub struct NoEvents;
+impl GenerationEvents for NoEvents {}
+
+impl Engine {
+    /// Generates from `request.prompt` on `cache`, reusing the longest prefix the cache already
+    /// holds. The cache afterwards holds the prompt and the generated tokens evaluated so far.
+    pub fn generate(
+        &self,
+        cache: &mut KvCache,
+        request: &GenerationRequest,
+        events: &mut dyn GenerationEvents,
+    ) -> Result<GenerationOutput> {
+        let start = Instant::now();
+        let prompt = &request.prompt;
+        if prompt.is_empty() {
+            return Err(Error::invalid_argument("the prompt is empty: give at least one token"));
+        }
+        let needed = prompt.len() + request.max_tokens;
+        if prompt.len() > cache.max_positions() || (request.max_tokens > 0 && needed > cache.max_positions() + 1) {
+            return Err(Error::new(
+                ErrorKind::ContextOverflow,
+                format!(
+                    "the prompt is {} tokens and max_tokens is {}, but the context holds {} tokens; shorten the prompt or lower max_tokens",
+                    prompt.len(),
+                    request.max_tokens,
+                    cache.max_positions()
+                ),
+            ));
+        }
+        let mut sampler = Sampler::new(request.sampling.clone())?;
+
+        // Reuse the cached prefix, but always evaluate at least the last prompt token: its
+        // logits choose the first generated token. Scoring needs every position's logits.
+        let reusable = if request.prompt_logprobs {
+            0
+        } else {
+            common_prefix(cache.tokens(), prompt).min(prompt.len() - 1)
+        };
+        cache.truncate(reusable);
+        events.on_cache_lookup(reusable);
+
+        let mut scratch = ForwardScratch::default();
+        let mut logits = Vec::new();
+        let n_vocab = self.model.hparams.n_vocab;
+        let mut prompt_logprobs = Vec::new();
+        let mut logprob_row = Vec::new();
+        let prefill_start = Instant::now();
+        let mut pos = reusable;
+        let mut cancelled = false;
+        while pos < prompt.len() {
+            if events.cancelled() {
+                cancelled = true;
+                break;
+            }
+            let chunk_len = if request.prompt_logprobs { ALL_LOGITS_CHUNK } else { PREFILL_CHUNK };
+            let end = (pos + chunk_len).min(prompt.len());
+            let chunk = &prompt[pos..end];
+            let wanted = if request.prompt_logprobs {
+                Logits::All
+            } else if end == prompt.len() {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            self.model.forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
+            if request.prompt_logprobs {
+                if pos == 0 {
+                    prompt_logprobs.push(None);
+                }
+                // Row i predicts prompt[pos + i + 1].
+                for (i, row) in logits.chunks_exact(n_vocab).enumerate() {
+                    if let Some(&next) = prompt.get(pos + i + 1) {
+                        sample::log_softmax(row, &mut logprob_row);
+                        prompt_logprobs.push(Some(logprob_row[next as usize]));
+                    }
+                }
+                if end == prompt.len() {
+                    let last = logits.len() - n_vocab;
+                    logits.drain(..last);
+                }
+            }
+            pos = end;
+        }
+        let prefill_ms = prefill_start.elapsed().as_secs_f64() * 1000.0;
+
+        let mut usage = Usage { prompt_tokens: prompt.len(), cached_tokens: reusable, prefill_ms, ..Usage::default() };
+        let mut output = GenerationOutput {
+            text: String::new(),
+            token_ids: Vec::new(),
+            finish_reason: FinishReason::Length,
+            usage,
+            logprobs: Vec::new(),
+            prompt_logprobs,
+        };
+        if cancelled {
+            output.finish_reason = FinishReason::Cancelled;
+            return Ok(output);
+        }
+
+        let mut recent: Vec<u32> = prompt.clone();
+        let mut decoder = StreamDecoder::new();
+        let mut stops = StopMatcher::new(request.stop.clone());
+        let mut first_token_at = None;
+        let mut finish = FinishReason::Length;
+        let mut stopped_by_string = false;
+        while output.token_ids.len() < request.max_tokens {
+            if events.cancelled() {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if let Some(k) = request.top_logprobs {
+                sample::log_softmax(&logits, &mut logprob_row);
+                let top = if k > 0 { sample::top_logprobs(&logits, k) } else { Vec::new() };
+                output.logprobs.push(TokenLogprob { id: 0, logprob: 0.0, top });
+            }
+            let token = sampler.sample(&mut logits, &recent, None)?;
+            if let Some(entry) = output.logprobs.last_mut().filter(|_| request.top_logprobs.is_some()) {
+                entry.id = token;
+                entry.logprob = logprob_row[token as usize];
+            }
+            if first_token_at.is_none() {
+                let now = Instant::now();
+                first_token_at = Some(now);
+                usage.time_to_first_token_ms = (now - start).as_secs_f64() * 1000.0;
+                events.on_first_token(usage.time_to_first_token_ms);
+            }
+            output.token_ids.push(token);
+            recent.push(token);
+
+            let is_stop_id = request.stop_token_ids.contains(&token);
+            let is_eog = !request.ignore_eos && self.tokenizer.is_end_of_generation(token);
+            if is_stop_id || is_eog {
+                finish = FinishReason::Stop;
+                break;
+            }
+            let text = decoder.push(&self.tokenizer.token_to_piece(token, false));
+            let outcome = stops.push(&text);
+            if !outcome.emit.is_empty() {
+                output.text.push_str(&outcome.emit);
+                if !events.on_text(&outcome.emit) {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+            }
+            if outcome.stopped {
+                finish = FinishReason::Stop;
+                stopped_by_string = true;
+                break;
+            }
+            if output.token_ids.len() == request.max_tokens {
+                break;
+            }
+            self.model.forward(&self.pool, &[token], cache, Logits::Last, &mut scratch, &mut logits)?;
+        }
+        // Text held back as a possible stop-string prefix, or as an incomplete UTF-8
+        // sequence, is real output unless a stop string ended generation or the host cancelled.
+        if !stopped_by_string && finish != FinishReason::Cancelled {
+            let mut rest = stops.push(&decoder.finish()).emit;
+            rest.push_str(&stops.finish());
+            if !rest.is_empty() {
+                output.text.push_str(&rest);
+                events.on_text(&rest);
+            }
+        }
+        if let Some(first) = first_token_at {
+            usage.decode_ms = first.elapsed().as_secs_f64() * 1000.0;
+        }
+        usage.completion_tokens = output.token_ids.len();
+        output.usage = usage;
+        output.finish_reason = finish;
+        Ok(output)
+    }
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}

@@ -1,0 +1,213 @@
+//! Library-level and engine-level entry points.
+
+use std::ffi::c_char;
+use std::sync::Arc;
+
+use super::boundary::{ffi_call, last_error_ptr, out_arg, str_arg, string_to_c};
+use super::callbacks::{LoadCallbacks, RequestCallbacks};
+use super::{smallmind_chat_callbacks, smallmind_engine_callbacks, smallmind_status};
+use crate::api;
+use crate::engine::Engine;
+use crate::error::Error;
+
+/// The ABI version of this header: bumped whenever a struct layout or function signature
+/// changes incompatibly.
+pub const SMALLMIND_ABI_VERSION: u32 = 1;
+
+static VERSION: &std::ffi::CStr = c"0.1.0";
+
+/// A loaded model, shared by any number of threads and chats.
+/// Created by `smallmind_engine_create`, freed by `smallmind_engine_free`.
+pub struct smallmind_engine {
+    pub(crate) engine: Arc<Engine>,
+}
+
+/// The library version, e.g. "0.1.0". Static: do not free.
+#[unsafe(no_mangle)]
+pub extern "C" fn smallmind_version() -> *const c_char {
+    VERSION.as_ptr()
+}
+
+/// The ABI version (`SMALLMIND_ABI_VERSION` when the header matches the library).
+#[unsafe(no_mangle)]
+pub extern "C" fn smallmind_abi_version() -> u32 {
+    SMALLMIND_ABI_VERSION
+}
+
+/// The calling thread's message for its last failed call, or NULL when that call succeeded.
+/// Owned by the library: valid until this thread's next smallmind call; do not free.
+#[unsafe(no_mangle)]
+pub extern "C" fn smallmind_last_error() -> *const c_char {
+    last_error_ptr()
+}
+
+/// Frees a string returned by smallmind. NULL is a no-op. Any thread.
+///
+/// # Safety
+/// `s` is NULL or a string returned by smallmind that has not been freed yet.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        // SAFETY: the caller guarantees `s` came from CString::into_raw in this library.
+        drop(unsafe { std::ffi::CString::from_raw(s) });
+    }
+}
+
+/// Loads a model. `options_json`: {"model_path" (required), "threads", "context_length",
+/// "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
+/// engine the caller frees with `smallmind_engine_free`; on failure `*out` is untouched.
+/// Errors: INVALID_ARGUMENT, INVALID_JSON, IO (file missing), MODEL_LOAD (malformed file),
+/// UNSUPPORTED_MODEL, CANCELLED (the progress callback returned non-zero).
+///
+/// # Safety
+/// Pointers are NULL or valid; `options_json` is NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_engine_create(
+    options_json: *const c_char,
+    cb: *const smallmind_engine_callbacks,
+    out: *mut *mut smallmind_engine,
+) -> smallmind_status {
+    ffi_call(|| {
+        out_arg(out, "out")?;
+        // SAFETY: the caller passes a valid string or NULL.
+        let json = unsafe { str_arg(options_json, "options_json") }?;
+        let options = api::parse_engine_options(json)?;
+        // SAFETY: cb is NULL or points to a callbacks struct valid for the call.
+        let callbacks = unsafe { cb.as_ref() };
+        let engine = Engine::load(&options, &mut LoadCallbacks(callbacks))?;
+        let handle = Box::into_raw(Box::new(smallmind_engine { engine }));
+        // SAFETY: out was checked non-null.
+        unsafe { *out = handle };
+        Ok(())
+    })
+}
+
+/// Frees an engine. NULL is a no-op. Any thread. Chats created from it keep the model alive
+/// until they are freed; no call on this engine handle may be in flight.
+///
+/// # Safety
+/// `engine` is NULL or a handle from `smallmind_engine_create` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_engine_free(engine: *mut smallmind_engine) {
+    if !engine.is_null() {
+        // A panic in a destructor must not unwind into C.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the caller guarantees a live handle from Box::into_raw.
+            drop(unsafe { Box::from_raw(engine) });
+        }));
+    }
+}
+
+/// Borrows an engine handle.
+///
+/// # Safety
+/// `engine` is NULL or a live handle.
+pub(crate) unsafe fn engine_ref<'a>(engine: *const smallmind_engine) -> Result<&'a smallmind_engine, Error> {
+    // SAFETY: per the caller's contract.
+    unsafe { engine.as_ref() }.ok_or_else(|| Error::invalid_argument("engine is NULL"))
+}
+
+/// Model facts as JSON: architecture, sizes, context length, tensor types, chat template,
+/// fingerprint, threads, load time. `*out_json` is freed with `smallmind_string_free`.
+/// Thread-safe.
+///
+/// # Safety
+/// Pointers are NULL or valid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_engine_info(engine: *const smallmind_engine, out_json: *mut *mut c_char) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let engine = unsafe { engine_ref(engine) }?;
+        out_arg(out_json, "out_json")?;
+        let json = string_to_c(api::info_json(&engine.engine)?)?;
+        // SAFETY: checked non-null.
+        unsafe { *out_json = json };
+        Ok(())
+    })
+}
+
+/// Tokenizes text: {"text", "add_special" (default true), "parse_special" (default false)}
+/// → {"ids": [...], "pieces": [...]} (a piece that is not valid UTF-8 alone is a byte array).
+/// `*out_json` is freed with `smallmind_string_free`. Thread-safe.
+///
+/// # Safety
+/// Pointers are NULL or valid; strings NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_engine_tokenize(
+    engine: *const smallmind_engine,
+    request_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let engine = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the function's contract.
+        let json = unsafe { str_arg(request_json, "request_json") }?;
+        out_arg(out_json, "out_json")?;
+        let result = string_to_c(api::tokenize(&engine.engine, json)?)?;
+        // SAFETY: checked non-null.
+        unsafe { *out_json = result };
+        Ok(())
+    })
+}
+
+/// Detokenizes: {"ids": [...], "render_special" (default false)} → {"text"}.
+/// `*out_json` is freed with `smallmind_string_free`. Thread-safe.
+///
+/// # Safety
+/// Pointers are NULL or valid; strings NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_engine_detokenize(
+    engine: *const smallmind_engine,
+    request_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let engine = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the function's contract.
+        let json = unsafe { str_arg(request_json, "request_json") }?;
+        out_arg(out_json, "out_json")?;
+        let result = string_to_c(api::detokenize(&engine.engine, json)?)?;
+        // SAFETY: checked non-null.
+        unsafe { *out_json = result };
+        Ok(())
+    })
+}
+
+/// Raw text completion, no template, no session:
+/// {"prompt" | "prompt_ids", "add_special", "parse_special", "max_tokens" (default 256; 0 scores
+/// the prompt only), "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+/// "repeat_last_n", "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids",
+/// "ignore_eos", "logprobs": k, "prompt_logprobs": bool}
+/// → {"text", "token_ids", "finish_reason", "usage", "seed", "logprobs"?, "prompt_logprobs"?}.
+/// `cb` may be NULL (its on_token streams the text; returning non-zero stops with
+/// finish_reason "cancelled"). `*out_json` is freed with `smallmind_string_free`.
+/// Thread-safe: any number of completions may run on one engine at once.
+///
+/// # Safety
+/// Pointers are NULL or valid; strings NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_engine_complete(
+    engine: *mut smallmind_engine,
+    request_json: *const c_char,
+    cb: *const smallmind_chat_callbacks,
+    out_json: *mut *mut c_char,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let engine = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the function's contract.
+        let json = unsafe { str_arg(request_json, "request_json") }?;
+        out_arg(out_json, "out_json")?;
+        // SAFETY: cb is NULL or valid for the call.
+        let mut events = RequestCallbacks::new(unsafe { cb.as_ref() }, "");
+        events.request_start(0);
+        let (response, usage) = api::complete(&engine.engine, json, &mut events)?;
+        events.request_complete(&usage);
+        let result = string_to_c(response)?;
+        // SAFETY: checked non-null.
+        unsafe { *out_json = result };
+        Ok(())
+    })
+}

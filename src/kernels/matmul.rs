@@ -1,0 +1,98 @@
+//! Quantized weight matrix × a batch of activation rows.
+
+use super::ThreadPool;
+use crate::quant::{self, GgmlType, QuantError};
+
+/// A weight matrix as stored in the file: `rows` rows of `cols` elements of type `ty`,
+/// row-major, borrowed from the memory map.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightView<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+/// Buffers reused between calls so the decode loop does not allocate.
+#[derive(Debug, Default)]
+pub struct MatmulScratch {
+    /// (batch, row bytes of the activation format): the activations converted once per row.
+    activations: Vec<u8>,
+    row: Vec<u8>,
+}
+
+/// A raw pointer to the output that worker threads write through, each to its own rows.
+struct SharedOut(*mut f32);
+// SAFETY: the pointer is only dereferenced inside `matmul`, where every thread writes a
+// disjoint set of elements (its own weight rows) of a buffer that outlives the scope.
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+
+/// out[b][r] = Σ_c w[r][c] · x[b][c] for every batch row b and weight row r.
+///
+/// `x` is (batch, cols) and `out` is (batch, rows). Each activation row is converted once to
+/// the format ggml pairs with the weight type (Q8_0, Q8_1, Q8_K, F16, BF16 or F32), exactly
+/// as llama.cpp does, then every weight row is dotted with it.
+pub fn matmul(
+    pool: &ThreadPool,
+    w: WeightView<'_>,
+    x: &[f32],
+    batch: usize,
+    out: &mut [f32],
+    scratch: &mut MatmulScratch,
+) -> Result<(), QuantError> {
+    let act_ty = w.ty.vec_dot_type();
+    let act_row_bytes = act_ty
+        .row_bytes(w.cols as u64)
+        .ok_or(QuantError::NotWholeBlocks { ty: act_ty, n: w.cols })? as usize;
+    let w_row_bytes = w
+        .ty
+        .row_bytes(w.cols as u64)
+        .ok_or(QuantError::NotWholeBlocks { ty: w.ty, n: w.cols })? as usize;
+    assert_eq!(x.len(), batch * w.cols, "matmul input is (batch, cols)");
+    assert_eq!(out.len(), batch * w.rows, "matmul output is (batch, rows)");
+    assert_eq!(w.data.len(), w.rows * w_row_bytes, "weight bytes are rows × row bytes");
+
+    scratch.activations.clear();
+    for xb in x.chunks_exact(w.cols) {
+        quant::quantize_activations(act_ty, xb, &mut scratch.row)?;
+        scratch.activations.extend_from_slice(&scratch.row);
+    }
+    let activations = &scratch.activations;
+
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    let first_error = parking_lot::Mutex::new(None);
+    let rows_per_task_min = (65536 / (w.cols * batch).max(1)).max(1);
+    pool.for_ranges(w.rows, rows_per_task_min, |rows| {
+        let out_ptr = &out_ptr;
+        for r in rows {
+            let w_row = &w.data[r * w_row_bytes..(r + 1) * w_row_bytes];
+            for b in 0..batch {
+                let a_row = &activations[b * act_row_bytes..(b + 1) * act_row_bytes];
+                match dot(w.ty, w_row, a_row, w.cols) {
+                    // SAFETY: b < batch and r < rows, so the index is inside `out`
+                    // (checked above); row r belongs to this thread alone.
+                    Ok(v) => unsafe { *out_ptr.0.add(b * w.rows + r) = v },
+                    Err(e) => {
+                        first_error.lock().get_or_insert(e);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    match first_error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The SIMD dot product where the CPU and type have one, else the reference.
+#[inline]
+fn dot(ty: GgmlType, w_row: &[u8], a_row: &[u8], n: usize) -> Result<f32, QuantError> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(v) = super::simd_x86::vec_dot(ty, w_row, a_row) {
+        return Ok(v);
+    }
+    quant::vec_dot(ty, w_row, a_row, n)
+}

@@ -1,0 +1,323 @@
+//! AVX2 + FMA + F16C dot products of quantized weight rows with quantized activation rows.
+//! Each has the scalar reference in `quant::vec_dot` and a test against it in `tests` below.
+//! Integer parts are exact; only the order of the final float accumulation differs from the
+//! reference, so results agree to a few ulps of the row's magnitude.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6_K, BlockQ4_K, BlockQ8_0, BlockQ8_1, BlockQ8_K, GgmlType};
+
+/// Whether the running CPU has what these kernels need (checked once).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(|| {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        });
+    *AVAILABLE
+}
+
+/// f16 → f32 with the F16C instruction (the `half` crate re-checks CPU features per call).
+#[inline]
+#[target_feature(enable = "f16c")]
+fn f16(bytes: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(bytes) as i32)))
+}
+
+/// Horizontal sum of 8 floats.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    // SAFETY: register-only intrinsics, available under the caller's avx2 target feature.
+    unsafe {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..15) then high (16..31).
+#[inline(always)]
+unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: reads exactly 16 bytes from a 16-byte array.
+    unsafe {
+        let raw = _mm_loadu_si128(qs.as_ptr().cast());
+        let mask = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(raw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+}
+
+/// Σ over 8 i32 lanes of unsigned x · signed y byte products.
+#[inline(always)]
+unsafe fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256i {
+    // SAFETY: register-only intrinsics.
+    unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1)) }
+}
+
+/// Σ over 8 i32 lanes of signed x · signed y byte products (|x| ≤ 127 or −128 paired with y ≠ −128).
+#[inline(always)]
+unsafe fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
+    // SAFETY: register-only intrinsics.
+    unsafe { dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)) }
+}
+
+#[inline(always)]
+unsafe fn load32(p: &[i8; 32]) -> __m256i {
+    // SAFETY: reads exactly 32 bytes from a 32-byte array.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        // SAFETY: block fields are fixed-size arrays; avx2 is enabled for this function.
+        unsafe {
+            let qx = _mm256_sub_epi8(nibbles(&w.qs), _mm256_set1_epi8(8));
+            let p = _mm256_cvtepi32_ps(dot_i8_i8(qx, load32(&a.qs)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w.d) * f16(a.d)), p, acc);
+        }
+    }
+    // SAFETY: avx2 enabled.
+    unsafe { hsum(acc) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0.0f32;
+    for (w, a) in w.iter().zip(a) {
+        mins += f16(w.m) * f16(a.s);
+        // SAFETY: as in dot_q4_0.
+        unsafe {
+            let p = _mm256_cvtepi32_ps(dot_u8_i8(nibbles(&w.qs), load32(&a.qs)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w.d) * f16(a.d)), p, acc);
+        }
+    }
+    // SAFETY: avx2 enabled.
+    unsafe { hsum(acc) + mins }
+}
+
+/// The 32 fifth bits of qh as bytes 0x00 (bit set) or 0xF0 (bit clear): OR-ed into a
+/// nibble this gives q − 16 as a signed byte.
+#[inline(always)]
+unsafe fn q5_high(qh: [u8; 4]) -> __m256i {
+    // SAFETY: register-only intrinsics.
+    unsafe {
+        let bits = _mm256_set1_epi32(u32::from_le_bytes(qh) as i32);
+        // Byte i takes byte i/8 of qh, then tests bit i%8.
+        let spread = _mm256_shuffle_epi8(
+            bits,
+            _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+        );
+        let select = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, select), _mm256_set1_epi64x(-1));
+        _mm256_andnot_si256(set, _mm256_set1_epi8(0xf0u8 as i8))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        // SAFETY: as in dot_q4_0.
+        unsafe {
+            let qx = _mm256_or_si256(nibbles(&w.qs), q5_high(w.qh));
+            let p = _mm256_cvtepi32_ps(dot_i8_i8(qx, load32(&a.qs)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w.d) * f16(a.d)), p, acc);
+        }
+    }
+    // SAFETY: avx2 enabled.
+    unsafe { hsum(acc) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        // SAFETY: as in dot_q4_0.
+        unsafe {
+            let p = _mm256_cvtepi32_ps(dot_i8_i8(load32(&w.qs), load32(&a.qs)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w.d) * f16(a.d)), p, acc);
+        }
+    }
+    // SAFETY: avx2 enabled.
+    unsafe { hsum(acc) }
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K block.
+#[inline(always)]
+fn scale_min_k4(j: usize, s: &[u8; 12]) -> (i16, i32) {
+    if j < 4 {
+        ((s[j] & 63) as i16, (s[j + 4] & 63) as i32)
+    } else {
+        (((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4)) as i16, ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q4_k(w: &[BlockQ4_K], a: &[BlockQ8_K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut mins_total = 0.0f32;
+    for (w, a) in w.iter().zip(a) {
+        let ad = f32::from_le_bytes(a.d);
+        let mut mins = 0i32;
+        // SAFETY: every load reads 32 bytes inside the block's fixed-size arrays.
+        unsafe {
+            let mut sumi = _mm256_setzero_si256();
+            let mask = _mm256_set1_epi8(0x0f);
+            for chunk in 0..4 {
+                let raw = _mm256_loadu_si256(w.qs.as_ptr().add(chunk * 32).cast());
+                let lo = _mm256_and_si256(raw, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                let a_lo = _mm256_loadu_si256(a.qs.as_ptr().add(chunk * 64).cast());
+                let a_hi = _mm256_loadu_si256(a.qs.as_ptr().add(chunk * 64 + 32).cast());
+                let (s_lo, m_lo) = scale_min_k4(2 * chunk, &w.scales);
+                let (s_hi, m_hi) = scale_min_k4(2 * chunk + 1, &w.scales);
+                let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_set1_epi16(s_lo));
+                let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a_hi), _mm256_set1_epi16(s_hi));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+                mins += m_lo * (a.bsum(4 * chunk) + a.bsum(4 * chunk + 1)) + m_hi * (a.bsum(4 * chunk + 2) + a.bsum(4 * chunk + 3));
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(ad * f16(w.d)), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        mins_total += ad * f16(w.dmin) * mins as f32;
+    }
+    // SAFETY: avx2 enabled.
+    unsafe { hsum(acc) - mins_total }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (w, a) in w.iter().zip(a) {
+        // SAFETY: every load reads 32 bytes inside the block's fixed-size arrays.
+        unsafe {
+            let mut sumi = _mm256_setzero_si256();
+            let mask4 = _mm256_set1_epi8(0x0f);
+            let mask2 = _mm256_set1_epi8(0x03);
+            let m32 = _mm256_set1_epi8(32);
+            for half in 0..2 {
+                let ql0 = _mm256_loadu_si256(w.ql.as_ptr().add(half * 64).cast());
+                let ql1 = _mm256_loadu_si256(w.ql.as_ptr().add(half * 64 + 32).cast());
+                let qh = _mm256_loadu_si256(w.qh.as_ptr().add(half * 32).cast());
+                for group in 0..4 {
+                    let low = match group {
+                        0 => _mm256_and_si256(ql0, mask4),
+                        1 => _mm256_and_si256(ql1, mask4),
+                        2 => _mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask4),
+                        _ => _mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask4),
+                    };
+                    let high = match group {
+                        0 => _mm256_and_si256(qh, mask2),
+                        1 => _mm256_and_si256(_mm256_srli_epi16(qh, 2), mask2),
+                        2 => _mm256_and_si256(_mm256_srli_epi16(qh, 4), mask2),
+                        _ => _mm256_and_si256(_mm256_srli_epi16(qh, 6), mask2),
+                    };
+                    let q = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+                    let start = half * 128 + group * 32;
+                    let q8 = _mm256_loadu_si256(a.qs.as_ptr().add(start).cast());
+                    // (q − 32)·a = q·a − 32·a, both without saturation (q ≤ 63).
+                    let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, q8), _mm256_maddubs_epi16(m32, q8));
+                    let sub = start / 16;
+                    let scales = _mm256_set_m128i(
+                        _mm_set1_epi16(w.scales[sub + 1] as i16),
+                        _mm_set1_epi16(w.scales[sub] as i16),
+                    );
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scales));
+                }
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f32::from_le_bytes(a.d) * f16(w.d)), _mm256_cvtepi32_ps(sumi), acc);
+        }
+    }
+    // SAFETY: avx2 enabled.
+    unsafe { hsum(acc) }
+}
+
+/// The fast dot product for `ty`, when there is one.
+pub fn vec_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
+    if !available() {
+        return None;
+    }
+    // SAFETY: `available()` confirmed avx2, fma and f16c; the casts of block-aligned-1 Pod types
+    // cannot fail once the caller has checked the lengths.
+    unsafe {
+        Some(match ty {
+            GgmlType::Q4_0 => dot_q4_0(bytemuck::cast_slice(w), bytemuck::cast_slice(a)),
+            GgmlType::Q4_1 => dot_q4_1(bytemuck::cast_slice(w), bytemuck::cast_slice(a)),
+            GgmlType::Q5_0 => dot_q5_0(bytemuck::cast_slice(w), bytemuck::cast_slice(a)),
+            GgmlType::Q8_0 => dot_q8_0(bytemuck::cast_slice(w), bytemuck::cast_slice(a)),
+            GgmlType::Q4_K => dot_q4_k(bytemuck::cast_slice(w), bytemuck::cast_slice(a)),
+            GgmlType::Q6_K => dot_q6_k(bytemuck::cast_slice(w), bytemuck::cast_slice(a)),
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant;
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect()
+    }
+
+    /// Random weight bytes of `ty` with sane f16 scales at `scale_offsets` of each block.
+    fn random_k_row(ty: GgmlType, n: usize, seed: u64, scale_offsets: &[usize]) -> Vec<u8> {
+        let bytes_len = ty.row_bytes(n as u64).unwrap() as usize;
+        let mut bytes: Vec<u8> = values(bytes_len, seed, 1.0).iter().map(|v| (v.to_bits() >> 9) as u8).collect();
+        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+            for &o in scale_offsets {
+                block[o..o + 2].copy_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn simd_dots_match_the_reference_on_awkward_inputs() {
+        if !available() {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        let cases: [(GgmlType, &[usize]); 6] = [
+            (GgmlType::Q4_0, &[]),
+            (GgmlType::Q4_1, &[]),
+            (GgmlType::Q5_0, &[]),
+            (GgmlType::Q8_0, &[]),
+            (GgmlType::Q4_K, &[0, 2]),
+            (GgmlType::Q6_K, &[208]),
+        ];
+        for (ty, scale_offsets) in cases {
+            for (n, seed, scale) in [(256usize, 1u64, 1.0f32), (768, 2, 1e-4), (2816, 3, 300.0), (256, 4, 0.0)] {
+                let w = if scale_offsets.is_empty() {
+                    let mut out = Vec::new();
+                    quant::quantize_row(ty, &values(n, seed, 1.0), &mut out).unwrap();
+                    out
+                } else {
+                    random_k_row(ty, n, seed, scale_offsets)
+                };
+                let mut a = Vec::new();
+                quant::quantize_activations(ty.vec_dot_type(), &values(n, seed * 7, scale), &mut a).unwrap();
+                let reference = quant::vec_dot(ty, &w, &a, n).unwrap();
+                let fast = vec_dot(ty, &w, &a).unwrap();
+                let tolerance = 1e-5 * reference.abs().max(1e-30) + 1e-30;
+                assert!((fast - reference).abs() <= tolerance.max(reference.abs() * 1e-5), "{ty} n={n} scale={scale}: {fast} vs {reference}");
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+#![allow(dead_code)]
+//! Where the tests find their models and oracle data.
+
+use std::path::PathBuf;
+
+/// `../shared/oracle` beside the repository.
+pub fn oracle_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/oracle"))
+}
+
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("SMALLMIND_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/smallmind"),
+    }
+}
+
+fn cached_model(file: &str, fetch_arg: &str) -> PathBuf {
+    let path = cache_dir().join(file);
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/fetch-model {fetch_arg}` (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// The default model, SmolLM2-135M-Instruct Q4_1.
+pub fn smollm2() -> PathBuf {
+    cached_model("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")
+}
+
+/// Gemma 3 270M Q4_K_M.
+pub fn gemma3() -> PathBuf {
+    cached_model("gemma-3-270m-q4_k_m.gguf", "gemma")
+}
