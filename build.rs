@@ -1,5 +1,6 @@
 //! Generates the C header from the Rust source with cbindgen.
 //!
+//! cbindgen reads the whole crate, so any change under src/ may change it.
 //! The header is written to `$OUT_DIR/smallmind.h`; the checked-in `include/smallmind.h` is
 //! compared with it by `tests/header.rs`, and `scripts/update-header` copies it over.
 
@@ -11,7 +12,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let header = out_dir.join("smallmind.h");
 
-    println!("cargo:rerun-if-changed=src/ffi");
+    println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rustc-env=SMALLMIND_GENERATED_HEADER={}", header.display());
 

@@ -74,27 +74,17 @@ typedef uint32_t smallmind_status;
 #endif // __cplusplus
 
 /*
+ A conversation: its history and its own KV cache, on one engine.
+ Created by `smallmind_chat_create` / `_import`, freed by `smallmind_chat_free`.
+ One call at a time; `smallmind_chat_cancel` may be called from any thread.
+ */
+typedef struct smallmind_chat smallmind_chat;
+
+/*
  A loaded model, shared by any number of threads and chats.
  Created by `smallmind_engine_create`, freed by `smallmind_engine_free`.
  */
 typedef struct smallmind_engine smallmind_engine;
-
-/*
- Engine-level callbacks, given to `smallmind_engine_create`. Every field may be NULL.
- */
-typedef struct smallmind_engine_callbacks {
-  void *user_data;
-  /*
-   Load progress in 0..=1, on the creating thread. Return non-zero to abort the load
-   (smallmind_engine_create then returns SMALLMIND_ERR_CANCELLED).
-   */
-  int32_t (*on_load_progress)(void *user_data, float fraction);
-  /*
-   A log line; level 0 debug, 1 info, 2 warning, 3 error. Called only during
-   smallmind_engine_create, on the creating thread.
-   */
-  void (*on_log)(void *user_data, int32_t level, const char *message);
-} smallmind_engine_callbacks;
 
 /*
  Measured figures of one request, as passed to `on_request_complete`.
@@ -165,11 +155,116 @@ typedef struct smallmind_chat_callbacks {
                               const struct smallmind_usage *usage);
 } smallmind_chat_callbacks;
 
+/*
+ Engine-level callbacks, given to `smallmind_engine_create`. Every field may be NULL.
+ */
+typedef struct smallmind_engine_callbacks {
+  void *user_data;
+  /*
+   Load progress in 0..=1, on the creating thread. Return non-zero to abort the load
+   (smallmind_engine_create then returns SMALLMIND_ERR_CANCELLED).
+   */
+  int32_t (*on_load_progress)(void *user_data, float fraction);
+  /*
+   A log line; level 0 debug, 1 info, 2 warning, 3 error. Called only during
+   smallmind_engine_create, on the creating thread.
+   */
+  void (*on_log)(void *user_data, int32_t level, const char *message);
+} smallmind_engine_callbacks;
+
 
 
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ Creates a chat on `engine`. `options_json` may be NULL or
+ {"session_id", "system_prompt", "context_policy": {"type": "keep_all" | "keep_last_n_turns"
+ (+"max_turns") | "sliding_window" (+"max_tokens")}, "kv_cache" (default true),
+ "max_kv_tokens", "max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+ "presence_penalty", "frequency_penalty", "seed"} (defaults for every send).
+ On success `*out` receives a chat freed with `smallmind_chat_free`. Thread-safe.
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_create(struct smallmind_engine *engine,
+                                       const char *options_json,
+                                       struct smallmind_chat **out);
+
+/*
+ Frees a chat. NULL is a no-op. Any thread, but not while a call on this chat is running.
+
+ # Safety
+ `chat` is NULL or a live handle not used by any running call.
+ */
+void smallmind_chat_free(struct smallmind_chat *chat);
+
+/*
+ Sends messages and generates the reply. Request: {"messages": [{"role", "content", ...}],
+ "history": "append" (default: messages extend the session's history) | "replace",
+ "max_tokens", sampling fields, "stop", "stop_token_ids", "context_policy"}.
+ Response: {"id", "model", "session_id", "message": {"role", "content"}, "finish_reason":
+ "stop" | "length" | "cancelled", "usage", "context", "seed", "warnings"}.
+ `cb` may be NULL; callbacks run on this thread. A second concurrent call on the same chat
+ returns SMALLMIND_ERR_BUSY at once. Errors: INVALID_ARGUMENT, INVALID_JSON,
+ CONTEXT_OVERFLOW (keep_all and the conversation does not fit), BUSY.
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_send(struct smallmind_chat *chat,
+                                     const char *request_json,
+                                     const struct smallmind_chat_callbacks *cb,
+                                     char **out_response_json);
+
+/*
+ Asks the chat's running send (if any) to stop within one token or one prefill chunk; it
+ then returns SMALLMIND_OK with `finish_reason: "cancelled"`. Any thread; never blocks.
+
+ # Safety
+ `chat` is NULL or a live handle.
+ */
+smallmind_status smallmind_chat_cancel(struct smallmind_chat *chat);
+
+/*
+ Forgets the history and the KV cache. BUSY while a send runs.
+
+ # Safety
+ `chat` is NULL or a live handle.
+ */
+smallmind_status smallmind_chat_reset(struct smallmind_chat *chat);
+
+/*
+ The history as JSON: {"session_id", "messages": [...]}. `*out_json` is freed with
+ `smallmind_string_free`. BUSY while a send runs.
+
+ # Safety
+ Pointers are NULL or valid.
+ */
+smallmind_status smallmind_chat_history(const struct smallmind_chat *chat, char **out_json);
+
+/*
+ The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 1,
+ "session_id", "options", "history"} for hosts that store it themselves; restore it with
+ `smallmind_chat_import`. `*out_json` is freed with `smallmind_string_free`.
+
+ # Safety
+ Pointers are NULL or valid.
+ */
+smallmind_status smallmind_chat_export(const struct smallmind_chat *chat, char **out_json);
+
+/*
+ Restores a chat from `smallmind_chat_export`'s JSON onto `engine` (its KV cache is
+ rebuilt on the first send). Envelopes from newer versions are refused.
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_import(struct smallmind_engine *engine,
+                                       const char *json,
+                                       struct smallmind_chat **out);
 
 /*
  The library version, e.g. "0.1.0". Static: do not free.

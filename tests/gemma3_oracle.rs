@@ -14,11 +14,9 @@ use smallmind::sample::SamplingParams;
 const MODEL: &str = "gemma-3-270m-q4_k_m.gguf";
 /// Near-tie margin for greedy comparisons (the issue's 0.3 for Gemma).
 const LOGPROB_TOLERANCE: f64 = 0.3;
-/// Top-20 log-probability tolerance for last-position logits. The issue asks 0.3; we measure
-/// up to 0.31 against the precise configuration, where llama.cpp's own two configurations
-/// differ by up to 0.57 on this file (its CPU GELU reads an f16 table, and 8-bit activation
-/// rounding amplifies 1e-7 arithmetic differences). The top-1 token must still agree.
-const LOGITS_TOLERANCE: f64 = 0.35;
+/// The issue's top-20 log-probability tolerance, the floor of the oracle comparison (see
+/// `oracle::assert_case_logits_close` for where llama.cpp's own spread widens it).
+const LOGITS_TOLERANCE: f64 = 0.3;
 
 /// The cases with a recorded generation (d and e are tokenization-only for Gemma).
 fn oracle_cases() -> Vec<Value> {
@@ -35,10 +33,6 @@ fn oracle_cases() -> Vec<Value> {
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
-    std::fs::read(path).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// The first step whose top-1/top-2 margin in llama.cpp's run is below `tolerance`.
@@ -59,12 +53,10 @@ fn last_position_logits_match_llama_cpp_precise() {
     let engine = oracle::load_engine(&models::gemma3(), KvType::F32, 2);
     let mut checked = 0;
     for case in oracle_cases() {
-        let Some(file) = case["last_prompt_position_logits"]["precise"]["file"].as_str() else { continue };
-        let theirs = read_f32_file(&models::oracle_dir().join(file));
-        let theirs: Vec<f64> = oracle::log_softmax(&theirs);
-        let ours = oracle::last_logits(&engine, &ids(&case["prompt_token_ids"]));
-        let what = format!("case {}", case["id"]);
-        oracle::assert_logprobs_close(&ours, &theirs, 20, LOGITS_TOLERANCE, &what);
+        if !case["last_prompt_position_logits"]["precise"]["file"].is_string() {
+            continue;
+        }
+        oracle::assert_case_logits_close(&engine, &case, LOGITS_TOLERANCE);
         checked += 1;
     }
     assert_eq!(checked, 2, "cases a and b have logits");
@@ -131,6 +123,7 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
             ignore_eos: false,
             top_logprobs: None,
             prompt_logprobs: true,
+            started_at: std::time::Instant::now(),
         };
         let mut cache = engine.new_cache();
         let out = engine.generate(&mut cache, &request, &mut NoEvents).unwrap();

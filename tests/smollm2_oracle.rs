@@ -14,12 +14,9 @@ use smallmind::sample::SamplingParams;
 const MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Near-tie margin for greedy comparisons (the 0.1).
 const LOGPROB_TOLERANCE: f64 = 0.1;
-/// Top-20 log-probability tolerance for last-position logits. 30 layers of 8-bit activation
-/// rounding turn 1e-7 arithmetic differences into occasional rounding flips: llama.cpp's own
-/// two configurations differ by up to 0.31 on this file, and we measure 0.13-0.35 against
-/// the precise one (0.00-0.07 on the 2-layer synthetic models, where the same flips are
-/// rarer). The top-1 token must still agree.
-const LOGITS_TOLERANCE: f64 = 0.4;
+/// The top-20 log-probability tolerance, the floor of the oracle comparison (see
+/// `oracle::assert_case_logits_close` for where llama.cpp's own spread widens it).
+const LOGITS_TOLERANCE: f64 = 0.1;
 
 fn oracle_cases() -> Vec<Value> {
     let text = std::fs::read_to_string(models::oracle_dir().join("llamacpp-greedy.json")).unwrap();
@@ -29,10 +26,6 @@ fn oracle_cases() -> Vec<Value> {
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn read_f32_file(path: &std::path::Path) -> Vec<f32> {
-    std::fs::read(path).unwrap().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// The first step whose top-1/top-2 margin in llama.cpp's run is below `tolerance`.
@@ -53,12 +46,10 @@ fn last_position_logits_match_llama_cpp_precise() {
     let engine = oracle::load_engine(&models::smollm2(), KvType::F32, 2);
     let mut checked = 0;
     for case in oracle_cases() {
-        let Some(file) = case["last_prompt_position_logits"]["precise"]["file"].as_str() else { continue };
-        let theirs = read_f32_file(&models::oracle_dir().join(file));
-        let theirs: Vec<f64> = oracle::log_softmax(&theirs);
-        let ours = oracle::last_logits(&engine, &ids(&case["prompt_token_ids"]));
-        let what = format!("case {}", case["id"]);
-        oracle::assert_logprobs_close(&ours, &theirs, 20, LOGITS_TOLERANCE, &what);
+        if !case["last_prompt_position_logits"]["precise"]["file"].is_string() {
+            continue;
+        }
+        oracle::assert_case_logits_close(&engine, &case, LOGITS_TOLERANCE);
         checked += 1;
     }
     assert_eq!(checked, 4, "cases a, b, d and e have logits");
@@ -105,6 +96,7 @@ fn chat_case_reply_is_llama_cpps() {
         ignore_eos: false,
         top_logprobs: None,
         prompt_logprobs: false,
+        started_at: std::time::Instant::now(),
     };
     let mut cache = engine.new_cache();
     let out = engine.generate(&mut cache, &request, &mut NoEvents).unwrap();
@@ -146,6 +138,7 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
             ignore_eos: false,
             top_logprobs: None,
             prompt_logprobs: true,
+            started_at: std::time::Instant::now(),
         };
         let mut cache = engine.new_cache();
         let out = engine.generate(&mut cache, &request, &mut NoEvents).unwrap();

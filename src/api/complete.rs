@@ -121,7 +121,7 @@ fn random_seed() -> u64 {
 }
 
 impl CompleteRequest {
-    fn into_generation(self, engine: &Engine) -> Result<GenerationRequest> {
+    fn into_generation(self, engine: &Engine, started_at: std::time::Instant) -> Result<GenerationRequest> {
         let prompt = match (self.prompt, self.prompt_ids) {
             (Some(_), Some(_)) => return Err(Error::invalid_argument("give either prompt or prompt_ids, not both")),
             (None, None) => return Err(Error::invalid_argument("the request needs prompt (text) or prompt_ids (token ids)")),
@@ -192,6 +192,7 @@ impl CompleteRequest {
             ignore_eos: self.ignore_eos.unwrap_or(false),
             top_logprobs: self.logprobs.map(|k| k as usize),
             prompt_logprobs: self.prompt_logprobs.unwrap_or(false),
+            started_at,
         })
     }
 }
@@ -258,8 +259,9 @@ struct CompleteResponse {
 
 /// Runs a raw completion request; returns the response JSON and the usage figures.
 pub fn complete(engine: &Engine, json: &str, events: &mut dyn GenerationEvents) -> Result<(String, Usage)> {
+    let started_at = std::time::Instant::now();
     let req: CompleteRequest = parse("completion request", json)?;
-    let gen_req = req.into_generation(engine)?;
+    let gen_req = req.into_generation(engine, started_at)?;
     let mut cache = engine.new_cache();
     let out: GenerationOutput = engine.generate(&mut cache, &gen_req, events)?;
     let response = CompleteResponse {

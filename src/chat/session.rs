@@ -53,6 +53,8 @@ pub struct Turn {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub context_policy: Option<ContextPolicy>,
+    /// When the host's call began.
+    pub started_at: std::time::Instant,
 }
 
 /// What the context policy did to this turn's prompt.
@@ -193,6 +195,7 @@ impl Session {
             ignore_eos: false,
             top_logprobs: None,
             prompt_logprobs: false,
+            started_at: turn.started_at,
         };
         let mut ordered = PolicyAfterCacheLookup { inner: events, context: &context, announced: false };
         let output = self.engine.generate(&mut self.cache, &request, &mut ordered)?;

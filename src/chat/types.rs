@@ -171,7 +171,7 @@ impl ChatRequest {
     }
 
     /// Validates the request against the session's defaults.
-    pub fn into_turn(self, config: &SessionConfig, engine: &Engine) -> Result<Turn> {
+    pub fn into_turn(self, config: &SessionConfig, engine: &Engine, started_at: std::time::Instant) -> Result<Turn> {
         if self.messages.is_empty() {
             return Err(Error::invalid_argument("messages is empty: send at least one message"));
         }
@@ -235,6 +235,7 @@ impl ChatRequest {
             stop,
             stop_token_ids,
             context_policy: self.context_policy,
+            started_at,
         })
     }
 }

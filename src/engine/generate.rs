@@ -30,6 +30,8 @@ pub struct GenerationRequest {
     pub top_logprobs: Option<usize>,
     /// Report the log-probability of each prompt token given the ones before it.
     pub prompt_logprobs: bool,
+    /// When the host's call began: time to first token is measured from here.
+    pub started_at: Instant,
 }
 
 /// Why generation ended.
@@ -134,7 +136,7 @@ impl Engine {
         request: &GenerationRequest,
         events: &mut dyn GenerationEvents,
     ) -> Result<GenerationOutput> {
-        let start = Instant::now();
+        let start = request.started_at;
         let prompt = &request.prompt;
         if prompt.is_empty() {
             return Err(Error::invalid_argument("the prompt is empty: give at least one token"));

@@ -150,6 +150,7 @@ pub unsafe extern "C" fn smallmind_chat_send(
     cb: *const smallmind_chat_callbacks,
     out_response_json: *mut *mut c_char,
 ) -> smallmind_status {
+    let started_at = std::time::Instant::now();
     ffi_call(|| {
         // SAFETY: per the function's contract.
         let chat = unsafe { chat_ref(chat) }?;
@@ -158,7 +159,7 @@ pub unsafe extern "C" fn smallmind_chat_send(
         out_arg(out_response_json, "out_response_json")?;
         let mut session = chat.session.try_lock().ok_or_else(busy)?;
         chat.cancel.store(false, Ordering::Relaxed);
-        let turn = ChatRequest::parse(json)?.into_turn(session.config(), &chat.engine)?;
+        let turn = ChatRequest::parse(json)?.into_turn(session.config(), &chat.engine, started_at)?;
         let seed = turn.sampling.seed;
         // SAFETY: cb is NULL or valid for the call.
         let mut events = ChatCallbacks { host: RequestCallbacks::new(unsafe { cb.as_ref() }, &chat.session_id), cancel: &chat.cancel };

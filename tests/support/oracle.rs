@@ -62,6 +62,46 @@ pub fn assert_logprobs_close(ours: &[f32], oracle_logprobs: &[f64], k: usize, to
     eprintln!("{what}: top-{k} max |Δ logprob| = {worst:.5}");
 }
 
+/// How far our top-1 log-probability may sit from llama.cpp's. Both engines agree to 0.03
+/// here on every oracle case; a wrong layer or a misread tensor moves it by whole nats.
+pub const TOP1_LOGPROB_TOLERANCE: f64 = 0.05;
+
+/// Compares the last-position logits of one oracle case with llama.cpp's precise run (f32 KV).
+///
+/// The top-1 token must agree and its log-probability lie within [`TOP1_LOGPROB_TOLERANCE`].
+/// The top-20 must lie within `floor` or 1.5 × the spread between llama.cpp's own two
+/// configurations on that case, whichever is larger: deep in the tail, 8-bit activation
+/// rounding decides, and llama.cpp's default and precise runs differ there by up to 0.57
+/// (the oracle's tolerance notes). The spread is read from the oracle, never from our output.
+pub fn assert_case_logits_close(engine: &Engine, case: &serde_json::Value, floor: f64) {
+    let read = |config: &str| -> Vec<f64> {
+        let file = case["last_prompt_position_logits"][config]["file"].as_str().expect("logits file");
+        let bytes = std::fs::read(super::models::oracle_dir().join(file)).expect("oracle logits");
+        let logits: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        log_softmax(&logits)
+    };
+    let precise = read("precise");
+    let default = read("default");
+    let prompt: Vec<u32> =
+        case["prompt_token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let ours = last_logits(engine, &prompt);
+    let what = format!("case {}", case["id"]);
+    let top20 = top_ids(&precise, 20);
+    let own_spread = top20.iter().map(|&id| (default[id] - precise[id]).abs()).fold(0.0, f64::max);
+    let tolerance = floor.max(1.5 * own_spread);
+    let mine = log_softmax(&ours);
+    let top1 = top20[0];
+    let top1_diff = (mine[top1] - precise[top1]).abs();
+    assert!(
+        top1_diff <= TOP1_LOGPROB_TOLERANCE,
+        "{what}: top-1 logprob {:.4} vs llama.cpp's {:.4} (|Δ| {top1_diff:.4} > {TOP1_LOGPROB_TOLERANCE})",
+        mine[top1],
+        precise[top1]
+    );
+    eprintln!("{what}: top-20 tolerance {tolerance:.3} (llama.cpp's own config spread {own_spread:.3})");
+    assert_logprobs_close(&ours, &precise, 20, tolerance, &what);
+}
+
 /// Greedy generation of `n` tokens.
 pub fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     let request = GenerationRequest {
@@ -73,6 +113,7 @@ pub fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         ignore_eos: false,
         top_logprobs: None,
         prompt_logprobs: false,
+        started_at: std::time::Instant::now(),
     };
     let mut cache = engine.new_cache();
     engine.generate(&mut cache, &request, &mut NoEvents).expect("generation").token_ids
