@@ -6,16 +6,16 @@
 //! `tokenizer`, `sample`, `engine` (model + tokenizer + generation loop), `api` and `chat`
 //! (request/response shapes, sessions), `store` (persistence), `ffi` (the only `extern "C"`).
 
-pub mod error;
-pub mod gguf;
-pub mod quant;
-pub mod kernels;
-pub mod model;
-pub mod tokenizer;
-pub mod sample;
-pub mod engine;
 pub mod api;
 pub mod chat;
+pub mod engine;
+pub mod error;
 pub mod ffi;
+pub mod gguf;
+pub mod kernels;
+pub mod model;
+pub mod quant;
+pub mod sample;
+pub mod tokenizer;
 
 pub use error::{Error, ErrorKind};

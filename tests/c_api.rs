@@ -10,7 +10,11 @@ use std::process::Command;
 /// The directory holding libsmallmind.so: cargo builds it next to the test's deps folder.
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf();
     assert!(
         dir.join("libsmallmind.so").exists(),
         "{} has no libsmallmind.so; build the library first (`cargo build --release`)",
@@ -94,7 +98,11 @@ fn c_engine_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
     let program = compile(
         "test_engine_asan",
         &["tests/c/test_engine.c"],
-        &["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"],
+        &[
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=undefined",
+        ],
     );
     let out = run(&program, &[&models::smollm2(), &not_a_gguf_file()]);
     assert!(out.contains(" 0 failed"), "{out}");

@@ -32,7 +32,11 @@ fn oracle_cases() -> Vec<Value> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// The first step whose top-1/top-2 margin in llama.cpp's run is below `tolerance`.
@@ -71,7 +75,12 @@ fn greedy_generation_matches_llama_cpp_up_to_the_first_near_tie() {
         let trusted = first_near_tie(&case, LOGPROB_TOLERANCE);
         let n = theirs.len().min(trusted.saturating_add(1));
         let ours = oracle::greedy(&engine, &ids(&case["prompt_token_ids"]), n);
-        oracle::assert_greedy_prefix(&ours, &theirs, trusted, &format!("case {} (f16 KV)", case["id"]));
+        oracle::assert_greedy_prefix(
+            &ours,
+            &theirs,
+            trusted,
+            &format!("case {} (f16 KV)", case["id"]),
+        );
     }
 }
 
@@ -82,20 +91,28 @@ fn greedy_generation_with_f32_kv_matches_llama_cpp_precise() {
         let precise = &case["precise_config_generation"];
         let theirs = ids(&precise["generated_token_ids"]);
         // Where the two llama.cpp configurations agree, the default run's margins tell near-ties.
-        let diverge = precise["first_divergence_index_vs_default"].as_u64().map_or(usize::MAX, |d| d as usize);
+        let diverge = precise["first_divergence_index_vs_default"]
+            .as_u64()
+            .map_or(usize::MAX, |d| d as usize);
         let trusted = first_near_tie(&case, LOGPROB_TOLERANCE).min(diverge);
         let n = theirs.len().min(trusted.saturating_add(1));
         let ours = oracle::greedy(&engine, &ids(&case["prompt_token_ids"]), n);
-        oracle::assert_greedy_prefix(&ours, &theirs, trusted, &format!("case {} (f32 KV)", case["id"]));
+        oracle::assert_greedy_prefix(
+            &ours,
+            &theirs,
+            trusted,
+            &format!("case {} (f32 KV)", case["id"]),
+        );
     }
 }
 
 #[test]
 fn perplexity_is_within_one_percent_of_llama_cpp() {
     let text = std::fs::read_to_string(models::oracle_dir().join("ppl-text.txt")).unwrap();
-    let anchor: Value =
-        serde_json::from_str(&std::fs::read_to_string(models::oracle_dir().join("llamacpp-perplexity.json")).unwrap())
-            .unwrap();
+    let anchor: Value = serde_json::from_str(
+        &std::fs::read_to_string(models::oracle_dir().join("llamacpp-perplexity.json")).unwrap(),
+    )
+    .unwrap();
     let expected = anchor["results"]
         .as_array()
         .unwrap()
@@ -104,7 +121,11 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
         .unwrap();
     let engine = oracle::load_engine(&models::gemma3(), KvType::F32, 2);
     let tokens = engine.tokenizer.encode(&text, true, false);
-    assert_eq!(tokens.len() as u64, expected["n_tokens"].as_u64().unwrap(), "tokenized length");
+    assert_eq!(
+        tokens.len() as u64,
+        expected["n_tokens"].as_u64().unwrap(),
+        "tokenized length"
+    );
 
     const N_CTX: usize = 512;
     let mut nll = 0.0f64;
@@ -116,7 +137,10 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
         }
         let request = GenerationRequest {
             prompt,
-            sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
             max_tokens: 0,
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
@@ -126,7 +150,9 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
             started_at: std::time::Instant::now(),
         };
         let mut cache = engine.new_cache();
-        let out = engine.generate(&mut cache, &request, &mut NoEvents).unwrap();
+        let out = engine
+            .generate(&mut cache, &request, &mut NoEvents)
+            .unwrap();
         for lp in &out.prompt_logprobs[N_CTX / 2 + 1..N_CTX] {
             nll -= lp.unwrap() as f64;
             scored += 1;
@@ -136,7 +162,10 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
     let ppl = (nll / scored as f64).exp();
     let reference = expected["ppl"].as_f64().unwrap();
     eprintln!("perplexity {ppl:.4} (llama.cpp {reference})");
-    assert!((ppl / reference - 1.0).abs() < 0.01, "perplexity {ppl:.4} is not within 1% of llama.cpp's {reference}");
+    assert!(
+        (ppl / reference - 1.0).abs() < 0.01,
+        "perplexity {ppl:.4} is not within 1% of llama.cpp's {reference}"
+    );
 }
 
 #[test]
@@ -144,6 +173,13 @@ fn greedy_output_is_identical_with_one_and_two_threads() {
     let one = oracle::load_engine(&models::gemma3(), KvType::F16, 1);
     let two = oracle::load_engine(&models::gemma3(), KvType::F16, 2);
     let prompt = one.tokenizer.encode("Once upon a time", true, false);
-    assert_eq!(oracle::last_logits(&one, &prompt), oracle::last_logits(&two, &prompt), "bit-identical logits");
-    assert_eq!(oracle::greedy(&one, &prompt, 24), oracle::greedy(&two, &prompt, 24));
+    assert_eq!(
+        oracle::last_logits(&one, &prompt),
+        oracle::last_logits(&two, &prompt),
+        "bit-identical logits"
+    );
+    assert_eq!(
+        oracle::greedy(&one, &prompt, 24),
+        oracle::greedy(&two, &prompt, 24)
+    );
 }

@@ -24,9 +24,19 @@ fn valid() -> GgufBuilder {
         .meta("test.u64", Meta::U64(1 << 40))
         .meta("test.i64", Meta::I64(-(1 << 40)))
         .meta("test.f64", Meta::F64(2.25))
-        .meta("test.strings", Meta::Array(8, vec![Meta::Str("a".into()), Meta::Str("ü".into())]))
-        .meta("test.nested", Meta::Array(9, vec![Meta::Array(4, vec![Meta::U32(1), Meta::U32(2)])]))
-        .tensor(Tensor::f32("a", &[4, 2], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]))
+        .meta(
+            "test.strings",
+            Meta::Array(8, vec![Meta::Str("a".into()), Meta::Str("ü".into())]),
+        )
+        .meta(
+            "test.nested",
+            Meta::Array(9, vec![Meta::Array(4, vec![Meta::U32(1), Meta::U32(2)])]),
+        )
+        .tensor(Tensor::f32(
+            "a",
+            &[4, 2],
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0],
+        ))
         .tensor(Tensor::f32("b", &[3], &[9.0, 10.0, 11.0]))
 }
 
@@ -56,13 +66,30 @@ fn every_value_type_round_trips_in_version_2_and_3() {
         assert_eq!(f.get_u32("test.u64"), None, "does not fit u32");
         assert_eq!(f.get("test.i64").and_then(Value::as_i64), Some(-(1 << 40)));
         assert_eq!(f.get("test.f64").and_then(Value::as_f32), Some(2.25));
-        let strings: Vec<&str> = f.get_array("test.strings").unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let strings: Vec<&str> = f
+            .get_array("test.strings")
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         assert_eq!(strings, ["a", "ü"]);
-        assert_eq!(f.get_array("test.nested").unwrap()[0].as_array().unwrap().len(), 2);
+        assert_eq!(
+            f.get_array("test.nested").unwrap()[0]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         let a = f.tensor("a").unwrap();
-        assert_eq!((a.dims.clone(), a.ggml_type, a.n_rows(), a.row_len()), (vec![4, 2], GgmlType::F32, 2, 4));
+        assert_eq!(
+            (a.dims.clone(), a.ggml_type, a.n_rows(), a.row_len()),
+            (vec![4, 2], GgmlType::F32, 2, 4)
+        );
         assert_eq!(f.tensor_bytes(a).len(), 32);
-        assert_eq!(&f.tensor_bytes(f.tensor("b").unwrap())[..4], &9.0f32.to_le_bytes());
+        assert_eq!(
+            &f.tensor_bytes(f.tensor("b").unwrap())[..4],
+            &9.0f32.to_le_bytes()
+        );
         assert_eq!(a.offset % 32, 0);
     }
 }
@@ -72,7 +99,12 @@ fn every_truncation_is_an_error_not_a_panic() {
     let bytes = valid().build();
     for len in 0..bytes.len() {
         let message = parse_err(bytes[..len].to_vec());
-        assert!(message.contains("truncated") || message.contains("outside the file") || message.contains("not a GGUF"), "{len}: {message}");
+        assert!(
+            message.contains("truncated")
+                || message.contains("outside the file")
+                || message.contains("not a GGUF"),
+            "{len}: {message}"
+        );
     }
 }
 
@@ -84,7 +116,10 @@ fn header_errors_name_the_problem() {
     assert!(parse_err(bad_magic).contains("not a GGUF file"));
     for version in [1, 4] {
         let message = parse_err(GgufBuilder { version, ..valid() }.build());
-        assert!(message.contains(&format!("GGUF version {version} is not supported")), "{message}");
+        assert!(
+            message.contains(&format!("GGUF version {version} is not supported")),
+            "{message}"
+        );
     }
 }
 
@@ -95,7 +130,11 @@ fn metadata_errors_name_the_key() {
 
     let mut huge_string = Vec::new();
     huge_string.extend_from_slice(&(1u64 << 40).to_le_bytes());
-    let message = parse_err(valid().meta("bad.string", Meta::Raw(8, huge_string)).build());
+    let message = parse_err(
+        valid()
+            .meta("bad.string", Meta::Raw(8, huge_string))
+            .build(),
+    );
     assert!(message.contains("above the limit"), "{message}");
 
     let mut huge_array = 4u32.to_le_bytes().to_vec();
@@ -103,15 +142,29 @@ fn metadata_errors_name_the_key() {
     let message = parse_err(valid().meta("bad.array", Meta::Raw(9, huge_array)).build());
     assert!(message.contains("array 'bad.array'"), "{message}");
 
-    let deep = Meta::Array(9, vec![Meta::Array(9, vec![Meta::Array(9, vec![Meta::Array(4, vec![Meta::U32(1)])])])]);
+    let deep = Meta::Array(
+        9,
+        vec![Meta::Array(
+            9,
+            vec![Meta::Array(9, vec![Meta::Array(4, vec![Meta::U32(1)])])],
+        )],
+    );
     assert!(parse_err(valid().meta("bad.deep", deep).build()).contains("nesting depth"));
 
-    assert!(parse_err(valid().meta("test.u8", Meta::U8(1)).build()).contains("'test.u8' appears twice"));
-    assert!(parse_err(valid().meta("bad.bool", Meta::Raw(7, vec![2])).build()).contains("bool value 2"));
+    assert!(
+        parse_err(valid().meta("test.u8", Meta::U8(1)).build()).contains("'test.u8' appears twice")
+    );
+    assert!(
+        parse_err(valid().meta("bad.bool", Meta::Raw(7, vec![2])).build()).contains("bool value 2")
+    );
     let invalid_utf8 = Meta::Raw(8, [2u64.to_le_bytes().to_vec(), vec![0xff, 0xfe]].concat());
     assert!(parse_err(valid().meta("bad.utf8", invalid_utf8).build()).contains("not valid UTF-8"));
     for alignment in [0u32, 3] {
-        let message = parse_err(valid().meta("general.alignment", Meta::U32(alignment)).build());
+        let message = parse_err(
+            valid()
+                .meta("general.alignment", Meta::U32(alignment))
+                .build(),
+        );
         assert!(message.contains("general.alignment"), "{message}");
     }
 }
@@ -134,7 +187,10 @@ fn tensor_errors_name_the_tensor() {
     let mut unknown = t.clone();
     unknown.type_id = 16;
     let message = parse_err(with(unknown));
-    assert!(message.contains("tensor 'bad' has ggml type id 16") && message.contains("Q4_K"), "{message}");
+    assert!(
+        message.contains("tensor 'bad' has ggml type id 16") && message.contains("Q4_K"),
+        "{message}"
+    );
 
     let mut partial_block = t.clone();
     partial_block.type_id = GgmlType::Q4_0.id();
@@ -144,7 +200,9 @@ fn tensor_errors_name_the_tensor() {
     // Tensor "b" ends the file; cutting its last bytes leaves it outside.
     let mut cut = valid().build();
     cut.truncate(cut.len() - 4);
-    assert!(parse_err(cut).contains("tensor 'b' (12 bytes at data offset 32) lies outside the file"));
+    assert!(
+        parse_err(cut).contains("tensor 'b' (12 bytes at data offset 32) lies outside the file")
+    );
 
     let mut misaligned = t.clone();
     misaligned.offset = Some(100);
@@ -182,24 +240,42 @@ fn random_byte_flips_never_panic() {
 #[test]
 fn real_files_parse_with_types_and_shapes_as_gguf_py_reads_them() {
     let oracle: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(models::oracle_dir().join("synthetic/llamacpp-synthetic.json")).unwrap(),
+        &std::fs::read_to_string(models::oracle_dir().join("synthetic/llamacpp-synthetic.json"))
+            .unwrap(),
     )
     .unwrap();
     for model in oracle["models"].as_array().unwrap() {
-        let path = models::oracle_dir().join("synthetic").join(model["file"].as_str().unwrap());
+        let path = models::oracle_dir()
+            .join("synthetic")
+            .join(model["file"].as_str().unwrap());
         let f = GgufFile::open(&path, true).unwrap();
         let types = model["tensor_types"].as_object().unwrap();
         assert_eq!(f.tensors.len(), types.len());
         for t in &f.tensors {
-            assert_eq!(t.ggml_type.name(), types[&t.name].as_str().unwrap(), "{}", t.name);
-            let shape: Vec<u64> = model["tensor_shapes_ggml_ne"][&t.name].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
+            assert_eq!(
+                t.ggml_type.name(),
+                types[&t.name].as_str().unwrap(),
+                "{}",
+                t.name
+            );
+            let shape: Vec<u64> = model["tensor_shapes_ggml_ne"][&t.name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
             assert_eq!(t.dims, shape, "{}", t.name);
         }
     }
     for path in [models::smollm2(), models::gemma3()] {
         let start = std::time::Instant::now();
         let f = GgufFile::open(&path, true).unwrap();
-        eprintln!("{}: {} tensors, parsed in {:.1} ms", path.display(), f.tensors.len(), start.elapsed().as_secs_f64() * 1000.0);
+        eprintln!(
+            "{}: {} tensors, parsed in {:.1} ms",
+            path.display(),
+            f.tensors.len(),
+            start.elapsed().as_secs_f64() * 1000.0
+        );
         assert!(f.get_array("tokenizer.ggml.tokens").unwrap().len() >= 49152);
         // Opening without the map reads the same.
         assert_eq!(GgufFile::open(&path, false).unwrap().tensors, f.tensors);

@@ -17,18 +17,36 @@ fn synthetic() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn decode_f32s(b64: &str) -> Vec<f32> {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn check_model(file: &str) {
     let oracle_json = synthetic();
-    let entry = oracle_json["models"].as_array().unwrap().iter().find(|m| m["file"] == file).unwrap();
-    let all_f32 = entry["tensor_types"].as_object().unwrap().values().all(|t| t == "F32");
+    let entry = oracle_json["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["file"] == file)
+        .unwrap();
+    let all_f32 = entry["tensor_types"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|t| t == "F32");
     let tolerance = if all_f32 { 0.02 } else { 0.1 };
     let path = models::oracle_dir().join("synthetic").join(file);
     let engine = oracle::load_engine(&path, KvType::F32, 2);
@@ -37,7 +55,11 @@ fn check_model(file: &str) {
         let what = format!("{file} case {}", case["id"]);
         let prompt = ids(&case["prompt_token_ids"]);
         let text = case["prompt_text"].as_str().unwrap();
-        assert_eq!(engine.tokenizer.encode(text, true, true), prompt, "{what}: token ids");
+        assert_eq!(
+            engine.tokenizer.encode(text, true, true),
+            prompt,
+            "{what}: token ids"
+        );
 
         // Last-position logits; for prompts with special tokens llama-debug has none, and the
         // first greedy step holds the same distribution.
@@ -57,7 +79,8 @@ fn check_model(file: &str) {
             .iter()
             .position(|s| {
                 let top = s["top5"].as_array().unwrap();
-                top[0]["logprob"].as_f64().unwrap() - top[1]["logprob"].as_f64().unwrap() < tolerance
+                top[0]["logprob"].as_f64().unwrap() - top[1]["logprob"].as_f64().unwrap()
+                    < tolerance
             })
             .unwrap_or(usize::MAX);
         let n = generated.len().min(near_tie.saturating_add(1));

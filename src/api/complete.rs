@@ -83,7 +83,11 @@ pub fn sampling_params(
         p.temperature = t;
     }
     if let Some(k) = top_k {
-        p.top_k = u32::try_from(k).map_err(|_| Error::invalid_argument(format!("top_k is {k}; it must be 0 (off) or a positive number of tokens")))?;
+        p.top_k = u32::try_from(k).map_err(|_| {
+            Error::invalid_argument(format!(
+                "top_k is {k}; it must be 0 (off) or a positive number of tokens"
+            ))
+        })?;
     }
     if let Some(v) = top_p {
         p.top_p = v;
@@ -95,8 +99,9 @@ pub fn sampling_params(
         p.repeat_penalty = v;
     }
     if let Some(n) = repeat_last_n {
-        p.repeat_last_n = usize::try_from(n)
-            .map_err(|_| Error::invalid_argument(format!("repeat_last_n is {n}; it must be 0 or more")))?;
+        p.repeat_last_n = usize::try_from(n).map_err(|_| {
+            Error::invalid_argument(format!("repeat_last_n is {n}; it must be 0 or more"))
+        })?;
     }
     if let Some(v) = presence_penalty {
         p.presence_penalty = v;
@@ -121,14 +126,32 @@ fn random_seed() -> u64 {
 }
 
 impl CompleteRequest {
-    fn into_generation(self, engine: &Engine, started_at: std::time::Instant) -> Result<GenerationRequest> {
+    fn into_generation(
+        self,
+        engine: &Engine,
+        started_at: std::time::Instant,
+    ) -> Result<GenerationRequest> {
         let prompt = match (self.prompt, self.prompt_ids) {
-            (Some(_), Some(_)) => return Err(Error::invalid_argument("give either prompt or prompt_ids, not both")),
-            (None, None) => return Err(Error::invalid_argument("the request needs prompt (text) or prompt_ids (token ids)")),
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_argument(
+                    "give either prompt or prompt_ids, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(Error::invalid_argument(
+                    "the request needs prompt (text) or prompt_ids (token ids)",
+                ));
+            }
             (Some(text), None) => {
-                let ids = engine.tokenizer.encode(&text, self.add_special.unwrap_or(true), self.parse_special.unwrap_or(false));
+                let ids = engine.tokenizer.encode(
+                    &text,
+                    self.add_special.unwrap_or(true),
+                    self.parse_special.unwrap_or(false),
+                );
                 if ids.is_empty() {
-                    return Err(Error::invalid_argument("prompt is empty: it tokenizes to no tokens"));
+                    return Err(Error::invalid_argument(
+                        "prompt is empty: it tokenizes to no tokens",
+                    ));
                 }
                 ids
             }
@@ -139,7 +162,9 @@ impl CompleteRequest {
                     ));
                 }
                 if ids.is_empty() {
-                    return Err(Error::invalid_argument("prompt_ids is empty: give at least one token id"));
+                    return Err(Error::invalid_argument(
+                        "prompt_ids is empty: give at least one token id",
+                    ));
                 }
                 let n_vocab = engine.tokenizer.n_vocab();
                 if let Some(bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
@@ -166,10 +191,14 @@ impl CompleteRequest {
             Some(StopField::Many(v)) => v,
         };
         if stop.iter().any(String::is_empty) {
-            return Err(Error::invalid_argument("stop contains an empty string, which would stop at once; remove it"));
+            return Err(Error::invalid_argument(
+                "stop contains an empty string, which would stop at once; remove it",
+            ));
         }
         if let Some(k) = self.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
-            return Err(Error::invalid_argument(format!("logprobs is {k}; it must be at most {MAX_TOP_LOGPROBS}")));
+            return Err(Error::invalid_argument(format!(
+                "logprobs is {k}; it must be at most {MAX_TOP_LOGPROBS}"
+            )));
         }
         let sampling = sampling_params(
             SamplingParams::default(),
@@ -221,7 +250,9 @@ impl From<&Usage> for UsageJson {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.total_tokens(),
-            prompt_tokens_details: CachedTokensJson { cached_tokens: u.cached_tokens },
+            prompt_tokens_details: CachedTokensJson {
+                cached_tokens: u.cached_tokens,
+            },
             time_to_first_token_ms: u.time_to_first_token_ms,
             prefill_ms: u.prefill_ms,
             decode_ms: u.decode_ms,
@@ -258,7 +289,11 @@ struct CompleteResponse {
 }
 
 /// Runs a raw completion request; returns the response JSON and the usage figures.
-pub fn complete(engine: &Engine, json: &str, events: &mut dyn GenerationEvents) -> Result<(String, Usage)> {
+pub fn complete(
+    engine: &Engine,
+    json: &str,
+    events: &mut dyn GenerationEvents,
+) -> Result<(String, Usage)> {
     let started_at = std::time::Instant::now();
     let req: CompleteRequest = parse("completion request", json)?;
     let gen_req = req.into_generation(engine, started_at)?;
@@ -276,7 +311,11 @@ pub fn complete(engine: &Engine, json: &str, events: &mut dyn GenerationEvents) 
                 .map(|t| TokenLogprobJson {
                     id: t.id,
                     logprob: t.logprob,
-                    top: t.top.iter().map(|&(id, logprob)| IdLogprob { id, logprob }).collect(),
+                    top: t
+                        .top
+                        .iter()
+                        .map(|&(id, logprob)| IdLogprob { id, logprob })
+                        .collect(),
                 })
                 .collect()
         }),

@@ -30,7 +30,9 @@ pub struct EngineOptionsJson {
 pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
     let raw: EngineOptionsJson = parse("engine options", json)?;
     if raw.model_path.is_empty() {
-        return Err(Error::invalid_argument("model_path is empty: give the path of a GGUF file"));
+        return Err(Error::invalid_argument(
+            "model_path is empty: give the path of a GGUF file",
+        ));
     }
     if raw.kv_budget_bytes.is_some() || raw.max_sessions.is_some() {
         return Err(Error::invalid_argument(
@@ -41,11 +43,17 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
         None | Some("f16") => KvType::F16,
         Some("f32") => KvType::F32,
         Some(other) => {
-            return Err(Error::invalid_argument(format!("kv_type is '{other}'; use \"f16\" or \"f32\"")));
+            return Err(Error::invalid_argument(format!(
+                "kv_type is '{other}'; use \"f16\" or \"f32\""
+            )));
         }
     };
     let threads = match raw.threads {
-        Some(0) => return Err(Error::invalid_argument("threads must be at least 1 (omit it to use every core)")),
+        Some(0) => {
+            return Err(Error::invalid_argument(
+                "threads must be at least 1 (omit it to use every core)",
+            ));
+        }
         t => t.map(|t| t as usize),
     };
     let context_length = match raw.context_length {
@@ -104,7 +112,11 @@ pub fn info_json(engine: &Engine) -> Result<String> {
         n_ff: info.n_ff,
         n_params: info.n_params,
         file_bytes: info.file_bytes,
-        tensor_types: info.tensor_types.iter().map(|(ty, n)| (ty.to_string(), (*n).into())).collect(),
+        tensor_types: info
+            .tensor_types
+            .iter()
+            .map(|(ty, n)| (ty.to_string(), (*n).into()))
+            .collect(),
         chat_template: info.chat_template.as_deref(),
         bos_id: info.bos_id,
         eos_id: info.eos_id,

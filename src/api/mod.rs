@@ -22,5 +22,6 @@ pub fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T> {
 
 /// Serializes a response; our own types always serialize, so a failure is a bug.
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::internal(format!("could not serialize the response: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| Error::internal(format!("could not serialize the response: {e}")))
 }

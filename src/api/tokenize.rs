@@ -40,7 +40,9 @@ struct TokenizeResponse {
 /// `{"text","add_special","parse_special"}` → `{"ids","pieces"}`.
 pub fn tokenize(engine: &Engine, json: &str) -> Result<String> {
     let req: TokenizeRequest = parse("tokenize request", json)?;
-    let ids = engine.tokenizer.encode(&req.text, req.add_special, req.parse_special);
+    let ids = engine
+        .tokenizer
+        .encode(&req.text, req.add_special, req.parse_special);
     let pieces = ids
         .iter()
         .map(|&id| {
@@ -79,5 +81,7 @@ pub fn detokenize(engine: &Engine, json: &str) -> Result<String> {
         )));
     }
     let bytes = engine.tokenizer.decode(&req.ids, req.render_special);
-    to_json(&DetokenizeResponse { text: String::from_utf8_lossy(&bytes).into_owned() })
+    to_json(&DetokenizeResponse {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    })
 }

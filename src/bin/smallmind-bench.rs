@@ -33,14 +33,23 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{}", usage()));
-        let number = |v: String| v.parse::<usize>().map_err(|_| format!("{flag}: '{v}' is not a number"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{flag} needs a value\n{}", usage()))
+        };
+        let number = |v: String| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{flag}: '{v}' is not a number"))
+        };
         match flag.as_str() {
             "-m" => args.model = value()?,
             "-t" => {
                 args.threads = value()?
                     .split(',')
-                    .map(|t| t.parse::<usize>().map_err(|_| format!("-t: '{t}' is not a number")))
+                    .map(|t| {
+                        t.parse::<usize>()
+                            .map_err(|_| format!("-t: '{t}' is not a number"))
+                    })
                     .collect::<Result<_, _>>()?
             }
             "-p" => args.prompt_tokens = number(value()?)?,
@@ -81,14 +90,30 @@ fn median_and_spread(mut v: Vec<f64>) -> (f64, f64) {
 
 /// Tokens per second of evaluating `n` prompt tokens in one pass from an empty cache.
 fn prefill_rate(engine: &Engine, n: usize) -> f64 {
-    let tokens: Vec<u32> = (0..n).map(|i| (100 + i * 7) as u32 % engine.model.hparams.n_vocab as u32).collect();
+    let tokens: Vec<u32> = (0..n)
+        .map(|i| (100 + i * 7) as u32 % engine.model.hparams.n_vocab as u32)
+        .collect();
     let mut cache = engine.new_cache();
     let mut scratch = ForwardScratch::default();
     let mut logits = Vec::new();
     let start = Instant::now();
     for chunk in tokens.chunks(512) {
-        let wanted = if cache.len() + chunk.len() == n { Logits::Last } else { Logits::None };
-        engine.model.forward(engine.pool(), chunk, &mut cache, wanted, &mut scratch, &mut logits).expect("forward");
+        let wanted = if cache.len() + chunk.len() == n {
+            Logits::Last
+        } else {
+            Logits::None
+        };
+        engine
+            .model
+            .forward(
+                engine.pool(),
+                chunk,
+                &mut cache,
+                wanted,
+                &mut scratch,
+                &mut logits,
+            )
+            .expect("forward");
     }
     n as f64 / start.elapsed().as_secs_f64()
 }
@@ -102,7 +127,17 @@ fn decode_rate(engine: &Engine, n: usize) -> f64 {
     let mut token = engine.tokenizer.bos_id().unwrap_or(0);
     let start = Instant::now();
     for _ in 0..n {
-        engine.model.forward(engine.pool(), &[token], &mut cache, Logits::Last, &mut scratch, &mut logits).expect("forward");
+        engine
+            .model
+            .forward(
+                engine.pool(),
+                &[token],
+                &mut cache,
+                Logits::Last,
+                &mut scratch,
+                &mut logits,
+            )
+            .expect("forward");
         token = logits
             .iter()
             .enumerate()
@@ -122,7 +157,9 @@ fn main() -> ExitCode {
     };
     println!("| model | threads | test | t/s | ± |");
     println!("|---|---|---|---|---|");
-    let name = std::path::Path::new(&args.model).file_name().map_or(args.model.clone(), |n| n.to_string_lossy().into_owned());
+    let name = std::path::Path::new(&args.model)
+        .file_name()
+        .map_or(args.model.clone(), |n| n.to_string_lossy().into_owned());
     for &threads in &args.threads {
         let mut options = EngineOptions::new(&args.model);
         options.threads = Some(threads);
@@ -140,12 +177,26 @@ fn main() -> ExitCode {
         prefill_rate(&engine, args.prompt_tokens.min(64));
         decode_rate(&engine, 4);
         if args.prompt_tokens > 0 {
-            let (m, s) = median_and_spread((0..args.repetitions).map(|_| prefill_rate(&engine, args.prompt_tokens)).collect());
-            println!("| {name} | {threads} | pp{} | {m:.2} | {s:.2} |", args.prompt_tokens);
+            let (m, s) = median_and_spread(
+                (0..args.repetitions)
+                    .map(|_| prefill_rate(&engine, args.prompt_tokens))
+                    .collect(),
+            );
+            println!(
+                "| {name} | {threads} | pp{} | {m:.2} | {s:.2} |",
+                args.prompt_tokens
+            );
         }
         if args.gen_tokens > 0 {
-            let (m, s) = median_and_spread((0..args.repetitions).map(|_| decode_rate(&engine, args.gen_tokens)).collect());
-            println!("| {name} | {threads} | tg{} | {m:.2} | {s:.2} |", args.gen_tokens);
+            let (m, s) = median_and_spread(
+                (0..args.repetitions)
+                    .map(|_| decode_rate(&engine, args.gen_tokens))
+                    .collect(),
+            );
+            println!(
+                "| {name} | {threads} | tg{} | {m:.2} | {s:.2} |",
+                args.gen_tokens
+            );
         }
         eprintln!("threads {threads}: load {load_ms:.0} ms");
     }

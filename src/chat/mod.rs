@@ -9,6 +9,10 @@ mod types;
 
 pub use message::{FunctionCall, Message, Role, ToolCall};
 pub use policy::{ContextPolicy, PolicyOutcome, apply_policy};
-pub use session::{ChatEvents, ContextReport, HistoryMode, Session, SessionConfig, Turn, TurnOutput};
+pub use session::{
+    ChatEvents, ContextReport, HistoryMode, Session, SessionConfig, Turn, TurnOutput,
+};
 pub use template::{BuiltinFormat, ChatTemplate, TemplateContext, TemplateError};
-pub use types::{ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, response_json};
+pub use types::{
+    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, response_json,
+};

@@ -14,7 +14,13 @@ use crate::sample::SamplingParams;
 /// What a host hears during `send`, beyond the generation events.
 pub trait ChatEvents: GenerationEvents {
     fn on_request_start(&mut self, _message_count: usize) {}
-    fn on_context_policy_applied(&mut self, _policy: &str, _tokens_before: usize, _tokens_after: usize) {}
+    fn on_context_policy_applied(
+        &mut self,
+        _policy: &str,
+        _tokens_before: usize,
+        _tokens_after: usize,
+    ) {
+    }
 }
 
 /// Settings fixed when a session is created.
@@ -91,11 +97,23 @@ impl Session {
     pub fn new(engine: Arc<Engine>, config: SessionConfig) -> Result<Self> {
         let template = match engine.model.file.get_str("tokenizer.chat_template") {
             Some(source) => ChatTemplate::new(source)?,
-            None => ChatTemplate::builtin(BuiltinFormat::for_architecture(engine.model.hparams.arch)),
+            None => {
+                ChatTemplate::builtin(BuiltinFormat::for_architecture(engine.model.hparams.arch))
+            }
         };
-        let max_positions = config.max_kv_tokens.unwrap_or(engine.context_length()).min(engine.context_length());
+        let max_positions = config
+            .max_kv_tokens
+            .unwrap_or(engine.context_length())
+            .min(engine.context_length());
         let cache = engine.model.new_cache(engine.kv_type(), max_positions);
-        Ok(Self { engine, template, config, history: Vec::new(), cache, turns: 0 })
+        Ok(Self {
+            engine,
+            template,
+            config,
+            history: Vec::new(),
+            cache,
+            turns: 0,
+        })
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -130,8 +148,14 @@ impl Session {
     /// Renders `messages` with the template and tokenizes the result, special tokens parsed.
     fn prompt_tokens(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
         let tokenizer = &self.engine.tokenizer;
-        let bos = tokenizer.bos_id().and_then(|id| tokenizer.token_text(id)).unwrap_or("");
-        let eos = tokenizer.eos_id().and_then(|id| tokenizer.token_text(id)).unwrap_or("");
+        let bos = tokenizer
+            .bos_id()
+            .and_then(|id| tokenizer.token_text(id))
+            .unwrap_or("");
+        let eos = tokenizer
+            .eos_id()
+            .and_then(|id| tokenizer.token_text(id))
+            .unwrap_or("");
         let text = self.template.render(&TemplateContext {
             messages,
             tools: None,
@@ -165,16 +189,30 @@ impl Session {
         {
             conversation.insert(0, Message::new(Role::System, system.clone()));
         }
-        let policy = turn.context_policy.clone().unwrap_or_else(|| self.config.context_policy.clone());
+        let policy = turn
+            .context_policy
+            .clone()
+            .unwrap_or_else(|| self.config.context_policy.clone());
         let context_length = self.context_length();
         let outcome = {
             let mut count = |indices: &[usize]| -> Result<u32> {
-                let subset: Vec<Message> = indices.iter().map(|&i| conversation[i].clone()).collect();
+                let subset: Vec<Message> =
+                    indices.iter().map(|&i| conversation[i].clone()).collect();
                 Ok(self.prompt_tokens(&subset, true)?.len() as u32)
             };
-            apply_policy(&policy, &conversation, context_length as u32, turn.max_tokens as u32, &mut count)?
+            apply_policy(
+                &policy,
+                &conversation,
+                context_length as u32,
+                turn.max_tokens as u32,
+                &mut count,
+            )?
         };
-        let kept: Vec<Message> = outcome.kept.iter().map(|&i| conversation[i].clone()).collect();
+        let kept: Vec<Message> = outcome
+            .kept
+            .iter()
+            .map(|&i| conversation[i].clone())
+            .collect();
         let prompt = self.prompt_tokens(&kept, true)?;
         let context = ContextReport {
             policy: policy.name(),
@@ -197,8 +235,14 @@ impl Session {
             prompt_logprobs: false,
             started_at: turn.started_at,
         };
-        let mut ordered = PolicyAfterCacheLookup { inner: events, context: &context, announced: false };
-        let output = self.engine.generate(&mut self.cache, &request, &mut ordered)?;
+        let mut ordered = PolicyAfterCacheLookup {
+            inner: events,
+            context: &context,
+            announced: false,
+        };
+        let output = self
+            .engine
+            .generate(&mut self.cache, &request, &mut ordered)?;
         self.turns += 1;
 
         let reply = Message::new(Role::Assistant, output.text.clone());
@@ -235,7 +279,8 @@ impl GenerationEvents for PolicyAfterCacheLookup<'_> {
         if !self.announced {
             self.announced = true;
             let c = self.context;
-            self.inner.on_context_policy_applied(c.policy, c.tokens_before, c.tokens_after);
+            self.inner
+                .on_context_policy_applied(c.policy, c.tokens_before, c.tokens_after);
         }
     }
     fn on_first_token(&mut self, elapsed_ms: f64) {

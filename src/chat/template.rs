@@ -120,7 +120,8 @@ fn tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, 
         None => kwargs.get::<Option<usize>>("indent")?,
     };
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value).map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
+    let json = serde_json::to_value(&value)
+        .map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
     let text = match indent {
         None => python_json(&json),
         Some(n) => {
@@ -128,7 +129,8 @@ fn tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, 
             let indent = " ".repeat(n);
             let formatter = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
             let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
-            json.serialize(&mut ser).map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
+            json.serialize(&mut ser)
+                .map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
             String::from_utf8(out).unwrap_or_default()
         }
     };
@@ -138,11 +140,18 @@ fn tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, 
 /// JSON with Python's default separators (", " and ": "), as `json.dumps` writes it.
 fn python_json(v: &serde_json::Value) -> String {
     match v {
-        serde_json::Value::Array(items) => format!("[{}]", items.iter().map(python_json).collect::<Vec<_>>().join(", ")),
+        serde_json::Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(python_json).collect::<Vec<_>>().join(", ")
+        ),
         serde_json::Value::Object(map) => format!(
             "{{{}}}",
             map.iter()
-                .map(|(k, v)| format!("{}: {}", serde_json::Value::String(k.clone()), python_json(v)))
+                .map(|(k, v)| format!(
+                    "{}: {}",
+                    serde_json::Value::String(k.clone()),
+                    python_json(v)
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -152,9 +161,23 @@ fn python_json(v: &serde_json::Value) -> String {
 
 /// `strftime_now(format)`: the current UTC time, for templates that print today's date.
 fn strftime_now(format: String) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -232,7 +255,8 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| TemplateError::Syntax(describe(&e)))?;
         Ok(Self { env })
     }
 
@@ -241,7 +265,10 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, ctx: &TemplateContext<'_>) -> Result<String, TemplateError> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| TemplateError::Syntax(describe(&e)))?;
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| TemplateError::Syntax(describe(&e)))?;
         let messages: Vec<serde_json::Value> = ctx.messages.iter().map(message_value).collect();
         let context = minijinja::context! {
             messages => Value::from(Serde(&messages)),
@@ -250,7 +277,9 @@ impl ChatTemplate {
             bos_token => ctx.bos_token,
             eos_token => ctx.eos_token,
         };
-        template.render(context).map_err(|e| TemplateError::Render(describe(&e)))
+        template
+            .render(context)
+            .map_err(|e| TemplateError::Render(describe(&e)))
     }
 }
 
@@ -271,7 +300,10 @@ mod tests {
 
     #[test]
     fn builtin_formats_render_a_conversation() {
-        let msgs = [Message::new(Role::System, "Be brief."), Message::new(Role::User, "Hi")];
+        let msgs = [
+            Message::new(Role::System, "Be brief."),
+            Message::new(Role::User, "Hi"),
+        ];
         assert_eq!(
             render(BuiltinFormat::ChatMl.source(), &msgs).unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -280,15 +312,32 @@ mod tests {
             render(BuiltinFormat::Gemma.source(), &msgs).unwrap(),
             "<s><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
         );
-        assert!(render(BuiltinFormat::Llama3.source(), &msgs).unwrap().starts_with("<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"));
+        assert!(
+            render(BuiltinFormat::Llama3.source(), &msgs)
+                .unwrap()
+                .starts_with(
+                    "<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                )
+        );
     }
 
     #[test]
     fn raise_exception_and_syntax_errors_are_reported() {
-        let err = render("{{ raise_exception('Only user and assistant roles are supported!') }}", &[]).unwrap_err();
-        assert!(err.to_string().contains("Only user and assistant roles are supported!"), "{err}");
+        let err = render(
+            "{{ raise_exception('Only user and assistant roles are supported!') }}",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Only user and assistant roles are supported!"),
+            "{err}"
+        );
         let err = ChatTemplate::new("line one\n{% if %}").unwrap_err();
-        assert!(matches!(err, TemplateError::Syntax(_)) && err.to_string().contains("line 2"), "{err}");
+        assert!(
+            matches!(err, TemplateError::Syntax(_)) && err.to_string().contains("line 2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -86,7 +86,11 @@ impl Usage {
 }
 
 fn rate(tokens: usize, ms: f64) -> f64 {
-    if tokens == 0 || ms <= 0.0 { 0.0 } else { tokens as f64 * 1000.0 / ms }
+    if tokens == 0 || ms <= 0.0 {
+        0.0
+    } else {
+        tokens as f64 * 1000.0 / ms
+    }
 }
 
 /// One generated token's probability, and optionally the most likely alternatives.
@@ -139,10 +143,14 @@ impl Engine {
         let start = request.started_at;
         let prompt = &request.prompt;
         if prompt.is_empty() {
-            return Err(Error::invalid_argument("the prompt is empty: give at least one token"));
+            return Err(Error::invalid_argument(
+                "the prompt is empty: give at least one token",
+            ));
         }
         let needed = prompt.len() + request.max_tokens;
-        if prompt.len() > cache.max_positions() || (request.max_tokens > 0 && needed > cache.max_positions() + 1) {
+        if prompt.len() > cache.max_positions()
+            || (request.max_tokens > 0 && needed > cache.max_positions() + 1)
+        {
             return Err(Error::new(
                 ErrorKind::ContextOverflow,
                 format!(
@@ -178,7 +186,11 @@ impl Engine {
                 cancelled = true;
                 break;
             }
-            let chunk_len = if request.prompt_logprobs { ALL_LOGITS_CHUNK } else { PREFILL_CHUNK };
+            let chunk_len = if request.prompt_logprobs {
+                ALL_LOGITS_CHUNK
+            } else {
+                PREFILL_CHUNK
+            };
             let end = (pos + chunk_len).min(prompt.len());
             let chunk = &prompt[pos..end];
             let wanted = if request.prompt_logprobs {
@@ -188,7 +200,8 @@ impl Engine {
             } else {
                 Logits::None
             };
-            self.model.forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
+            self.model
+                .forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
             if request.prompt_logprobs {
                 if pos == 0 {
                     prompt_logprobs.push(None);
@@ -209,7 +222,12 @@ impl Engine {
         }
         let prefill_ms = prefill_start.elapsed().as_secs_f64() * 1000.0;
 
-        let mut usage = Usage { prompt_tokens: prompt.len(), cached_tokens: reusable, prefill_ms, ..Usage::default() };
+        let mut usage = Usage {
+            prompt_tokens: prompt.len(),
+            cached_tokens: reusable,
+            prefill_ms,
+            ..Usage::default()
+        };
         let mut output = GenerationOutput {
             text: String::new(),
             token_ids: Vec::new(),
@@ -236,11 +254,23 @@ impl Engine {
             }
             if let Some(k) = request.top_logprobs {
                 sample::log_softmax(&logits, &mut logprob_row);
-                let top = if k > 0 { sample::top_logprobs(&logits, k) } else { Vec::new() };
-                output.logprobs.push(TokenLogprob { id: 0, logprob: 0.0, top });
+                let top = if k > 0 {
+                    sample::top_logprobs(&logits, k)
+                } else {
+                    Vec::new()
+                };
+                output.logprobs.push(TokenLogprob {
+                    id: 0,
+                    logprob: 0.0,
+                    top,
+                });
             }
             let token = sampler.sample(&mut logits, &recent, None)?;
-            if let Some(entry) = output.logprobs.last_mut().filter(|_| request.top_logprobs.is_some()) {
+            if let Some(entry) = output
+                .logprobs
+                .last_mut()
+                .filter(|_| request.top_logprobs.is_some())
+            {
                 entry.id = token;
                 entry.logprob = logprob_row[token as usize];
             }
@@ -276,7 +306,14 @@ impl Engine {
             if output.token_ids.len() == request.max_tokens {
                 break;
             }
-            self.model.forward(&self.pool, &[token], cache, Logits::Last, &mut scratch, &mut logits)?;
+            self.model.forward(
+                &self.pool,
+                &[token],
+                cache,
+                Logits::Last,
+                &mut scratch,
+                &mut logits,
+            )?;
         }
         // Text held back as a possible stop-string prefix, or as an incomplete UTF-8
         // sequence, is real output unless a stop string ended generation or the host cancelled.

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use generate::{
-    FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob, Usage,
+    FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob,
+    Usage,
 };
 
 use crate::error::{Error, ErrorKind, Result};
@@ -34,7 +35,13 @@ pub struct EngineOptions {
 
 impl EngineOptions {
     pub fn new(model_path: impl Into<PathBuf>) -> Self {
-        Self { model_path: model_path.into(), threads: None, context_length: None, kv_type: KvType::F16, use_mmap: true }
+        Self {
+            model_path: model_path.into(),
+            threads: None,
+            context_length: None,
+            kv_type: KvType::F16,
+            use_mmap: true,
+        }
     }
 }
 
@@ -95,19 +102,32 @@ impl Engine {
         if !options.model_path.exists() {
             return Err(Error::new(
                 ErrorKind::Io,
-                format!("model file '{}' does not exist", options.model_path.display()),
+                format!(
+                    "model file '{}' does not exist",
+                    options.model_path.display()
+                ),
             ));
         }
-        observer.log(LogLevel::Info, &format!("loading {}", options.model_path.display()));
+        observer.log(
+            LogLevel::Info,
+            &format!("loading {}", options.model_path.display()),
+        );
         let file = Arc::new(GgufFile::open(&options.model_path, options.use_mmap)?);
         if !observer.progress(0.05) {
-            return Err(Error::new(ErrorKind::Cancelled, "loading was cancelled by the progress callback"));
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                "loading was cancelled by the progress callback",
+            ));
         }
         let tokenizer = Tokenizer::from_gguf(&file)?;
         if !observer.progress(0.15) {
-            return Err(Error::new(ErrorKind::Cancelled, "loading was cancelled by the progress callback"));
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                "loading was cancelled by the progress callback",
+            ));
         }
-        let mut layer_progress = |done: usize, total: usize| observer.progress(0.15 + 0.8 * done as f32 / total as f32);
+        let mut layer_progress =
+            |done: usize, total: usize| observer.progress(0.15 + 0.8 * done as f32 / total as f32);
         let model = Model::load(Arc::clone(&file), &mut layer_progress)?;
         if tokenizer.n_vocab() != model.hparams.n_vocab {
             return Err(Error::new(
@@ -126,7 +146,10 @@ impl Engine {
         };
         let fingerprint = fingerprint::of_file(&file);
         if !observer.progress(1.0) {
-            return Err(Error::new(ErrorKind::Cancelled, "loading was cancelled by the progress callback"));
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                "loading was cancelled by the progress callback",
+            ));
         }
         let load_time = start.elapsed();
         observer.log(
@@ -204,7 +227,10 @@ impl Engine {
             n_ff: hp.n_ff,
             n_params,
             file_bytes: file.file_len(),
-            tensor_types: tensor_types.into_iter().map(|(ty, n)| (ty.name(), n)).collect(),
+            tensor_types: tensor_types
+                .into_iter()
+                .map(|(ty, n)| (ty.name(), n))
+                .collect(),
             chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
             bos_id: self.tokenizer.bos_id(),
             eos_id: self.tokenizer.eos_id(),

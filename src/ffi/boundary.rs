@@ -58,7 +58,10 @@ pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a s
     // SAFETY: non-null, and the caller guarantees a NUL-terminated string alive for the call.
     let cstr = unsafe { CStr::from_ptr(ptr) };
     cstr.to_str().map_err(|e| {
-        Error::invalid_argument(format!("{name} is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+        Error::invalid_argument(format!(
+            "{name} is not valid UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
     })
 }
 
@@ -71,5 +74,9 @@ pub(crate) fn string_to_c(s: String) -> Result<*mut c_char> {
 
 /// Checks an output pointer before any work is done.
 pub(crate) fn out_arg<T>(ptr: *mut T, name: &str) -> Result<()> {
-    if ptr.is_null() { Err(Error::invalid_argument(format!("{name} is NULL"))) } else { Ok(()) }
+    if ptr.is_null() {
+        Err(Error::invalid_argument(format!("{name} is NULL")))
+    } else {
+        Ok(())
+    }
 }

@@ -50,11 +50,17 @@ pub struct smallmind_chat_callbacks {
     /// A piece of generated text: whole UTF-8 characters, `len` bytes, also NUL-terminated.
     /// Return non-zero to cancel: the call then returns SMALLMIND_OK with the text so far and
     /// `finish_reason: "cancelled"`.
-    pub on_token: Option<unsafe extern "C" fn(user_data: *mut c_void, text: *const c_char, len: usize) -> i32>,
+    pub on_token: Option<
+        unsafe extern "C" fn(user_data: *mut c_void, text: *const c_char, len: usize) -> i32,
+    >,
     /// The request was accepted. `session_id` is "" for engine completions.
-    pub on_request_start: Option<unsafe extern "C" fn(user_data: *mut c_void, session_id: *const c_char, message_count: u32)>,
+    pub on_request_start: Option<
+        unsafe extern "C" fn(user_data: *mut c_void, session_id: *const c_char, message_count: u32),
+    >,
     /// The first token was generated, `elapsed_ms` after the call began.
-    pub on_first_token: Option<unsafe extern "C" fn(user_data: *mut c_void, session_id: *const c_char, elapsed_ms: f64)>,
+    pub on_first_token: Option<
+        unsafe extern "C" fn(user_data: *mut c_void, session_id: *const c_char, elapsed_ms: f64),
+    >,
     /// The context policy dropped or kept messages (chat only).
     pub on_context_policy_applied: Option<
         unsafe extern "C" fn(
@@ -66,11 +72,22 @@ pub struct smallmind_chat_callbacks {
         ),
     >,
     /// The KV cache was consulted: `hit` when `cached_tokens` > 0 prompt tokens were reused.
-    pub on_kv_cache_access:
-        Option<unsafe extern "C" fn(user_data: *mut c_void, session_id: *const c_char, hit: bool, cached_tokens: u32)>,
+    pub on_kv_cache_access: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            session_id: *const c_char,
+            hit: bool,
+            cached_tokens: u32,
+        ),
+    >,
     /// The request finished (also when cancelled); `usage` is valid during the call.
-    pub on_request_complete:
-        Option<unsafe extern "C" fn(user_data: *mut c_void, session_id: *const c_char, usage: *const smallmind_usage)>,
+    pub on_request_complete: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            session_id: *const c_char,
+            usage: *const smallmind_usage,
+        ),
+    >,
 }
 
 /// Engine-level callbacks, given to `smallmind_engine_create`. Every field may be NULL.
@@ -80,10 +97,12 @@ pub struct smallmind_engine_callbacks {
     pub user_data: *mut c_void,
     /// Load progress in 0..=1, on the creating thread. Return non-zero to abort the load
     /// (smallmind_engine_create then returns SMALLMIND_ERR_CANCELLED).
-    pub on_load_progress: Option<unsafe extern "C" fn(user_data: *mut c_void, fraction: f32) -> i32>,
+    pub on_load_progress:
+        Option<unsafe extern "C" fn(user_data: *mut c_void, fraction: f32) -> i32>,
     /// A log line; level 0 debug, 1 info, 2 warning, 3 error. Called only during
     /// smallmind_engine_create, on the creating thread.
-    pub on_log: Option<unsafe extern "C" fn(user_data: *mut c_void, level: i32, message: *const c_char)>,
+    pub on_log:
+        Option<unsafe extern "C" fn(user_data: *mut c_void, level: i32, message: *const c_char)>,
 }
 
 /// Calls the host's load callbacks.
@@ -91,7 +110,10 @@ pub(crate) struct LoadCallbacks<'a>(pub Option<&'a smallmind_engine_callbacks>);
 
 impl LoadObserver for LoadCallbacks<'_> {
     fn progress(&mut self, fraction: f32) -> bool {
-        match self.0.and_then(|cb| cb.on_load_progress.map(|f| (f, cb.user_data))) {
+        match self
+            .0
+            .and_then(|cb| cb.on_load_progress.map(|f| (f, cb.user_data)))
+        {
             // SAFETY: the host supplied this function and user_data for this call.
             Some((f, user_data)) => unsafe { f(user_data, fraction) == 0 },
             None => true,
@@ -134,14 +156,20 @@ impl<'a> RequestCallbacks<'a> {
     }
 
     pub fn request_start(&mut self, message_count: u32) {
-        if let Some((f, ud)) = self.cb.and_then(|c| c.on_request_start.map(|f| (f, c.user_data))) {
+        if let Some((f, ud)) = self
+            .cb
+            .and_then(|c| c.on_request_start.map(|f| (f, c.user_data)))
+        {
             // SAFETY: host-supplied function; session_id outlives the call.
             unsafe { f(ud, self.session_id.as_ptr(), message_count) };
         }
     }
 
     pub fn context_policy_applied(&mut self, policy: &str, before: u32, after: u32) {
-        if let Some((f, ud)) = self.cb.and_then(|c| c.on_context_policy_applied.map(|f| (f, c.user_data))) {
+        if let Some((f, ud)) = self
+            .cb
+            .and_then(|c| c.on_context_policy_applied.map(|f| (f, c.user_data)))
+        {
             let policy = CString::new(policy).unwrap_or_default();
             // SAFETY: host-supplied function; both strings outlive the call.
             unsafe { f(ud, self.session_id.as_ptr(), policy.as_ptr(), before, after) };
@@ -149,7 +177,10 @@ impl<'a> RequestCallbacks<'a> {
     }
 
     pub fn request_complete(&mut self, usage: &Usage) {
-        if let Some((f, ud)) = self.cb.and_then(|c| c.on_request_complete.map(|f| (f, c.user_data))) {
+        if let Some((f, ud)) = self
+            .cb
+            .and_then(|c| c.on_request_complete.map(|f| (f, c.user_data)))
+        {
             let usage = smallmind_usage::from(usage);
             // SAFETY: host-supplied function; `usage` outlives the call.
             unsafe { f(ud, self.session_id.as_ptr(), &usage) };
@@ -159,7 +190,10 @@ impl<'a> RequestCallbacks<'a> {
 
 impl GenerationEvents for RequestCallbacks<'_> {
     fn on_cache_lookup(&mut self, cached_tokens: usize) {
-        if let Some((f, ud)) = self.cb.and_then(|c| c.on_kv_cache_access.map(|f| (f, c.user_data))) {
+        if let Some((f, ud)) = self
+            .cb
+            .and_then(|c| c.on_kv_cache_access.map(|f| (f, c.user_data)))
+        {
             let n = u32::try_from(cached_tokens).unwrap_or(u32::MAX);
             // SAFETY: host-supplied function; session_id outlives the call.
             unsafe { f(ud, self.session_id.as_ptr(), n > 0, n) };
@@ -167,7 +201,10 @@ impl GenerationEvents for RequestCallbacks<'_> {
     }
 
     fn on_first_token(&mut self, elapsed_ms: f64) {
-        if let Some((f, ud)) = self.cb.and_then(|c| c.on_first_token.map(|f| (f, c.user_data))) {
+        if let Some((f, ud)) = self
+            .cb
+            .and_then(|c| c.on_first_token.map(|f| (f, c.user_data)))
+        {
             // SAFETY: host-supplied function; session_id outlives the call.
             unsafe { f(ud, self.session_id.as_ptr(), elapsed_ms) };
         }

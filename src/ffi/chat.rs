@@ -10,7 +10,10 @@ use super::boundary::{ffi_call, out_arg, str_arg, string_to_c};
 use super::callbacks::RequestCallbacks;
 use super::engine::engine_ref;
 use super::{smallmind_chat_callbacks, smallmind_engine, smallmind_status};
-use crate::chat::{ChatEvents, ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, Message, Session, response_json};
+use crate::chat::{
+    ChatEvents, ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, Message,
+    Session, response_json,
+};
 use crate::engine::{Engine, GenerationEvents};
 use crate::error::{Error, ErrorKind, Result};
 
@@ -41,7 +44,11 @@ fn busy() -> Error {
     )
 }
 
-fn new_chat(engine: Arc<Engine>, options: ChatOptions, history: Vec<Message>) -> Result<*mut smallmind_chat> {
+fn new_chat(
+    engine: Arc<Engine>,
+    options: ChatOptions,
+    history: Vec<Message>,
+) -> Result<*mut smallmind_chat> {
     let config = options.to_config()?;
     let session_id = config.session_id.clone();
     let mut session = Session::new(Arc::clone(&engine), config)?;
@@ -80,7 +87,11 @@ pub unsafe extern "C" fn smallmind_chat_create(
             // SAFETY: non-null, NUL-terminated per the contract.
             Some(unsafe { str_arg(options_json, "options_json") }?)
         };
-        let chat = new_chat(Arc::clone(&engine.engine), ChatOptions::parse(options_text)?, Vec::new())?;
+        let chat = new_chat(
+            Arc::clone(&engine.engine),
+            ChatOptions::parse(options_text)?,
+            Vec::new(),
+        )?;
         // SAFETY: checked non-null.
         unsafe { *out = chat };
         Ok(())
@@ -124,11 +135,18 @@ impl GenerationEvents for ChatCallbacks<'_> {
 
 impl ChatEvents for ChatCallbacks<'_> {
     fn on_request_start(&mut self, message_count: usize) {
-        self.host.request_start(u32::try_from(message_count).unwrap_or(u32::MAX));
+        self.host
+            .request_start(u32::try_from(message_count).unwrap_or(u32::MAX));
     }
-    fn on_context_policy_applied(&mut self, policy: &str, tokens_before: usize, tokens_after: usize) {
+    fn on_context_policy_applied(
+        &mut self,
+        policy: &str,
+        tokens_before: usize,
+        tokens_after: usize,
+    ) {
         let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        self.host.context_policy_applied(policy, clamp(tokens_before), clamp(tokens_after));
+        self.host
+            .context_policy_applied(policy, clamp(tokens_before), clamp(tokens_after));
     }
 }
 
@@ -159,14 +177,29 @@ pub unsafe extern "C" fn smallmind_chat_send(
         out_arg(out_response_json, "out_response_json")?;
         let mut session = chat.session.try_lock().ok_or_else(busy)?;
         chat.cancel.store(false, Ordering::Relaxed);
-        let turn = ChatRequest::parse(json)?.into_turn(session.config(), &chat.engine, started_at)?;
+        let turn =
+            ChatRequest::parse(json)?.into_turn(session.config(), &chat.engine, started_at)?;
         let seed = turn.sampling.seed;
         // SAFETY: cb is NULL or valid for the call.
-        let mut events = ChatCallbacks { host: RequestCallbacks::new(unsafe { cb.as_ref() }, &chat.session_id), cancel: &chat.cancel };
+        let mut events = ChatCallbacks {
+            host: RequestCallbacks::new(unsafe { cb.as_ref() }, &chat.session_id),
+            cancel: &chat.cancel,
+        };
         let output = session.send(turn, &mut events)?;
         events.host.request_complete(&output.usage);
-        let model = chat.engine.model.file.get_str("general.name").unwrap_or("model");
-        let response = string_to_c(response_json(&output, model, &chat.session_id, session.turns(), seed)?)?;
+        let model = chat
+            .engine
+            .model
+            .file
+            .get_str("general.name")
+            .unwrap_or("model");
+        let response = string_to_c(response_json(
+            &output,
+            model,
+            &chat.session_id,
+            session.turns(),
+            seed,
+        )?)?;
         // SAFETY: checked non-null.
         unsafe { *out_response_json = response };
         Ok(())
@@ -208,13 +241,18 @@ pub unsafe extern "C" fn smallmind_chat_reset(chat: *mut smallmind_chat) -> smal
 /// # Safety
 /// Pointers are NULL or valid.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn smallmind_chat_history(chat: *const smallmind_chat, out_json: *mut *mut c_char) -> smallmind_status {
+pub unsafe extern "C" fn smallmind_chat_history(
+    chat: *const smallmind_chat,
+    out_json: *mut *mut c_char,
+) -> smallmind_status {
     ffi_call(|| {
         // SAFETY: per the function's contract.
         let chat = unsafe { chat_ref(chat) }?;
         out_arg(out_json, "out_json")?;
         let session = chat.session.try_lock().ok_or_else(busy)?;
-        let json = crate::api::to_json(&serde_json::json!({ "session_id": chat.session_id, "messages": session.history() }))?;
+        let json = crate::api::to_json(
+            &serde_json::json!({ "session_id": chat.session_id, "messages": session.history() }),
+        )?;
         let text = string_to_c(json)?;
         // SAFETY: checked non-null.
         unsafe { *out_json = text };
@@ -229,7 +267,10 @@ pub unsafe extern "C" fn smallmind_chat_history(chat: *const smallmind_chat, out
 /// # Safety
 /// Pointers are NULL or valid.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn smallmind_chat_export(chat: *const smallmind_chat, out_json: *mut *mut c_char) -> smallmind_status {
+pub unsafe extern "C" fn smallmind_chat_export(
+    chat: *const smallmind_chat,
+    out_json: *mut *mut c_char,
+) -> smallmind_status {
     ffi_call(|| {
         // SAFETY: per the function's contract.
         let chat = unsafe { chat_ref(chat) }?;

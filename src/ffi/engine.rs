@@ -102,7 +102,9 @@ pub unsafe extern "C" fn smallmind_engine_free(engine: *mut smallmind_engine) {
 ///
 /// # Safety
 /// `engine` is NULL or a live handle.
-pub(crate) unsafe fn engine_ref<'a>(engine: *const smallmind_engine) -> Result<&'a smallmind_engine, Error> {
+pub(crate) unsafe fn engine_ref<'a>(
+    engine: *const smallmind_engine,
+) -> Result<&'a smallmind_engine, Error> {
     // SAFETY: per the caller's contract.
     unsafe { engine.as_ref() }.ok_or_else(|| Error::invalid_argument("engine is NULL"))
 }
@@ -114,7 +116,10 @@ pub(crate) unsafe fn engine_ref<'a>(engine: *const smallmind_engine) -> Result<&
 /// # Safety
 /// Pointers are NULL or valid.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn smallmind_engine_info(engine: *const smallmind_engine, out_json: *mut *mut c_char) -> smallmind_status {
+pub unsafe extern "C" fn smallmind_engine_info(
+    engine: *const smallmind_engine,
+    out_json: *mut *mut c_char,
+) -> smallmind_status {
     ffi_call(|| {
         // SAFETY: per the function's contract.
         let engine = unsafe { engine_ref(engine) }?;

@@ -14,7 +14,7 @@ mod chat;
 mod engine;
 mod status;
 
-pub use chat::*;
 pub use callbacks::{smallmind_chat_callbacks, smallmind_engine_callbacks, smallmind_usage};
+pub use chat::*;
 pub use engine::*;
 pub use status::smallmind_status;

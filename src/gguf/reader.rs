@@ -76,7 +76,10 @@ pub struct GgufFile {
 impl GgufFile {
     /// Opens and parses `path`, mapping it (`use_mmap`) or reading it into memory.
     pub fn open(path: &Path, use_mmap: bool) -> Result<Self, GgufError> {
-        let io_err = |source| GgufError::Io { path: path.display().to_string(), source };
+        let io_err = |source| GgufError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let storage = if use_mmap {
             let file = std::fs::File::open(path).map_err(io_err)?;
             // SAFETY: the map is read-only and private to this process. Like every mmap-based
@@ -121,7 +124,9 @@ impl GgufFile {
             let type_id = r.u32(|| format!("the type of metadata key '{key}'"))?;
             let value = r.value(&key, type_id, 0)?;
             if key_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(GgufError::Malformed(format!("metadata key '{key}' appears twice")));
+                return Err(GgufError::Malformed(format!(
+                    "metadata key '{key}' appears twice"
+                )));
             }
             metadata.push((key, value));
         }
@@ -160,7 +165,9 @@ impl GgufFile {
             for d in 0..n_dims {
                 let dim = r.u64(|| format!("dimension {d} of tensor '{name}'"))?;
                 if dim == 0 {
-                    return Err(GgufError::Malformed(format!("tensor '{name}' has a zero-sized dimension {d}")));
+                    return Err(GgufError::Malformed(format!(
+                        "tensor '{name}' has a zero-sized dimension {d}"
+                    )));
                 }
                 dims.push(dim);
             }
@@ -176,7 +183,10 @@ impl GgufFile {
             let type_id = r.u32(|| format!("the type of tensor '{name}'"))?;
             let ggml_type = GgmlType::from_id(type_id)
                 .filter(|t| !matches!(t, GgmlType::Q8_1 | GgmlType::Q8_K))
-                .ok_or_else(|| GgufError::UnsupportedTensorType { tensor: name.clone(), type_id })?;
+                .ok_or_else(|| GgufError::UnsupportedTensorType {
+                    tensor: name.clone(),
+                    type_id,
+                })?;
             let row_bytes = ggml_type.row_bytes(dims[0]).ok_or_else(|| {
                 GgufError::Malformed(format!(
                     "tensor '{name}' has rows of {} elements, not a multiple of the {} block size {}",
@@ -195,9 +205,18 @@ impl GgufFile {
                 )));
             }
             if tensor_index.insert(name.clone(), raw.len()).is_some() {
-                return Err(GgufError::Malformed(format!("tensor name '{name}' appears twice")));
+                return Err(GgufError::Malformed(format!(
+                    "tensor name '{name}' appears twice"
+                )));
             }
-            raw.push(RawTensor { name, dims, ggml_type, relative_offset, n_elements, n_bytes });
+            raw.push(RawTensor {
+                name,
+                dims,
+                ggml_type,
+                relative_offset,
+                n_elements,
+                n_bytes,
+            });
         }
 
         let file_len = bytes.len() as u64;
@@ -225,7 +244,16 @@ impl GgufFile {
             }
         }
 
-        Ok(Self { storage, version, alignment, metadata, tensors, data_offset, key_index, tensor_index })
+        Ok(Self {
+            storage,
+            version,
+            alignment,
+            metadata,
+            tensors,
+            data_offset,
+            key_index,
+            tensor_index,
+        })
     }
 
     /// The whole file.
@@ -282,7 +310,11 @@ impl GgufFile {
 
 fn check_limit(what: &str, value: u64, limit: u64) -> Result<(), GgufError> {
     if value > limit {
-        return Err(GgufError::LimitExceeded { what: what.to_string(), value, limit });
+        return Err(GgufError::LimitExceeded {
+            what: what.to_string(),
+            value,
+            limit,
+        });
     }
     Ok(())
 }
@@ -334,8 +366,9 @@ impl<'a> Reader<'a> {
         }
         let offset = self.pos;
         let raw = self.take(len, &what)?;
-        String::from_utf8(raw.to_vec())
-            .map_err(|_| GgufError::Malformed(format!("{} at offset {offset} is not valid UTF-8", what())))
+        String::from_utf8(raw.to_vec()).map_err(|_| {
+            GgufError::Malformed(format!("{} at offset {offset} is not valid UTF-8", what()))
+        })
     }
 
     fn value(&mut self, key: &str, type_id: u32, depth: u32) -> Result<Value, GgufError> {
@@ -353,7 +386,9 @@ impl<'a> Reader<'a> {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
                 b => {
-                    return Err(GgufError::Malformed(format!("metadata key '{key}' has bool value {b}; it must be 0 or 1")));
+                    return Err(GgufError::Malformed(format!(
+                        "metadata key '{key}' has bool value {b}; it must be 0 or 1"
+                    )));
                 }
             },
             8 => Value::String(self.string(what)?),
@@ -367,7 +402,11 @@ impl<'a> Reader<'a> {
                 }
                 let elem_type = self.u32(|| format!("the element type of array '{key}'"))?;
                 let count = self.u64(|| format!("the length of array '{key}'"))?;
-                check_limit(&format!("the length of array '{key}'"), count, MAX_ARRAY_ELEMENTS)?;
+                check_limit(
+                    &format!("the length of array '{key}'"),
+                    count,
+                    MAX_ARRAY_ELEMENTS,
+                )?;
                 // Each element takes at least one byte: refuse before allocating.
                 if count > self.remaining() {
                     return Err(GgufError::Truncated {
@@ -386,7 +425,12 @@ impl<'a> Reader<'a> {
             10 => Value::U64(u64::from_le_bytes(self.array(what)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(what)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(what)?)),
-            _ => return Err(GgufError::UnknownValueType { key: key.to_string(), type_id }),
+            _ => {
+                return Err(GgufError::UnknownValueType {
+                    key: key.to_string(),
+                    type_id,
+                });
+            }
         })
     }
 }

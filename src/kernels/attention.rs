@@ -14,7 +14,11 @@ pub enum KvSlice<'a> {
 impl KvSlice<'_> {
     fn dot(&self, start: usize, q: &[f32]) -> f32 {
         match self {
-            KvSlice::F32(k) => k[start..start + q.len()].iter().zip(q).map(|(&a, &b)| a * b).sum(),
+            KvSlice::F32(k) => k[start..start + q.len()]
+                .iter()
+                .zip(q)
+                .map(|(&a, &b)| a * b)
+                .sum(),
             KvSlice::F16(k) => k[start..start + q.len()]
                 .iter()
                 .zip(q)
@@ -65,8 +69,22 @@ unsafe impl Send for SharedOut {}
 /// where K and V rows hold every position up to the last query's (the batch's own keys
 /// are already in the cache). Grouped-query attention: head h reads kv head h / (n_head / n_head_kv).
 /// `q` and `out` are (batch, n_head × head_dim).
-pub fn attention(pool: &ThreadPool, q: &[f32], k: KvSlice<'_>, v: KvSlice<'_>, shape: AttentionShape, out: &mut [f32]) {
-    let AttentionShape { n_head, n_head_kv, head_dim, first_pos, scale, window } = shape;
+pub fn attention(
+    pool: &ThreadPool,
+    q: &[f32],
+    k: KvSlice<'_>,
+    v: KvSlice<'_>,
+    shape: AttentionShape,
+    out: &mut [f32],
+) {
+    let AttentionShape {
+        n_head,
+        n_head_kv,
+        head_dim,
+        first_pos,
+        scale,
+        window,
+    } = shape;
     let q_dim = n_head * head_dim;
     let kv_dim = n_head_kv * head_dim;
     let batch = q.len() / q_dim;
@@ -84,24 +102,160 @@ pub fn attention(pool: &ThreadPool, q: &[f32], k: KvSlice<'_>, v: KvSlice<'_>, s
             let kv_offset = (h / group) * head_dim;
             let qh = &q[b * q_dim + h * head_dim..b * q_dim + (h + 1) * head_dim];
 
-            scores.clear();
-            scores.extend((first_key..=pos).map(|p| k.dot(p * kv_dim + kv_offset, qh) * scale));
-            softmax_in_place(&mut scores);
-
             // SAFETY: task (b, h) owns out[b][h*head_dim .. (h+1)*head_dim], inside `out`
             // because b < batch and h < n_head.
-            let oh = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(b * q_dim + h * head_dim), head_dim) };
-            oh.fill(0.0);
-            for (i, &w) in scores.iter().enumerate() {
-                v.accumulate((first_key + i) * kv_dim + kv_offset, w, oh);
+            let oh = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.0.add(b * q_dim + h * head_dim), head_dim)
+            };
+            let span = Span {
+                kv_dim,
+                offset: kv_offset,
+                first: first_key,
+                len: pos + 1 - first_key,
+            };
+            if !fast_head(k, v, span, qh, scale, &mut scores, oh) {
+                reference_head(k, v, span, qh, scale, &mut scores, oh);
             }
         }
     });
 }
 
+/// The keys and values one query head attends to: rows first..first + len of the cache,
+/// columns offset..offset + head_dim of each kv_dim-wide row.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    kv_dim: usize,
+    offset: usize,
+    first: usize,
+    len: usize,
+}
+
+/// One query head's attention, the plain way: the reference for the SIMD path.
+fn reference_head(
+    k: KvSlice<'_>,
+    v: KvSlice<'_>,
+    span: Span,
+    q: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    scores.clear();
+    scores.extend(
+        (span.first..span.first + span.len)
+            .map(|p| k.dot(p * span.kv_dim + span.offset, q) * scale),
+    );
+    softmax_in_place(scores);
+    out.fill(0.0);
+    for (i, &w) in scores.iter().enumerate() {
+        v.accumulate((span.first + i) * span.kv_dim + span.offset, w, out);
+    }
+}
+
+/// One query head's attention with AVX2 + F16C, when the CPU and head size allow it.
+fn fast_head(
+    k: KvSlice<'_>,
+    v: KvSlice<'_>,
+    span: Span,
+    q: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if q.len() % 8 == 0 && super::simd_x86::available() {
+        use super::simd_x86::{attention_scores, attention_weighted_sum};
+        let Span {
+            kv_dim,
+            offset,
+            first,
+            len,
+        } = span;
+        scores.resize(len, 0.0);
+        // SAFETY: the CPU has avx2/fma/f16c; the cache holds rows first..first + len (the
+        // caller's causal span) of kv_dim elements, and offset + head size <= kv_dim.
+        unsafe {
+            match k {
+                KvSlice::F32(keys) => {
+                    attention_scores(keys, kv_dim, offset, first, q, scale, scores)
+                }
+                KvSlice::F16(keys) => {
+                    attention_scores(keys, kv_dim, offset, first, q, scale, scores)
+                }
+            }
+            softmax_in_place(scores);
+            match v {
+                KvSlice::F32(values) => {
+                    attention_weighted_sum(values, kv_dim, offset, first, scores, out)
+                }
+                KvSlice::F16(values) => {
+                    attention_weighted_sum(values, kv_dim, offset, first, scores, out)
+                }
+            }
+        }
+        return true;
+    }
+    let _ = (k, v, span, q, scale, scores, out);
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_heads_match_the_reference_heads() {
+        for (head_dim, n_kv_heads, positions, first, scale) in [
+            (64usize, 3usize, 37usize, 0usize, 1.0f32),
+            (256, 1, 5, 2, 30.0),
+            (8, 2, 1, 0, 1e-3),
+            (72, 1, 300, 17, 4.0),
+        ] {
+            let kv_dim = head_dim * n_kv_heads;
+            let keys = values(positions * kv_dim, 1, scale);
+            let vals = values(positions * kv_dim, 2, 1.0);
+            let keys16: Vec<f16> = keys.iter().map(|&x| f16::from_f32(x)).collect();
+            let vals16: Vec<f16> = vals.iter().map(|&x| f16::from_f32(x)).collect();
+            let q = values(head_dim, 3, 1.0);
+            for (k, v) in [
+                (KvSlice::F32(&keys), KvSlice::F32(&vals)),
+                (KvSlice::F16(&keys16), KvSlice::F16(&vals16)),
+            ] {
+                let span = Span {
+                    kv_dim,
+                    offset: (n_kv_heads - 1) * head_dim,
+                    first,
+                    len: positions - first,
+                };
+                let (mut s1, mut s2) = (Vec::new(), Vec::new());
+                let mut fast = vec![0.0f32; head_dim];
+                let mut reference = vec![0.0f32; head_dim];
+                if !fast_head(k, v, span, &q, 0.125, &mut s1, &mut fast) {
+                    eprintln!("no AVX2 on this CPU: nothing to compare");
+                    return;
+                }
+                reference_head(k, v, span, &q, 0.125, &mut s2, &mut reference);
+                for (f, r) in fast.iter().zip(&reference) {
+                    assert!(
+                        (f - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                        "head_dim {head_dim}: {f} vs {r}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn single_key_attention_returns_its_value() {
@@ -109,8 +263,22 @@ mod tests {
         let k = [0.5f32, 0.5];
         let v = [3.0f32, -4.0];
         let mut out = [0.0f32; 2];
-        let shape = AttentionShape { n_head: 1, n_head_kv: 1, head_dim: 2, first_pos: 0, scale: 1.0, window: None };
-        attention(&ThreadPool::new(1), &q, KvSlice::F32(&k), KvSlice::F32(&v), shape, &mut out);
+        let shape = AttentionShape {
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 2,
+            first_pos: 0,
+            scale: 1.0,
+            window: None,
+        };
+        attention(
+            &ThreadPool::new(1),
+            &q,
+            KvSlice::F32(&k),
+            KvSlice::F32(&v),
+            shape,
+            &mut out,
+        );
         assert_eq!(out, [3.0, -4.0]);
     }
 
@@ -121,11 +289,35 @@ mod tests {
         let v = [10.0f32, 20.0, 40.0];
         let q = [1.0f32, 1.0, 1.0];
         let mut out = [0.0f32; 3];
-        let full = AttentionShape { n_head: 1, n_head_kv: 1, head_dim: 1, first_pos: 0, scale: 1.0, window: None };
-        attention(&ThreadPool::new(2), &q, KvSlice::F32(&k), KvSlice::F32(&v), full, &mut out);
+        let full = AttentionShape {
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 1,
+            first_pos: 0,
+            scale: 1.0,
+            window: None,
+        };
+        attention(
+            &ThreadPool::new(2),
+            &q,
+            KvSlice::F32(&k),
+            KvSlice::F32(&v),
+            full,
+            &mut out,
+        );
         assert_eq!(out, [10.0, 15.0, 70.0 / 3.0]);
-        let windowed = AttentionShape { window: Some(2), ..full };
-        attention(&ThreadPool::new(2), &q, KvSlice::F32(&k), KvSlice::F32(&v), windowed, &mut out);
+        let windowed = AttentionShape {
+            window: Some(2),
+            ..full
+        };
+        attention(
+            &ThreadPool::new(2),
+            &q,
+            KvSlice::F32(&k),
+            KvSlice::F32(&v),
+            windowed,
+            &mut out,
+        );
         assert_eq!(out, [10.0, 15.0, 30.0]);
     }
 }

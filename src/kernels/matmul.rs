@@ -19,6 +19,9 @@ pub struct MatmulScratch {
     /// (batch, row bytes of the activation format): the activations converted once per row.
     activations: Vec<u8>,
     row: Vec<u8>,
+    /// The activations spread for the AVX-512 VNNI kernels.
+    #[cfg(target_arch = "x86_64")]
+    panel: super::gemm_vnni::Panel,
 }
 
 /// A raw pointer to the output that worker threads write through, each to its own rows.
@@ -44,14 +47,23 @@ pub fn matmul(
     let act_ty = w.ty.vec_dot_type();
     let act_row_bytes = act_ty
         .row_bytes(w.cols as u64)
-        .ok_or(QuantError::NotWholeBlocks { ty: act_ty, n: w.cols })? as usize;
-    let w_row_bytes = w
-        .ty
-        .row_bytes(w.cols as u64)
-        .ok_or(QuantError::NotWholeBlocks { ty: w.ty, n: w.cols })? as usize;
+        .ok_or(QuantError::NotWholeBlocks {
+            ty: act_ty,
+            n: w.cols,
+        })? as usize;
+    let w_row_bytes =
+        w.ty.row_bytes(w.cols as u64)
+            .ok_or(QuantError::NotWholeBlocks {
+                ty: w.ty,
+                n: w.cols,
+            })? as usize;
     assert_eq!(x.len(), batch * w.cols, "matmul input is (batch, cols)");
     assert_eq!(out.len(), batch * w.rows, "matmul output is (batch, rows)");
-    assert_eq!(w.data.len(), w.rows * w_row_bytes, "weight bytes are rows × row bytes");
+    assert_eq!(
+        w.data.len(),
+        w.rows * w_row_bytes,
+        "weight bytes are rows × row bytes"
+    );
 
     scratch.activations.clear();
     for xb in x.chunks_exact(w.cols) {
@@ -59,6 +71,24 @@ pub fn matmul(
         scratch.activations.extend_from_slice(&scratch.row);
     }
     let activations = &scratch.activations;
+
+    #[cfg(target_arch = "x86_64")]
+    if let Some(format) =
+        super::gemm_vnni::Format::of(w.ty, w.cols).filter(|_| super::gemm_vnni::available())
+    {
+        scratch.panel.fill(format, activations, batch, w.cols);
+        let panel = &scratch.panel;
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        pool.for_ranges(w.rows, 16, |rows| {
+            let out_ptr = &out_ptr;
+            // SAFETY: the CPU has the features; the panel was filled for this format and
+            // width; each thread writes only its own rows' outputs, inside `out` (checked above).
+            unsafe {
+                super::gemm_vnni::matmul_rows(format, w.data, w.rows, rows, panel, out_ptr.0)
+            };
+        });
+        return Ok(());
+    }
 
     let out_ptr = SharedOut(out.as_mut_ptr());
     let first_error = parking_lot::Mutex::new(None);

@@ -4,6 +4,8 @@
 //! Each kernel here is the plain reference; SIMD versions are tested against it.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod gemm_vnni;
 mod matmul;
 mod ops;
 mod pool;
@@ -12,5 +14,7 @@ mod simd_x86;
 
 pub use attention::{AttentionShape, KvSlice, attention};
 pub use matmul::{MatmulScratch, WeightView, matmul};
-pub use ops::{RopeStyle, add_in_place, gelu_tanh, rms_norm, rms_norm_in_place, rope, silu, softmax_in_place};
+pub use ops::{
+    RopeStyle, add_in_place, gelu_tanh, rms_norm, rms_norm_in_place, rope, silu, softmax_in_place,
+};
 pub use pool::ThreadPool;

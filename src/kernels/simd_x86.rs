@@ -7,14 +7,18 @@
 
 use std::arch::x86_64::*;
 
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ6_K, BlockQ4_K, BlockQ8_0, BlockQ8_1, BlockQ8_K, GgmlType};
+use crate::quant::{
+    BlockQ4_0, BlockQ4_1, BlockQ4_K, BlockQ5_0, BlockQ6_K, BlockQ8_0, BlockQ8_1, BlockQ8_K,
+    GgmlType,
+};
 
 /// Whether the running CPU has what these kernels need (checked once).
 pub fn available() -> bool {
-    static AVAILABLE: std::sync::LazyLock<bool> =
-        std::sync::LazyLock::new(|| {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-        });
+    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    });
     *AVAILABLE
 }
 
@@ -22,7 +26,9 @@ pub fn available() -> bool {
 #[inline]
 #[target_feature(enable = "f16c")]
 fn f16(bytes: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(bytes) as i32)))
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes(bytes) as i32
+    )))
 }
 
 /// Horizontal sum of 8 floats.
@@ -113,7 +119,12 @@ unsafe fn q5_high(qh: [u8; 4]) -> __m256i {
         // Byte i takes byte i/8 of qh, then tests bit i%8.
         let spread = _mm256_shuffle_epi8(
             bits,
-            _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+            _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            ),
         );
         let select = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64);
         let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, select), _mm256_set1_epi64x(-1));
@@ -156,7 +167,10 @@ fn scale_min_k4(j: usize, s: &[u8; 12]) -> (i16, i32) {
     if j < 4 {
         ((s[j] & 63) as i16, (s[j + 4] & 63) as i32)
     } else {
-        (((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4)) as i16, ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32)
+        (
+            ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4)) as i16,
+            ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32,
+        )
     }
 }
 
@@ -179,10 +193,13 @@ pub unsafe fn dot_q4_k(w: &[BlockQ4_K], a: &[BlockQ8_K]) -> f32 {
                 let a_hi = _mm256_loadu_si256(a.qs.as_ptr().add(chunk * 64 + 32).cast());
                 let (s_lo, m_lo) = scale_min_k4(2 * chunk, &w.scales);
                 let (s_hi, m_hi) = scale_min_k4(2 * chunk + 1, &w.scales);
-                let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_set1_epi16(s_lo));
-                let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a_hi), _mm256_set1_epi16(s_hi));
+                let p_lo =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_set1_epi16(s_lo));
+                let p_hi =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a_hi), _mm256_set1_epi16(s_hi));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
-                mins += m_lo * (a.bsum(4 * chunk) + a.bsum(4 * chunk + 1)) + m_hi * (a.bsum(4 * chunk + 2) + a.bsum(4 * chunk + 3));
+                mins += m_lo * (a.bsum(4 * chunk) + a.bsum(4 * chunk + 1))
+                    + m_hi * (a.bsum(4 * chunk + 2) + a.bsum(4 * chunk + 3));
             }
             acc = _mm256_fmadd_ps(_mm256_set1_ps(ad * f16(w.d)), _mm256_cvtepi32_ps(sumi), acc);
         }
@@ -223,7 +240,10 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
                     let start = half * 128 + group * 32;
                     let q8 = _mm256_loadu_si256(a.qs.as_ptr().add(start).cast());
                     // (q − 32)·a = q·a − 32·a, both without saturation (q ≤ 63).
-                    let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q, q8), _mm256_maddubs_epi16(m32, q8));
+                    let p16 = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(q, q8),
+                        _mm256_maddubs_epi16(m32, q8),
+                    );
                     let sub = start / 16;
                     let scales = _mm256_set_m128i(
                         _mm_set1_epi16(w.scales[sub + 1] as i16),
@@ -232,11 +252,108 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, scales));
                 }
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f32::from_le_bytes(a.d) * f16(w.d)), _mm256_cvtepi32_ps(sumi), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(f32::from_le_bytes(a.d) * f16(w.d)),
+                _mm256_cvtepi32_ps(sumi),
+                acc,
+            );
         }
     }
     // SAFETY: avx2 enabled.
     unsafe { hsum(acc) }
+}
+
+/// Attention scores `scores[i] = scale · q · key(first + i)` for the keys of one kv head:
+/// `keys` is (positions, kv_dim) and the head's slice starts at `offset` in each row.
+/// `q.len()` is the head size, a multiple of 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attention_scores<T: KvElement>(
+    keys: &[T],
+    kv_dim: usize,
+    offset: usize,
+    first: usize,
+    q: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let hd = q.len();
+    for (i, s) in scores.iter_mut().enumerate() {
+        let row = &keys[(first + i) * kv_dim + offset..(first + i) * kv_dim + offset + hd];
+        // SAFETY: `row` and `q` hold hd elements, a multiple of 8; avx2/fma/f16c are enabled.
+        unsafe {
+            let mut acc0 = _mm256_setzero_ps();
+            let mut acc1 = _mm256_setzero_ps();
+            let mut d = 0;
+            while d + 16 <= hd {
+                acc0 = _mm256_fmadd_ps(T::load8(row, d), _mm256_loadu_ps(q.as_ptr().add(d)), acc0);
+                acc1 = _mm256_fmadd_ps(
+                    T::load8(row, d + 8),
+                    _mm256_loadu_ps(q.as_ptr().add(d + 8)),
+                    acc1,
+                );
+                d += 16;
+            }
+            if d < hd {
+                acc0 = _mm256_fmadd_ps(T::load8(row, d), _mm256_loadu_ps(q.as_ptr().add(d)), acc0);
+            }
+            *s = hsum(_mm256_add_ps(acc0, acc1)) * scale;
+        }
+    }
+}
+
+/// `out = Σ_i weights[i] · value(first + i)` for the values of one kv head (layout as in
+/// [`attention_scores`]); `out.len()` is the head size, a multiple of 8.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attention_weighted_sum<T: KvElement>(
+    values: &[T],
+    kv_dim: usize,
+    offset: usize,
+    first: usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    let hd = out.len();
+    let mut d = 0;
+    while d < hd {
+        // SAFETY: every row slice holds hd elements from d, a multiple of 8; features enabled.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (i, &w) in weights.iter().enumerate() {
+                let row =
+                    &values[(first + i) * kv_dim + offset..(first + i) * kv_dim + offset + hd];
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(w), T::load8(row, d), acc);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr().add(d), acc);
+        }
+        d += 8;
+    }
+}
+
+/// A KV cache element type the attention kernels read 8 at a time as f32.
+pub trait KvElement: Copy {
+    /// Elements d..d + 8 of `row` as f32.
+    ///
+    /// # Safety
+    /// `d + 8 <= row.len()` and the CPU has avx2 and f16c.
+    unsafe fn load8(row: &[Self], d: usize) -> __m256;
+}
+
+impl KvElement for f32 {
+    #[inline(always)]
+    unsafe fn load8(row: &[f32], d: usize) -> __m256 {
+        debug_assert!(d + 8 <= row.len());
+        // SAFETY: per the trait contract.
+        unsafe { _mm256_loadu_ps(row.as_ptr().add(d)) }
+    }
+}
+
+impl KvElement for half::f16 {
+    #[inline(always)]
+    unsafe fn load8(row: &[half::f16], d: usize) -> __m256 {
+        debug_assert!(d + 8 <= row.len());
+        // SAFETY: per the trait contract; f16 is 2 bytes, so 8 of them are 16 bytes.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(d).cast())) }
+    }
 }
 
 /// The fast dot product for `ty`, when there is one.
@@ -279,7 +396,10 @@ mod tests {
     /// Random weight bytes of `ty` with sane f16 scales at `scale_offsets` of each block.
     fn random_k_row(ty: GgmlType, n: usize, seed: u64, scale_offsets: &[usize]) -> Vec<u8> {
         let bytes_len = ty.row_bytes(n as u64).unwrap() as usize;
-        let mut bytes: Vec<u8> = values(bytes_len, seed, 1.0).iter().map(|v| (v.to_bits() >> 9) as u8).collect();
+        let mut bytes: Vec<u8> = values(bytes_len, seed, 1.0)
+            .iter()
+            .map(|v| (v.to_bits() >> 9) as u8)
+            .collect();
         for block in bytes.chunks_exact_mut(ty.block_bytes()) {
             for &o in scale_offsets {
                 block[o..o + 2].copy_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
@@ -303,7 +423,12 @@ mod tests {
             (GgmlType::Q6_K, &[208]),
         ];
         for (ty, scale_offsets) in cases {
-            for (n, seed, scale) in [(256usize, 1u64, 1.0f32), (768, 2, 1e-4), (2816, 3, 300.0), (256, 4, 0.0)] {
+            for (n, seed, scale) in [
+                (256usize, 1u64, 1.0f32),
+                (768, 2, 1e-4),
+                (2816, 3, 300.0),
+                (256, 4, 0.0),
+            ] {
                 let w = if scale_offsets.is_empty() {
                     let mut out = Vec::new();
                     quant::quantize_row(ty, &values(n, seed, 1.0), &mut out).unwrap();
@@ -312,11 +437,15 @@ mod tests {
                     random_k_row(ty, n, seed, scale_offsets)
                 };
                 let mut a = Vec::new();
-                quant::quantize_activations(ty.vec_dot_type(), &values(n, seed * 7, scale), &mut a).unwrap();
+                quant::quantize_activations(ty.vec_dot_type(), &values(n, seed * 7, scale), &mut a)
+                    .unwrap();
                 let reference = quant::vec_dot(ty, &w, &a, n).unwrap();
                 let fast = vec_dot(ty, &w, &a).unwrap();
                 let tolerance = 1e-5 * reference.abs().max(1e-30) + 1e-30;
-                assert!((fast - reference).abs() <= tolerance.max(reference.abs() * 1e-5), "{ty} n={n} scale={scale}: {fast} vs {reference}");
+                assert!(
+                    (fast - reference).abs() <= tolerance.max(reference.abs() * 1e-5),
+                    "{ty} n={n} scale={scale}: {fast} vs {reference}"
+                );
             }
         }
     }

@@ -24,10 +24,20 @@ pub enum ModelError {
     MissingMetadata(String),
     InvalidHyperparameter(String),
     MissingTensor(String),
-    TensorShape { name: String, expected: String, found: String },
+    TensorShape {
+        name: String,
+        expected: String,
+        found: String,
+    },
     Quant(String),
-    TokenOutOfRange { token: u32, n_vocab: usize },
-    ContextFull { needed: usize, max: usize },
+    TokenOutOfRange {
+        token: u32,
+        n_vocab: usize,
+    },
+    ContextFull {
+        needed: usize,
+        max: usize,
+    },
     LoadAborted,
 }
 
@@ -39,18 +49,38 @@ impl fmt::Display for ModelError {
                 "model architecture '{a}' is not supported; smallmind runs {}",
                 Architecture::SUPPORTED
             ),
-            Self::MissingMetadata(k) => write!(f, "the model file has no '{k}' metadata key, which this architecture needs"),
+            Self::MissingMetadata(k) => write!(
+                f,
+                "the model file has no '{k}' metadata key, which this architecture needs"
+            ),
             Self::InvalidHyperparameter(m) => write!(f, "invalid hyperparameters: {m}"),
-            Self::MissingTensor(n) => write!(f, "the model file has no tensor '{n}', which this architecture needs"),
-            Self::TensorShape { name, expected, found } => {
-                write!(f, "tensor '{name}' has shape {found}; the hyperparameters require {expected}")
+            Self::MissingTensor(n) => write!(
+                f,
+                "the model file has no tensor '{n}', which this architecture needs"
+            ),
+            Self::TensorShape {
+                name,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "tensor '{name}' has shape {found}; the hyperparameters require {expected}"
+                )
             }
             Self::Quant(m) => write!(f, "tensor data error: {m}"),
             Self::TokenOutOfRange { token, n_vocab } => {
-                write!(f, "token id {token} is out of range: the vocabulary has {n_vocab} tokens (ids 0..{})", n_vocab.saturating_sub(1))
+                write!(
+                    f,
+                    "token id {token} is out of range: the vocabulary has {n_vocab} tokens (ids 0..{})",
+                    n_vocab.saturating_sub(1)
+                )
             }
             Self::ContextFull { needed, max } => {
-                write!(f, "the sequence needs {needed} positions but the context holds {max}")
+                write!(
+                    f,
+                    "the sequence needs {needed} positions but the context holds {max}"
+                )
             }
             Self::LoadAborted => write!(f, "loading was cancelled by the progress callback"),
         }
@@ -62,9 +92,7 @@ impl std::error::Error for ModelError {}
 impl From<ModelError> for Error {
     fn from(e: ModelError) -> Self {
         let kind = match &e {
-            ModelError::UnsupportedArchitecture(_) => {
-                ErrorKind::UnsupportedModel
-            }
+            ModelError::UnsupportedArchitecture(_) => ErrorKind::UnsupportedModel,
             ModelError::TokenOutOfRange { .. } => ErrorKind::InvalidArgument,
             ModelError::ContextFull { .. } => ErrorKind::ContextOverflow,
             ModelError::LoadAborted => ErrorKind::Cancelled,
@@ -120,15 +148,27 @@ pub struct ForwardScratch {
 
 impl Model {
     /// Reads hyperparameters and collects the weights of `file`.
-    pub fn load(file: Arc<GgufFile>, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<Self, ModelError> {
+    pub fn load(
+        file: Arc<GgufFile>,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<Self, ModelError> {
         let hparams = Hyperparams::from_gguf(&file)?;
         let weights = Weights::load(&file, &hparams, progress)?;
-        Ok(Self { file, hparams, weights })
+        Ok(Self {
+            file,
+            hparams,
+            weights,
+        })
     }
 
     /// A cache sized for this model.
     pub fn new_cache(&self, ty: KvType, max_positions: usize) -> KvCache {
-        KvCache::new(ty, self.hparams.n_layer, self.hparams.kv_dim(), max_positions)
+        KvCache::new(
+            ty,
+            self.hparams.n_layer,
+            self.hparams.kv_dim(),
+            max_positions,
+        )
     }
 
     /// Runs `tokens` at positions cache.len().. through the model, appending their keys and
@@ -149,11 +189,17 @@ impl Model {
             return Ok(());
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= hp.n_vocab) {
-            return Err(ModelError::TokenOutOfRange { token: bad, n_vocab: hp.n_vocab });
+            return Err(ModelError::TokenOutOfRange {
+                token: bad,
+                n_vocab: hp.n_vocab,
+            });
         }
         let first_pos = cache.len();
         if first_pos + tokens.len() > cache.max_positions() {
-            return Err(ModelError::ContextFull { needed: first_pos + tokens.len(), max: cache.max_positions() });
+            return Err(ModelError::ContextFull {
+                needed: first_pos + tokens.len(),
+                max: cache.max_positions(),
+            });
         }
         let result = self.forward_layers(pool, tokens, cache, wanted, scratch, logits);
         match result {
@@ -175,7 +221,8 @@ impl Model {
         let hp = &self.hparams;
         let w = &self.weights;
         let batch = tokens.len();
-        let (n_embd, q_dim, kv_dim, n_ff, head_dim) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff, hp.head_dim);
+        let (n_embd, q_dim, kv_dim, n_ff, head_dim) =
+            (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff, hp.head_dim);
         let first_pos = cache.len();
         let quant_err = |e: crate::quant::QuantError| ModelError::Quant(e.to_string());
 
@@ -202,28 +249,51 @@ impl Model {
             for (xn, x) in s.xn.chunks_exact_mut(n_embd).zip(s.x.chunks_exact(n_embd)) {
                 kernels::rms_norm(x, &layer.attn_norm, hp.rms_eps, xn);
             }
-            kernels::matmul(pool, layer.wq.view(), &s.xn, batch, &mut s.q, &mut s.matmul).map_err(quant_err)?;
-            kernels::matmul(pool, layer.wk.view(), &s.xn, batch, &mut s.k, &mut s.matmul).map_err(quant_err)?;
-            kernels::matmul(pool, layer.wv.view(), &s.xn, batch, &mut s.v, &mut s.matmul).map_err(quant_err)?;
+            kernels::matmul(pool, layer.wq.view(), &s.xn, batch, &mut s.q, &mut s.matmul)
+                .map_err(quant_err)?;
+            kernels::matmul(pool, layer.wk.view(), &s.xn, batch, &mut s.k, &mut s.matmul)
+                .map_err(quant_err)?;
+            kernels::matmul(pool, layer.wv.view(), &s.xn, batch, &mut s.v, &mut s.matmul)
+                .map_err(quant_err)?;
             add_bias(&mut s.q, layer.bq.as_deref());
             add_bias(&mut s.k, layer.bk.as_deref());
             add_bias(&mut s.v, layer.bv.as_deref());
             if let Some(norm) = &layer.q_norm {
-                s.q.chunks_exact_mut(head_dim).for_each(|h| kernels::rms_norm_in_place(h, norm, hp.rms_eps));
+                s.q.chunks_exact_mut(head_dim)
+                    .for_each(|h| kernels::rms_norm_in_place(h, norm, hp.rms_eps));
             }
             if let Some(norm) = &layer.k_norm {
-                s.k.chunks_exact_mut(head_dim).for_each(|h| kernels::rms_norm_in_place(h, norm, hp.rms_eps));
+                s.k.chunks_exact_mut(head_dim)
+                    .for_each(|h| kernels::rms_norm_in_place(h, norm, hp.rms_eps));
             }
             let window = hp.layer_window(il);
-            let freq_base = if window.is_some() { hp.rope_freq_base_local } else { hp.rope_freq_base };
+            let freq_base = if window.is_some() {
+                hp.rope_freq_base_local
+            } else {
+                hp.rope_freq_base
+            };
             let freq_factors = w.rope_freqs.as_deref();
             for b in 0..batch {
                 let pos = first_pos + b;
                 for head in s.q[b * q_dim..(b + 1) * q_dim].chunks_exact_mut(head_dim) {
-                    kernels::rope(head, pos, hp.rope_dims, freq_base, hp.rope_style, freq_factors);
+                    kernels::rope(
+                        head,
+                        pos,
+                        hp.rope_dims,
+                        freq_base,
+                        hp.rope_style,
+                        freq_factors,
+                    );
                 }
                 for head in s.k[b * kv_dim..(b + 1) * kv_dim].chunks_exact_mut(head_dim) {
-                    kernels::rope(head, pos, hp.rope_dims, freq_base, hp.rope_style, freq_factors);
+                    kernels::rope(
+                        head,
+                        pos,
+                        hp.rope_dims,
+                        freq_base,
+                        hp.rope_style,
+                        freq_factors,
+                    );
                 }
             }
             cache.append_layer(il, &s.k, &s.v);
@@ -237,9 +307,19 @@ impl Model {
                 window,
             };
             kernels::attention(pool, &s.q, keys, values, shape, &mut s.attn);
-            kernels::matmul(pool, layer.wo.view(), &s.attn, batch, &mut s.delta, &mut s.matmul).map_err(quant_err)?;
+            kernels::matmul(
+                pool,
+                layer.wo.view(),
+                &s.attn,
+                batch,
+                &mut s.delta,
+                &mut s.matmul,
+            )
+            .map_err(quant_err)?;
             if let Some(norm) = &layer.post_attn_norm {
-                s.delta.chunks_exact_mut(n_embd).for_each(|r| kernels::rms_norm_in_place(r, norm, hp.rms_eps));
+                s.delta
+                    .chunks_exact_mut(n_embd)
+                    .for_each(|r| kernels::rms_norm_in_place(r, norm, hp.rms_eps));
             }
             kernels::add_in_place(&mut s.x, &s.delta);
 
@@ -247,8 +327,24 @@ impl Model {
             for (xn, x) in s.xn.chunks_exact_mut(n_embd).zip(s.x.chunks_exact(n_embd)) {
                 kernels::rms_norm(x, &layer.ffn_norm, hp.rms_eps, xn);
             }
-            kernels::matmul(pool, layer.w_gate.view(), &s.xn, batch, &mut s.gate, &mut s.matmul).map_err(quant_err)?;
-            kernels::matmul(pool, layer.w_up.view(), &s.xn, batch, &mut s.up, &mut s.matmul).map_err(quant_err)?;
+            kernels::matmul(
+                pool,
+                layer.w_gate.view(),
+                &s.xn,
+                batch,
+                &mut s.gate,
+                &mut s.matmul,
+            )
+            .map_err(quant_err)?;
+            kernels::matmul(
+                pool,
+                layer.w_up.view(),
+                &s.xn,
+                batch,
+                &mut s.up,
+                &mut s.matmul,
+            )
+            .map_err(quant_err)?;
             let activation = match hp.arch {
                 Architecture::Gemma3 => kernels::gelu_tanh,
                 _ => kernels::silu,
@@ -256,9 +352,19 @@ impl Model {
             for (g, &u) in s.gate.iter_mut().zip(&s.up) {
                 *g = activation(*g) * u;
             }
-            kernels::matmul(pool, layer.w_down.view(), &s.gate, batch, &mut s.delta, &mut s.matmul).map_err(quant_err)?;
+            kernels::matmul(
+                pool,
+                layer.w_down.view(),
+                &s.gate,
+                batch,
+                &mut s.delta,
+                &mut s.matmul,
+            )
+            .map_err(quant_err)?;
             if let Some(norm) = &layer.post_ffn_norm {
-                s.delta.chunks_exact_mut(n_embd).for_each(|r| kernels::rms_norm_in_place(r, norm, hp.rms_eps));
+                s.delta
+                    .chunks_exact_mut(n_embd)
+                    .for_each(|r| kernels::rms_norm_in_place(r, norm, hp.rms_eps));
             }
             kernels::add_in_place(&mut s.x, &s.delta);
         }
@@ -270,11 +376,22 @@ impl Model {
             Logits::All => 0..batch,
         };
         let n_out = rows.len();
-        for (xn, x) in s.xn.chunks_exact_mut(n_embd).zip(s.x[rows.start * n_embd..rows.end * n_embd].chunks_exact(n_embd)) {
+        for (xn, x) in
+            s.xn.chunks_exact_mut(n_embd)
+                .zip(s.x[rows.start * n_embd..rows.end * n_embd].chunks_exact(n_embd))
+        {
             kernels::rms_norm(x, &w.output_norm, hp.rms_eps, xn);
         }
         logits.resize(n_out * hp.n_vocab, 0.0);
-        kernels::matmul(pool, w.output.view(), &s.xn[..n_out * n_embd], n_out, logits, &mut s.matmul).map_err(quant_err)?;
+        kernels::matmul(
+            pool,
+            w.output.view(),
+            &s.xn[..n_out * n_embd],
+            n_out,
+            logits,
+            &mut s.matmul,
+        )
+        .map_err(quant_err)?;
         Ok(())
     }
 }

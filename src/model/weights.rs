@@ -26,7 +26,12 @@ impl Matrix {
     }
 
     pub fn view(&self) -> WeightView<'_> {
-        WeightView { ty: self.ty, rows: self.rows, cols: self.cols, data: self.bytes() }
+        WeightView {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: self.bytes(),
+        }
     }
 
     /// Row `r` converted to f32 (embedding lookup).
@@ -87,7 +92,9 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn info(&self, name: &str) -> Result<&TensorInfo, ModelError> {
-        self.file.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))
+        self.file
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))
     }
 
     /// A matrix with `rows` rows of `cols` elements (ggml dims [cols, rows]).
@@ -111,7 +118,12 @@ impl Loader<'_> {
         })
     }
 
-    fn optional_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Matrix>, ModelError> {
+    fn optional_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<Matrix>, ModelError> {
         match self.file.tensor(name) {
             Some(_) => self.matrix(name, rows, cols).map(Some),
             None => Ok(None),
@@ -153,7 +165,9 @@ impl Weights {
         let l = Loader { file };
         let (n_embd, q_dim, kv_dim, n_ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         let token_embd = l.matrix("token_embd.weight", hp.n_vocab, n_embd)?;
-        let output = l.optional_matrix("output.weight", hp.n_vocab, n_embd)?.unwrap_or_else(|| token_embd.clone());
+        let output = l
+            .optional_matrix("output.weight", hp.n_vocab, n_embd)?
+            .unwrap_or_else(|| token_embd.clone());
         let output_norm = l.vector("output_norm.weight", n_embd)?;
         let rope_freqs = l.optional_vector("rope_freqs.weight", hp.rope_dims / 2)?;
 
@@ -170,11 +184,31 @@ impl Weights {
                 wk: l.matrix(&name("attn_k.weight"), kv_dim, n_embd)?,
                 wv: l.matrix(&name("attn_v.weight"), kv_dim, n_embd)?,
                 wo: l.matrix(&name("attn_output.weight"), n_embd, q_dim)?,
-                bq: if has_bias { l.optional_vector(&name("attn_q.bias"), q_dim)? } else { None },
-                bk: if has_bias { l.optional_vector(&name("attn_k.bias"), kv_dim)? } else { None },
-                bv: if has_bias { l.optional_vector(&name("attn_v.bias"), kv_dim)? } else { None },
-                q_norm: if has_qk_norm { Some(l.vector(&name("attn_q_norm.weight"), hp.head_dim)?) } else { None },
-                k_norm: if has_qk_norm { Some(l.vector(&name("attn_k_norm.weight"), hp.head_dim)?) } else { None },
+                bq: if has_bias {
+                    l.optional_vector(&name("attn_q.bias"), q_dim)?
+                } else {
+                    None
+                },
+                bk: if has_bias {
+                    l.optional_vector(&name("attn_k.bias"), kv_dim)?
+                } else {
+                    None
+                },
+                bv: if has_bias {
+                    l.optional_vector(&name("attn_v.bias"), kv_dim)?
+                } else {
+                    None
+                },
+                q_norm: if has_qk_norm {
+                    Some(l.vector(&name("attn_q_norm.weight"), hp.head_dim)?)
+                } else {
+                    None
+                },
+                k_norm: if has_qk_norm {
+                    Some(l.vector(&name("attn_k_norm.weight"), hp.head_dim)?)
+                } else {
+                    None
+                },
                 post_attn_norm: if has_post_norms {
                     Some(l.vector(&name("post_attention_norm.weight"), n_embd)?)
                 } else {
@@ -184,12 +218,22 @@ impl Weights {
                 w_gate: l.matrix(&name("ffn_gate.weight"), n_ff, n_embd)?,
                 w_up: l.matrix(&name("ffn_up.weight"), n_ff, n_embd)?,
                 w_down: l.matrix(&name("ffn_down.weight"), n_embd, n_ff)?,
-                post_ffn_norm: if has_post_norms { Some(l.vector(&name("post_ffw_norm.weight"), n_embd)?) } else { None },
+                post_ffn_norm: if has_post_norms {
+                    Some(l.vector(&name("post_ffw_norm.weight"), n_embd)?)
+                } else {
+                    None
+                },
             });
             if !progress(il + 1, hp.n_layer) {
                 return Err(ModelError::LoadAborted);
             }
         }
-        Ok(Self { token_embd, layers, output_norm, output, rope_freqs })
+        Ok(Self {
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            rope_freqs,
+        })
     }
 }

@@ -185,7 +185,11 @@ impl BlockFormat for BlockQ8_1 {
 fn scaled_sum_16(q: &[i8; 256], a: &[i8; 256], scale: impl Fn(usize) -> i32) -> i32 {
     let mut total = 0i32;
     for g in 0..16 {
-        let s: i32 = q[g * 16..g * 16 + 16].iter().zip(&a[g * 16..g * 16 + 16]).map(|(&x, &y)| x as i32 * y as i32).sum();
+        let s: i32 = q[g * 16..g * 16 + 16]
+            .iter()
+            .zip(&a[g * 16..g * 16 + 16])
+            .map(|(&x, &y)| x as i32 * y as i32)
+            .sum();
         total += scale(g) * s;
     }
     total
@@ -244,7 +248,11 @@ impl BlockQ3_K {
 
     /// The 16 6-bit scales, minus 32.
     fn scale(&self, i: usize) -> i32 {
-        let low = if i < 8 { self.scales[i] & 0x0f } else { self.scales[i - 8] >> 4 };
+        let low = if i < 8 {
+            self.scales[i] & 0x0f
+        } else {
+            self.scales[i - 8] >> 4
+        };
         let high = (self.scales[8 + i % 4] >> (2 * (i / 4))) & 3;
         (low | (high << 4)) as i32 - 32
     }
@@ -280,7 +288,10 @@ fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 
@@ -291,7 +302,11 @@ fn dot_scale_min_32(q: &[i8; 256], d: f32, dmin: f32, scales: &[u8; 12], a: &Blo
     let mut mins = 0i32;
     for g in 0..8 {
         let (sc, m) = scale_min_k4(g, scales);
-        let s: i32 = q[g * 32..g * 32 + 32].iter().zip(&a.qs[g * 32..g * 32 + 32]).map(|(&x, &y)| x as i32 * y as i32).sum();
+        let s: i32 = q[g * 32..g * 32 + 32]
+            .iter()
+            .zip(&a.qs[g * 32..g * 32 + 32])
+            .map(|(&x, &y)| x as i32 * y as i32)
+            .sum();
         isum += sc as i32 * s;
         mins += m as i32 * (a.bsum(2 * g) + a.bsum(2 * g + 1));
     }
@@ -422,7 +437,15 @@ impl BlockFormat for BlockQ8_K {
         weights
             .iter()
             .zip(activations)
-            .map(|(w, a)| w.d() * a.d() * w.qs.iter().zip(&a.qs).map(|(&x, &y)| x as i32 * y as i32).sum::<i32>() as f32)
+            .map(|(w, a)| {
+                w.d()
+                    * a.d()
+                    * w.qs
+                        .iter()
+                        .zip(&a.qs)
+                        .map(|(&x, &y)| x as i32 * y as i32)
+                        .sum::<i32>() as f32
+            })
             .sum()
     }
 }

@@ -21,21 +21,41 @@ pub enum QuantError {
     /// `n` elements are not a whole number of `ty` blocks.
     NotWholeBlocks { ty: GgmlType, n: usize },
     /// A buffer holds `found` bytes where `expected` were needed.
-    WrongLength { ty: GgmlType, expected: usize, found: usize },
+    WrongLength {
+        ty: GgmlType,
+        expected: usize,
+        found: usize,
+    },
     /// The operation is not defined for this type (e.g. a K-quant weight quantizer).
-    Unsupported { ty: GgmlType, operation: &'static str },
+    Unsupported {
+        ty: GgmlType,
+        operation: &'static str,
+    },
 }
 
 impl fmt::Display for QuantError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotWholeBlocks { ty, n } => {
-                write!(f, "{n} elements are not a whole number of {ty} blocks of {}", ty.block_elements())
+                write!(
+                    f,
+                    "{n} elements are not a whole number of {ty} blocks of {}",
+                    ty.block_elements()
+                )
             }
-            Self::WrongLength { ty, expected, found } => {
-                write!(f, "a {ty} buffer has {found} bytes where {expected} were expected")
+            Self::WrongLength {
+                ty,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "a {ty} buffer has {found} bytes where {expected} were expected"
+                )
             }
-            Self::Unsupported { ty, operation } => write!(f, "{operation} is not available for {ty}"),
+            Self::Unsupported { ty, operation } => {
+                write!(f, "{operation} is not available for {ty}")
+            }
         }
     }
 }
@@ -44,13 +64,19 @@ impl std::error::Error for QuantError {}
 
 /// Bytes of `n` elements of `ty`, checking that `n` is whole blocks.
 fn bytes_for(ty: GgmlType, n: usize) -> Result<usize, QuantError> {
-    ty.row_bytes(n as u64).map(|b| b as usize).ok_or(QuantError::NotWholeBlocks { ty, n })
+    ty.row_bytes(n as u64)
+        .map(|b| b as usize)
+        .ok_or(QuantError::NotWholeBlocks { ty, n })
 }
 
 fn check_len(ty: GgmlType, bytes: &[u8], n: usize) -> Result<(), QuantError> {
     let expected = bytes_for(ty, n)?;
     if bytes.len() != expected {
-        return Err(QuantError::WrongLength { ty, expected, found: bytes.len() });
+        return Err(QuantError::WrongLength {
+            ty,
+            expected,
+            found: bytes.len(),
+        });
     }
     Ok(())
 }
@@ -61,7 +87,10 @@ fn blocks<B: BlockFormat>(bytes: &[u8]) -> &[B] {
 }
 
 fn dequantize_blocks<B: BlockFormat>(src: &[u8], out: &mut [f32]) {
-    for (block, chunk) in blocks::<B>(src).iter().zip(out.chunks_exact_mut(B::ELEMENTS)) {
+    for (block, chunk) in blocks::<B>(src)
+        .iter()
+        .zip(out.chunks_exact_mut(B::ELEMENTS))
+    {
         block.dequantize(chunk);
     }
 }
@@ -101,7 +130,11 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), Q
     Ok(())
 }
 
-fn quantize_blocks<B: BlockFormat, const N: usize>(x: &[f32], out: &mut Vec<u8>, quantize: fn(&[f32; N]) -> B) {
+fn quantize_blocks<B: BlockFormat, const N: usize>(
+    x: &[f32],
+    out: &mut Vec<u8>,
+    quantize: fn(&[f32; N]) -> B,
+) {
     for chunk in x.chunks_exact(N) {
         let values: &[f32; N] = chunk.try_into().expect("chunks_exact yields N elements");
         out.extend_from_slice(bytemuck::bytes_of(&quantize(values)));
@@ -114,9 +147,15 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<(), Qu
     bytes_for(ty, x.len())?;
     out.clear();
     match ty {
-        GgmlType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        GgmlType::F16 => x.iter().for_each(|&v| out.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
-        GgmlType::BF16 => x.iter().for_each(|&v| out.extend_from_slice(&bf16_bits(v).to_le_bytes())),
+        GgmlType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => x
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&f16::from_f32(v).to_le_bytes())),
+        GgmlType::BF16 => x
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&bf16_bits(v).to_le_bytes())),
         GgmlType::Q4_0 => quantize_blocks(x, out, quantize::q4_0),
         GgmlType::Q4_1 => quantize_blocks(x, out, quantize::q4_1),
         GgmlType::Q5_0 => quantize_blocks(x, out, quantize::q5_0),
@@ -125,7 +164,10 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<(), Qu
         GgmlType::Q8_1 => quantize_blocks(x, out, quantize::q8_1),
         GgmlType::Q8_K => quantize_blocks(x, out, quantize::q8_k),
         GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            return Err(QuantError::Unsupported { ty, operation: "weight quantization" });
+            return Err(QuantError::Unsupported {
+                ty,
+                operation: "weight quantization",
+            });
         }
     }
     Ok(())
@@ -134,7 +176,10 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<(), Qu
 /// Converts activations `x` to the format `ty` (a `vec_dot_type`) before dot products.
 pub fn quantize_activations(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<(), QuantError> {
     if ty != ty.vec_dot_type() {
-        return Err(QuantError::Unsupported { ty, operation: "activation quantization" });
+        return Err(QuantError::Unsupported {
+            ty,
+            operation: "activation quantization",
+        });
     }
     quantize_row(ty, x, out)
 }
@@ -145,26 +190,38 @@ fn dot_blocks<B: BlockFormat>(w: &[u8], a: &[u8]) -> f32 {
 
 /// Σ w[i]·a[i] over `n` elements: a weight row of `weight_ty` and an activation row already in
 /// `weight_ty.vec_dot_type()`, with ggml's arithmetic.
-pub fn vec_dot(weight_ty: GgmlType, weight_row: &[u8], activation_row: &[u8], n: usize) -> Result<f32, QuantError> {
+pub fn vec_dot(
+    weight_ty: GgmlType,
+    weight_row: &[u8],
+    activation_row: &[u8],
+    n: usize,
+) -> Result<f32, QuantError> {
     check_len(weight_ty, weight_row, n)?;
     check_len(weight_ty.vec_dot_type(), activation_row, n)?;
     Ok(match weight_ty {
         GgmlType::F32 => weight_row
             .chunks_exact(4)
             .zip(activation_row.chunks_exact(4))
-            .map(|(w, a)| f32::from_le_bytes([w[0], w[1], w[2], w[3]]) * f32::from_le_bytes([a[0], a[1], a[2], a[3]]))
+            .map(|(w, a)| {
+                f32::from_le_bytes([w[0], w[1], w[2], w[3]])
+                    * f32::from_le_bytes([a[0], a[1], a[2], a[3]])
+            })
             .sum(),
         // ggml accumulates F16 and BF16 products in double precision in its scalar path.
         GgmlType::F16 => weight_row
             .chunks_exact(2)
             .zip(activation_row.chunks_exact(2))
-            .map(|(w, a)| f16::from_le_bytes([w[0], w[1]]).to_f32() as f64 * f16::from_le_bytes([a[0], a[1]]).to_f32() as f64)
+            .map(|(w, a)| {
+                f16::from_le_bytes([w[0], w[1]]).to_f32() as f64
+                    * f16::from_le_bytes([a[0], a[1]]).to_f32() as f64
+            })
             .sum::<f64>() as f32,
         GgmlType::BF16 => weight_row
             .chunks_exact(2)
             .zip(activation_row.chunks_exact(2))
             .map(|(w, a)| {
-                bf16_to_f32(u16::from_le_bytes([w[0], w[1]])) as f64 * bf16_to_f32(u16::from_le_bytes([a[0], a[1]])) as f64
+                bf16_to_f32(u16::from_le_bytes([w[0], w[1]])) as f64
+                    * bf16_to_f32(u16::from_le_bytes([a[0], a[1]])) as f64
             })
             .sum::<f64>() as f32,
         GgmlType::Q4_0 => dot_blocks::<BlockQ4_0>(weight_row, activation_row),

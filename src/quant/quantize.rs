@@ -39,11 +39,17 @@ pub fn q4_0(x: &[f32; 32]) -> BlockQ4_0 {
     let d = signed_absmax(x) / -8.0;
     let id = inverse(d);
     let q = x.map(|v| ((v * id + 8.5).trunc()).clamp(0.0, 15.0) as u8);
-    BlockQ4_0 { d: f16_bytes(d), qs: pack_nibbles(&q) }
+    BlockQ4_0 {
+        d: f16_bytes(d),
+        qs: pack_nibbles(&q),
+    }
 }
 
 fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 pub fn q4_1(x: &[f32; 32]) -> BlockQ4_1 {
@@ -51,14 +57,22 @@ pub fn q4_1(x: &[f32; 32]) -> BlockQ4_1 {
     let d = (max - min) / 15.0;
     let id = inverse(d);
     let q = x.map(|v| (((v - min) * id + 0.5).trunc()).clamp(0.0, 15.0) as u8);
-    BlockQ4_1 { d: f16_bytes(d), m: f16_bytes(min), qs: pack_nibbles(&q) }
+    BlockQ4_1 {
+        d: f16_bytes(d),
+        m: f16_bytes(min),
+        qs: pack_nibbles(&q),
+    }
 }
 
 pub fn q5_0(x: &[f32; 32]) -> BlockQ5_0 {
     let d = signed_absmax(x) / -16.0;
     let id = inverse(d);
     let q = x.map(|v| ((v * id + 16.5).trunc()).clamp(0.0, 31.0) as u8);
-    BlockQ5_0 { d: f16_bytes(d), qh: pack_fifth_bits(&q), qs: pack_nibbles(&q) }
+    BlockQ5_0 {
+        d: f16_bytes(d),
+        qh: pack_fifth_bits(&q),
+        qs: pack_nibbles(&q),
+    }
 }
 
 pub fn q5_1(x: &[f32; 32]) -> BlockQ5_1 {
@@ -66,7 +80,12 @@ pub fn q5_1(x: &[f32; 32]) -> BlockQ5_1 {
     let d = (max - min) / 31.0;
     let id = inverse(d);
     let q = x.map(|v| (((v - min) * id + 0.5).trunc()).clamp(0.0, 31.0) as u8);
-    BlockQ5_1 { d: f16_bytes(d), m: f16_bytes(min), qh: pack_fifth_bits(&q), qs: pack_nibbles(&q) }
+    BlockQ5_1 {
+        d: f16_bytes(d),
+        m: f16_bytes(min),
+        qh: pack_fifth_bits(&q),
+        qs: pack_nibbles(&q),
+    }
 }
 
 /// (d, quants) of ggml's symmetric 8-bit rounding: d = amax/127, q = round(x/d) away from zero.
@@ -79,19 +98,30 @@ fn round_8bit(x: &[f32; 32]) -> (f32, [i8; 32]) {
 
 pub fn q8_0(x: &[f32; 32]) -> BlockQ8_0 {
     let (d, qs) = round_8bit(x);
-    BlockQ8_0 { d: f16_bytes(d), qs }
+    BlockQ8_0 {
+        d: f16_bytes(d),
+        qs,
+    }
 }
 
 pub fn q8_1(x: &[f32; 32]) -> BlockQ8_1 {
     let (d, qs) = round_8bit(x);
     let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-    BlockQ8_1 { d: f16_bytes(d), s: f16_bytes(sum as f32 * d), qs }
+    BlockQ8_1 {
+        d: f16_bytes(d),
+        s: f16_bytes(sum as f32 * d),
+        qs,
+    }
 }
 
 /// ggml's `quantize_row_q8_K_ref`: scale from the signed maximum, round half to even.
 pub fn q8_k(x: &[f32; 256]) -> BlockQ8_K {
     let max = signed_absmax(x);
-    let mut block = BlockQ8_K { d: [0; 4], qs: [0; 256], bsums: [[0; 2]; 16] };
+    let mut block = BlockQ8_K {
+        d: [0; 4],
+        qs: [0; 256],
+        bsums: [[0; 2]; 16],
+    };
     if max == 0.0 {
         return block;
     }
@@ -100,7 +130,10 @@ pub fn q8_k(x: &[f32; 256]) -> BlockQ8_K {
         *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
     }
     for (g, sum) in block.bsums.iter_mut().enumerate() {
-        let s: i32 = block.qs[g * 16..g * 16 + 16].iter().map(|&q| q as i32).sum();
+        let s: i32 = block.qs[g * 16..g * 16 + 16]
+            .iter()
+            .map(|&q| q as i32)
+            .sum();
         *sum = (s as i16).to_le_bytes();
     }
     block.d = (1.0 / iscale).to_le_bytes();

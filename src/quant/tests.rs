@@ -1,31 +1,55 @@
 use super::*;
 
 fn oracle() -> serde_json::Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/oracle/quant-blocks.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("../shared/oracle/quant-blocks.json")).unwrap()
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/oracle/quant-blocks.json"
+    );
+    serde_json::from_str(
+        &std::fs::read_to_string(path).expect("../shared/oracle/quant-blocks.json"),
+    )
+    .unwrap()
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[test]
 fn dequantization_equals_gguf_py_bit_for_bit_for_every_type() {
     let oracle = oracle();
     let types = oracle["types"].as_object().unwrap();
-    assert_eq!(types.len(), 12, "every stored type but the Q8_1/Q8_K activation formats");
+    assert_eq!(
+        types.len(),
+        12,
+        "every stored type but the Q8_1/Q8_K activation formats"
+    );
     for (name, case) in types {
-        let ty = GgmlType::ALL.into_iter().find(|t| t.name() == name).unwrap();
+        let ty = GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .unwrap();
         let bytes = hex(case["dequantize"]["bytes_hex"].as_str().unwrap());
         let expected = floats(&case["dequantize"]["values"]);
         let mut out = vec![0.0f32; expected.len()];
         dequantize_row(ty, &bytes, &mut out).unwrap();
         for (i, (a, b)) in out.iter().zip(&expected).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "{name} element {i}: {a} vs gguf-py {b}");
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{name} element {i}: {a} vs gguf-py {b}"
+            );
         }
     }
 }
@@ -35,8 +59,13 @@ fn quantization_equals_gguf_py_bytes_where_it_has_them() {
     let oracle = oracle();
     let mut checked = 0;
     for (name, case) in oracle["types"].as_object().unwrap() {
-        let Some(q) = case["quantize"].as_object() else { continue };
-        let ty = GgmlType::ALL.into_iter().find(|t| t.name() == name).unwrap();
+        let Some(q) = case["quantize"].as_object() else {
+            continue;
+        };
+        let ty = GgmlType::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .unwrap();
         let mut out = Vec::new();
         quantize_row(ty, &floats(&q["values"]), &mut out).unwrap();
         assert_eq!(out, hex(q["bytes_hex"].as_str().unwrap()), "{name}");
@@ -115,7 +144,11 @@ fn integer_dot_products_agree_with_the_dequantized_dot_product() {
             dequantize_row(ty, &w, &mut wf).unwrap();
             dequantize_row(act_ty, &a, &mut af).unwrap();
             let expected: f64 = wf.iter().zip(&af).map(|(&p, &q)| p as f64 * q as f64).sum();
-            let magnitude: f64 = wf.iter().zip(&af).map(|(&p, &q)| (p as f64 * q as f64).abs()).sum();
+            let magnitude: f64 = wf
+                .iter()
+                .zip(&af)
+                .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                .sum();
             assert!(
                 (got - expected).abs() <= 1e-4 * magnitude + 1e-6,
                 "{ty} n={n}: integer dot {got} vs dequantized {expected} (magnitude {magnitude})"
@@ -137,8 +170,15 @@ fn activation_quantization_round_trips_within_its_step() {
             for (a, b) in x.iter().zip(&back) {
                 // Half a step of amax/127, plus f16 rounding of the scale (relative 2^-11);
                 // an f16 scale below its smallest subnormal (6e-8) flushes the block to zero.
-                let f16_floor = if ty == GgmlType::Q8_K { 0.0 } else { 127.0 * 6e-8 };
-                assert!((a - b).abs() <= amax / 127.0 * 0.5 + amax * 1e-3 + f16_floor, "{ty} scale {scale}: {a} vs {b}");
+                let f16_floor = if ty == GgmlType::Q8_K {
+                    0.0
+                } else {
+                    127.0 * 6e-8
+                };
+                assert!(
+                    (a - b).abs() <= amax / 127.0 * 0.5 + amax * 1e-3 + f16_floor,
+                    "{ty} scale {scale}: {a} vs {b}"
+                );
             }
         }
         let mut zeros = Vec::new();
@@ -154,9 +194,16 @@ fn bad_lengths_are_errors_not_panics() {
     let mut out = vec![0.0f32; 32];
     assert_eq!(
         dequantize_row(GgmlType::Q4_0, &[0u8; 17], &mut out),
-        Err(QuantError::WrongLength { ty: GgmlType::Q4_0, expected: 18, found: 17 })
+        Err(QuantError::WrongLength {
+            ty: GgmlType::Q4_0,
+            expected: 18,
+            found: 17
+        })
     );
-    assert!(matches!(dequantize_row(GgmlType::Q4_K, &[0u8; 144], &mut out), Err(QuantError::NotWholeBlocks { .. })));
+    assert!(matches!(
+        dequantize_row(GgmlType::Q4_K, &[0u8; 144], &mut out),
+        Err(QuantError::NotWholeBlocks { .. })
+    ));
     assert!(vec_dot(GgmlType::Q8_0, &[0u8; 34], &[0u8; 33], 32).is_err());
     let mut bytes = Vec::new();
     assert!(quantize_row(GgmlType::Q4_K, &[0.0; 256], &mut bytes).is_err());

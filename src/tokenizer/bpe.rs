@@ -43,7 +43,9 @@ pub fn merge(initial: &[u32], merges: &MergeTable, out: &mut Vec<u32>) {
     }
     while let Some(Reverse((_, left, l, r))) = queue.pop() {
         // Skip pairs that changed since they were queued.
-        let Some(right) = symbols[left].next else { continue };
+        let Some(right) = symbols[left].next else {
+            continue;
+        };
         if !symbols[left].alive || symbols[left].id != l || symbols[right].id != r {
             continue;
         }
@@ -73,7 +75,9 @@ mod tests {
     #[test]
     fn lowest_rank_first_and_leftmost_on_ties() {
         // a=0 b=1 ab=2 bb=3 abb=4
-        let merges: MergeTable = [((0, 1), (0, 2)), ((1, 1), (1, 3)), ((2, 1), (2, 4))].into_iter().collect();
+        let merges: MergeTable = [((0, 1), (0, 2)), ((1, 1), (1, 3)), ((2, 1), (2, 4))]
+            .into_iter()
+            .collect();
         let mut out = Vec::new();
         merge(&[0, 1, 1], &merges, &mut out); // a b b → ab b → abb
         assert_eq!(out, [4]);

@@ -5,7 +5,9 @@ use std::sync::LazyLock;
 
 /// BYTE_TO_CHAR[b] is the character standing for byte b.
 static BYTE_TO_CHAR: LazyLock<[char; 256]> = LazyLock::new(|| {
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
     let mut table = ['\0'; 256];
     let mut next_unprintable = 256u32;
     for b in 0..256u32 {

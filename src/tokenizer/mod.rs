@@ -50,7 +50,10 @@ impl fmt::Display for TokenizerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnsupportedModel(m) => {
-                write!(f, "tokenizer model '{m}' is not supported; smallmind reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)")
+                write!(
+                    f,
+                    "tokenizer model '{m}' is not supported; smallmind reads 'gpt2' (byte-level BPE) and 'llama' (SentencePiece)"
+                )
             }
             Self::UnsupportedPreTokenizer(p) => write!(
                 f,
@@ -101,7 +104,14 @@ fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>, TokenizerError> {
         None => Ok(Vec::new()),
         Some(values) => values
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| TokenizerError::Malformed(format!("{key} holds a {} where strings belong", v.type_name()))))
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    TokenizerError::Malformed(format!(
+                        "{key} holds a {} where strings belong",
+                        v.type_name()
+                    ))
+                })
+            })
             .collect(),
     }
 }
@@ -117,14 +127,24 @@ impl TokenizerConfig {
             None => Vec::new(),
             Some(values) => values
                 .iter()
-                .map(|v| v.as_i64().map(|t| t as i32).ok_or_else(|| TokenizerError::Malformed("tokenizer.ggml.token_type holds a non-integer".into())))
+                .map(|v| {
+                    v.as_i64().map(|t| t as i32).ok_or_else(|| {
+                        TokenizerError::Malformed(
+                            "tokenizer.ggml.token_type holds a non-integer".into(),
+                        )
+                    })
+                })
                 .collect::<Result<_, _>>()?,
         };
         let scores = match file.get_array("tokenizer.ggml.scores") {
             None => Vec::new(),
             Some(values) => values
                 .iter()
-                .map(|v| v.as_f32().ok_or_else(|| TokenizerError::Malformed("tokenizer.ggml.scores holds a non-number".into())))
+                .map(|v| {
+                    v.as_f32().ok_or_else(|| {
+                        TokenizerError::Malformed("tokenizer.ggml.scores holds a non-number".into())
+                    })
+                })
                 .collect::<Result<_, _>>()?,
         };
         Ok(Self {
@@ -148,8 +168,16 @@ impl TokenizerConfig {
 
 #[derive(Debug)]
 enum Algorithm {
-    Bpe { pre: PreTokenizer, merges: bpe::MergeTable, ignore_merges: bool, byte_char_ids: [Option<u32>; 256] },
-    SentencePiece { byte_tokens: [Option<u32>; 256], add_space_prefix: bool },
+    Bpe {
+        pre: PreTokenizer,
+        merges: bpe::MergeTable,
+        ignore_merges: bool,
+        byte_char_ids: [Option<u32>; 256],
+    },
+    SentencePiece {
+        byte_tokens: [Option<u32>; 256],
+        add_space_prefix: bool,
+    },
 }
 
 /// A tokenizer: immutable after construction, shared by every thread.
@@ -179,20 +207,39 @@ impl Tokenizer {
     pub fn new(config: TokenizerConfig) -> Result<Self, TokenizerError> {
         let n = config.tokens.len();
         if n == 0 {
-            return Err(TokenizerError::Malformed("tokenizer.ggml.tokens is missing or empty".into()));
+            return Err(TokenizerError::Malformed(
+                "tokenizer.ggml.tokens is missing or empty".into(),
+            ));
         }
         if !config.token_types.is_empty() && config.token_types.len() != n {
-            return Err(TokenizerError::Malformed(format!("{} token types for {n} tokens", config.token_types.len())));
+            return Err(TokenizerError::Malformed(format!(
+                "{} token types for {n} tokens",
+                config.token_types.len()
+            )));
         }
         if !config.scores.is_empty() && config.scores.len() != n {
-            return Err(TokenizerError::Malformed(format!("{} scores for {n} tokens", config.scores.len())));
+            return Err(TokenizerError::Malformed(format!(
+                "{} scores for {n} tokens",
+                config.scores.len()
+            )));
         }
-        for (name, id) in [("bos", config.bos_id), ("eos", config.eos_id), ("eot", config.eot_id), ("unknown", config.unknown_id)] {
+        for (name, id) in [
+            ("bos", config.bos_id),
+            ("eos", config.eos_id),
+            ("eot", config.eot_id),
+            ("unknown", config.unknown_id),
+        ] {
             if let Some(id) = id.filter(|&id| id as usize >= n) {
-                return Err(TokenizerError::Malformed(format!("the {name} token id {id} is outside the {n}-token vocabulary")));
+                return Err(TokenizerError::Malformed(format!(
+                    "the {name} token id {id} is outside the {n}-token vocabulary"
+                )));
             }
         }
-        let token_types = if config.token_types.is_empty() { vec![TYPE_NORMAL; n] } else { config.token_types };
+        let token_types = if config.token_types.is_empty() {
+            vec![TYPE_NORMAL; n]
+        } else {
+            config.token_types
+        };
         let mut token_to_id = HashMap::with_capacity(n);
         for (id, text) in config.tokens.iter().enumerate() {
             // The first id wins when a text repeats, as in llama.cpp.
@@ -202,24 +249,53 @@ impl Tokenizer {
         let (algorithm, add_bos_default) = match config.model.as_str() {
             "gpt2" => {
                 let pre_name = config.pre.as_deref().unwrap_or("default");
-                let pre = PreTokenizer::from_name(pre_name).ok_or_else(|| TokenizerError::UnsupportedPreTokenizer(pre_name.to_string()))?;
+                let pre = PreTokenizer::from_name(pre_name)
+                    .ok_or_else(|| TokenizerError::UnsupportedPreTokenizer(pre_name.to_string()))?;
                 let mut merges = bpe::MergeTable::with_capacity(config.merges.len());
                 for (rank, merge) in config.merges.iter().enumerate() {
-                    let (left, right) = merge
-                        .split_once(' ')
-                        .ok_or_else(|| TokenizerError::Malformed(format!("merge {rank} '{merge}' is not two tokens separated by a space")))?;
+                    let (left, right) = merge.split_once(' ').ok_or_else(|| {
+                        TokenizerError::Malformed(format!(
+                            "merge {rank} '{merge}' is not two tokens separated by a space"
+                        ))
+                    })?;
                     let id = |t: &str| {
-                        token_to_id.get(t).copied().ok_or_else(|| TokenizerError::Malformed(format!("merge {rank} '{merge}' names '{t}', which is not in the vocabulary")))
+                        token_to_id.get(t).copied().ok_or_else(|| {
+                            TokenizerError::Malformed(format!(
+                                "merge {rank} '{merge}' names '{t}', which is not in the vocabulary"
+                            ))
+                        })
                     };
                     let merged = id(&format!("{left}{right}"))?;
-                    merges.entry((id(left)?, id(right)?)).or_insert((rank as u32, merged));
+                    merges
+                        .entry((id(left)?, id(right)?))
+                        .or_insert((rank as u32, merged));
                 }
-                let byte_char_ids = std::array::from_fn(|b| token_to_id.get(bytes::byte_to_char(b as u8).to_string().as_str()).copied());
-                (Algorithm::Bpe { pre, merges, ignore_merges: pre == PreTokenizer::Llama3, byte_char_ids }, false)
+                let byte_char_ids = std::array::from_fn(|b| {
+                    token_to_id
+                        .get(bytes::byte_to_char(b as u8).to_string().as_str())
+                        .copied()
+                });
+                (
+                    Algorithm::Bpe {
+                        pre,
+                        merges,
+                        ignore_merges: pre == PreTokenizer::Llama3,
+                        byte_char_ids,
+                    },
+                    false,
+                )
             }
             "llama" => {
-                let byte_tokens = std::array::from_fn(|b| token_to_id.get(format!("<0x{b:02X}>").as_str()).copied());
-                (Algorithm::SentencePiece { byte_tokens, add_space_prefix: config.add_space_prefix.unwrap_or(true) }, true)
+                let byte_tokens = std::array::from_fn(|b| {
+                    token_to_id.get(format!("<0x{b:02X}>").as_str()).copied()
+                });
+                (
+                    Algorithm::SentencePiece {
+                        byte_tokens,
+                        add_space_prefix: config.add_space_prefix.unwrap_or(true),
+                    },
+                    true,
+                )
             }
             other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
         };
@@ -231,14 +307,23 @@ impl Tokenizer {
             .map(|(text, &ty)| piece_bytes(&algorithm, text, ty))
             .collect();
         let mut specials: Vec<u32> = (0..n as u32)
-            .filter(|&id| matches!(token_types[id as usize], TYPE_CONTROL | TYPE_USER_DEFINED) && !config.tokens[id as usize].is_empty())
+            .filter(|&id| {
+                matches!(token_types[id as usize], TYPE_CONTROL | TYPE_USER_DEFINED)
+                    && !config.tokens[id as usize].is_empty()
+            })
             .collect();
         specials.sort_by_key(|&id| std::cmp::Reverse(config.tokens[id as usize].len()));
         let mut specials_by_first_byte: HashMap<u8, Vec<u32>> = HashMap::new();
         for id in specials {
-            specials_by_first_byte.entry(config.tokens[id as usize].as_bytes()[0]).or_default().push(id);
+            specials_by_first_byte
+                .entry(config.tokens[id as usize].as_bytes()[0])
+                .or_default()
+                .push(id);
         }
-        let mut end_of_generation: Vec<u32> = [config.eos_id, config.eot_id].into_iter().flatten().collect();
+        let mut end_of_generation: Vec<u32> = [config.eos_id, config.eot_id]
+            .into_iter()
+            .flatten()
+            .collect();
         for text in END_OF_GENERATION_TEXTS {
             if let Some(&id) = token_to_id.get(text) {
                 end_of_generation.push(id);
@@ -312,7 +397,10 @@ impl Tokenizer {
         for &id in ids {
             out.extend_from_slice(self.token_to_piece(id, render_special));
         }
-        if let Algorithm::SentencePiece { add_space_prefix: true, .. } = self.algorithm
+        if let Algorithm::SentencePiece {
+            add_space_prefix: true,
+            ..
+        } = self.algorithm
             && out.first() == Some(&b' ')
         {
             out.remove(0);
@@ -352,7 +440,8 @@ impl Tokenizer {
     fn special_at(&self, text: &str, pos: usize, parse_special: bool) -> Option<u32> {
         let candidates = self.specials_by_first_byte.get(&text.as_bytes()[pos])?;
         candidates.iter().copied().find(|&id| {
-            (parse_special || self.token_types[id as usize] == TYPE_USER_DEFINED) && text[pos..].starts_with(self.tokens[id as usize].as_str())
+            (parse_special || self.token_types[id as usize] == TYPE_USER_DEFINED)
+                && text[pos..].starts_with(self.tokens[id as usize].as_str())
         })
     }
 
@@ -363,7 +452,12 @@ impl Tokenizer {
             return;
         }
         match &self.algorithm {
-            Algorithm::Bpe { pre, merges, ignore_merges, byte_char_ids } => {
+            Algorithm::Bpe {
+                pre,
+                merges,
+                ignore_merges,
+                byte_char_ids,
+            } => {
                 let mut initial = Vec::new();
                 for word in pre.split(text) {
                     let encoded = bytes::encode_bytes(word.as_bytes());
@@ -376,7 +470,10 @@ impl Tokenizer {
                     bpe::merge(&initial, merges, out);
                 }
             }
-            Algorithm::SentencePiece { byte_tokens, add_space_prefix } => {
+            Algorithm::SentencePiece {
+                byte_tokens,
+                add_space_prefix,
+            } => {
                 let mut escaped = String::with_capacity(text.len() + 3);
                 if *add_space_prefix {
                     escaped.push('▁');
@@ -384,7 +481,12 @@ impl Tokenizer {
                 for c in text.chars() {
                     escaped.push(if c == ' ' { '▁' } else { c });
                 }
-                let vocab = spm::Vocab { token_to_id: &self.token_to_id, scores: &self.scores, byte_tokens, unknown_id: None };
+                let vocab = spm::Vocab {
+                    token_to_id: &self.token_to_id,
+                    scores: &self.scores,
+                    byte_tokens,
+                    unknown_id: None,
+                };
                 spm::encode(&escaped, &vocab, out);
             }
         }
@@ -409,7 +511,9 @@ fn piece_bytes(algorithm: &Algorithm, text: &str, token_type: i32) -> Vec<u8> {
             _ => text.as_bytes().to_vec(),
         },
         Algorithm::SentencePiece { .. } => match token_type {
-            TYPE_BYTE => parse_byte_token(text).map_or_else(|| text.as_bytes().to_vec(), |b| vec![b]),
+            TYPE_BYTE => {
+                parse_byte_token(text).map_or_else(|| text.as_bytes().to_vec(), |b| vec![b])
+            }
             TYPE_CONTROL => text.as_bytes().to_vec(),
             _ => text.replace('▁', " ").into_bytes(),
         },

@@ -38,7 +38,12 @@ impl PreTokenizer {
 
     fn stages(self) -> &'static [Splitter] {
         match self {
-            Self::Default => &[Splitter::PunctuationRuns, Splitter::Gpt2, Splitter::NumberRuns, Splitter::AsciiDigitTriples],
+            Self::Default => &[
+                Splitter::PunctuationRuns,
+                Splitter::Gpt2,
+                Splitter::NumberRuns,
+                Splitter::AsciiDigitTriples,
+            ],
             Self::Gpt2 => &[Splitter::Gpt2],
             Self::Llama3 => &[Splitter::Llama3 { max_digits: 3 }],
             Self::Qwen2 => &[Splitter::Llama3 { max_digits: 1 }],
@@ -93,7 +98,11 @@ impl<'t> Chars<'t> {
             offsets.push(i);
         }
         offsets.push(text.len());
-        Self { text, chars, offsets }
+        Self {
+            text,
+            chars,
+            offsets,
+        }
     }
 
     fn len(&self) -> usize {
@@ -122,12 +131,18 @@ impl Splitter {
                 f.punctuation || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|')
             }),
             Self::NumberRuns => split_runs(&chars, out, |c| flags(Some(c)).number),
-            Self::SingleNumbers => split_matches(&chars, out, |chars, pos| chars.flags(pos).number.then_some(pos + 1)),
+            Self::SingleNumbers => split_matches(&chars, out, |chars, pos| {
+                chars.flags(pos).number.then_some(pos + 1)
+            }),
             Self::AsciiDigitTriples => split_matches(&chars, out, |chars, pos| {
-                (0..3).all(|k| chars.get(pos + k).is_some_and(|c| c.is_ascii_digit())).then_some(pos + 3)
+                (0..3)
+                    .all(|k| chars.get(pos + k).is_some_and(|c| c.is_ascii_digit()))
+                    .then_some(pos + 3)
             }),
             Self::Gpt2 => split_whole(&chars, out, gpt2_token_end),
-            Self::Llama3 { max_digits } => split_whole(&chars, out, |chars, pos| llama3_token_end(chars, pos, max_digits)),
+            Self::Llama3 { max_digits } => split_whole(&chars, out, |chars, pos| {
+                llama3_token_end(chars, pos, max_digits)
+            }),
         }
     }
 }
@@ -145,7 +160,11 @@ fn split_runs<'t>(chars: &Chars<'t>, out: &mut Vec<&'t str>, member: impl Fn(cha
 
 /// Scans left to right; where `match_at(pos)` gives an end, that span is a piece; unmatched
 /// characters between matches form pieces of their own.
-fn split_matches<'t>(chars: &Chars<'t>, out: &mut Vec<&'t str>, match_at: impl Fn(&Chars<'t>, usize) -> Option<usize>) {
+fn split_matches<'t>(
+    chars: &Chars<'t>,
+    out: &mut Vec<&'t str>,
+    match_at: impl Fn(&Chars<'t>, usize) -> Option<usize>,
+) {
     let mut unmatched_start = 0;
     let mut pos = 0;
     while pos < chars.len() {
@@ -167,7 +186,11 @@ fn split_matches<'t>(chars: &Chars<'t>, out: &mut Vec<&'t str>, match_at: impl F
 }
 
 /// For regexes whose alternatives cover every character: each step yields the next token's end.
-fn split_whole<'t>(chars: &Chars<'t>, out: &mut Vec<&'t str>, token_end: impl Fn(&Chars<'t>, usize) -> usize) {
+fn split_whole<'t>(
+    chars: &Chars<'t>,
+    out: &mut Vec<&'t str>,
+    token_end: impl Fn(&Chars<'t>, usize) -> usize,
+) {
     let mut pos = 0;
     while pos < chars.len() {
         let end = token_end(chars, pos).max(pos + 1);
@@ -181,7 +204,15 @@ fn contraction_len(chars: &Chars<'_>, pos: usize, ignore_case: bool) -> usize {
     if chars.get(pos) != Some('\'') {
         return 0;
     }
-    let lower = |i| chars.get(i).map(|c: char| if ignore_case { c.to_ascii_lowercase() } else { c });
+    let lower = |i| {
+        chars.get(i).map(|c: char| {
+            if ignore_case {
+                c.to_ascii_lowercase()
+            } else {
+                c
+            }
+        })
+    };
     match (lower(pos + 1), lower(pos + 2)) {
         (Some('s' | 't' | 'm' | 'd'), _) => 2,
         (Some('r'), Some('e')) | (Some('v'), Some('e')) | (Some('l'), Some('l')) => 3,
@@ -236,7 +267,9 @@ fn llama3_token_end(chars: &Chars<'_>, pos: usize, max_digits: usize) -> usize {
     let c = chars.get(pos);
     let f = chars.flags(pos);
     // [^\r\n\p{L}\p{N}]?\p{L}+
-    if !(c == Some('\r') || c == Some('\n') || f.number) && (f.letter || chars.flags(pos + 1).letter) {
+    if !(c == Some('\r') || c == Some('\n') || f.number)
+        && (f.letter || chars.flags(pos + 1).letter)
+    {
         let mut end = pos + 1;
         while chars.flags(end).letter {
             end += 1;
@@ -291,7 +324,12 @@ mod tests {
     #[test]
     fn gpt2_splits_words_numbers_punctuation_and_spaces() {
         let p = PreTokenizer::Gpt2.split("Hello world's 123  ok!?\n\n x");
-        assert_eq!(p, ["Hello", " world", "'s", " 123", " ", " ok", "!?", "\n\n", " x"]);
+        assert_eq!(
+            p,
+            [
+                "Hello", " world", "'s", " 123", " ", " ok", "!?", "\n\n", " x"
+            ]
+        );
     }
 
     #[test]
@@ -302,14 +340,26 @@ mod tests {
 
     #[test]
     fn smollm_and_qwen2_split_every_digit() {
-        assert_eq!(PreTokenizer::SmolLm.split("in 2024"), ["in", " ", "2", "0", "2", "4"]);
-        assert_eq!(PreTokenizer::Qwen2.split("x 2024"), ["x", " ", "2", "0", "2", "4"]);
+        assert_eq!(
+            PreTokenizer::SmolLm.split("in 2024"),
+            ["in", " ", "2", "0", "2", "4"]
+        );
+        assert_eq!(
+            PreTokenizer::Qwen2.split("x 2024"),
+            ["x", " ", "2", "0", "2", "4"]
+        );
     }
 
     #[test]
     fn pieces_always_concatenate_to_the_text() {
         let text = "Café naïve 日本語 ✓ — emoji 🙂 déjà vu! \t\r\n  $x+=1;  ";
-        for pre in [PreTokenizer::Default, PreTokenizer::Gpt2, PreTokenizer::Llama3, PreTokenizer::Qwen2, PreTokenizer::SmolLm] {
+        for pre in [
+            PreTokenizer::Default,
+            PreTokenizer::Gpt2,
+            PreTokenizer::Llama3,
+            PreTokenizer::Qwen2,
+            PreTokenizer::SmolLm,
+        ] {
             assert_eq!(pre.split(text).concat(), text, "{pre:?}");
         }
     }
@@ -317,6 +367,9 @@ mod tests {
     #[test]
     fn unknown_names_are_not_guessed() {
         assert_eq!(PreTokenizer::from_name("deepseek-llm"), None);
-        assert_eq!(PreTokenizer::from_name("llama-bpe"), Some(PreTokenizer::Llama3));
+        assert_eq!(
+            PreTokenizer::from_name("llama-bpe"),
+            Some(PreTokenizer::Llama3)
+        );
     }
 }

@@ -23,7 +23,9 @@ impl Eq for Bigram {}
 impl Ord for Bigram {
     fn cmp(&self, other: &Self) -> Ordering {
         // Max-heap: higher score first, then the leftmost.
-        self.score.total_cmp(&other.score).then(other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then(other.left.cmp(&self.left))
     }
 }
 
@@ -58,25 +60,38 @@ pub fn encode(text: &str, vocab: &Vocab<'_>, out: &mut Vec<u32>) {
     // Merged text → the pieces it came from, to re-split pieces that are not tokens.
     let mut history: HashMap<&str, (usize, usize)> = HashMap::new();
     let try_pair = |queue: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: usize| {
-        let Some(right) = symbols[left].next else { return };
+        let Some(right) = symbols[left].next else {
+            return;
+        };
         let start = symbols[left].text.as_ptr() as usize - text.as_ptr() as usize;
         let len = symbols[left].text.len() + symbols[right].text.len();
         if let Some(&id) = vocab.token_to_id.get(&text[start..start + len]) {
-            queue.push(Bigram { score: vocab.scores.get(id as usize).copied().unwrap_or(0.0), left, len });
+            queue.push(Bigram {
+                score: vocab.scores.get(id as usize).copied().unwrap_or(0.0),
+                left,
+                len,
+            });
         }
     };
     for i in 0..symbols.len() {
         try_pair(&mut queue, &symbols, i);
     }
     while let Some(Bigram { left, len, .. }) = queue.pop() {
-        let Some(right) = symbols[left].next else { continue };
+        let Some(right) = symbols[left].next else {
+            continue;
+        };
         // Skip bigrams whose symbols changed since they were queued.
-        if symbols[left].text.is_empty() || symbols[left].text.len() + symbols[right].text.len() != len {
+        if symbols[left].text.is_empty()
+            || symbols[left].text.len() + symbols[right].text.len() != len
+        {
             continue;
         }
         let start = symbols[left].text.as_ptr() as usize - text.as_ptr() as usize;
         let merged = &text[start..start + len];
-        history.insert(merged, (symbols[left].text.len(), symbols[right].text.len()));
+        history.insert(
+            merged,
+            (symbols[left].text.len(), symbols[right].text.len()),
+        );
         symbols[left].text = merged;
         symbols[right].text = "";
         symbols[left].next = symbols[right].next;
@@ -95,7 +110,12 @@ pub fn encode(text: &str, vocab: &Vocab<'_>, out: &mut Vec<u32>) {
     }
 }
 
-fn resegment(piece: &str, vocab: &Vocab<'_>, history: &HashMap<&str, (usize, usize)>, out: &mut Vec<u32>) {
+fn resegment(
+    piece: &str,
+    vocab: &Vocab<'_>,
+    history: &HashMap<&str, (usize, usize)>,
+    out: &mut Vec<u32>,
+) {
     if let Some(&id) = vocab.token_to_id.get(piece) {
         out.push(id);
         return;

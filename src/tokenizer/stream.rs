@@ -36,7 +36,9 @@ impl StreamDecoder {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    out.push_str(std::str::from_utf8(&self.pending[..valid]).expect("checked valid prefix"));
+                    out.push_str(
+                        std::str::from_utf8(&self.pending[..valid]).expect("checked valid prefix"),
+                    );
                     match e.error_len() {
                         // Invalid bytes: replace them and go on.
                         Some(bad) => {
@@ -46,7 +48,9 @@ impl StreamDecoder {
                         // An incomplete sequence at the end: wait for more bytes.
                         None => {
                             self.pending.drain(..valid);
-                            debug_assert!(self.pending.len() < sequence_len(self.pending[0]).unwrap_or(1));
+                            debug_assert!(
+                                self.pending.len() < sequence_len(self.pending[0]).unwrap_or(1)
+                            );
                             return out;
                         }
                     }

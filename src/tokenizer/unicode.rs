@@ -19,8 +19,18 @@ pub fn flags(c: Option<char>) -> Flags {
     let Some(c) = c else { return Flags::default() };
     let category = get_general_category(c);
     Flags {
-        letter: matches!(category, G::UppercaseLetter | G::LowercaseLetter | G::TitlecaseLetter | G::ModifierLetter | G::OtherLetter),
-        number: matches!(category, G::DecimalNumber | G::LetterNumber | G::OtherNumber),
+        letter: matches!(
+            category,
+            G::UppercaseLetter
+                | G::LowercaseLetter
+                | G::TitlecaseLetter
+                | G::ModifierLetter
+                | G::OtherLetter
+        ),
+        number: matches!(
+            category,
+            G::DecimalNumber | G::LetterNumber | G::OtherNumber
+        ),
         whitespace: c.is_whitespace(),
         punctuation: matches!(
             category,

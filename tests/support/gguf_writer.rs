@@ -106,7 +106,12 @@ pub struct GgufBuilder {
 
 impl Default for GgufBuilder {
     fn default() -> Self {
-        Self { version: 3, alignment: 32, metadata: Vec::new(), tensors: Vec::new() }
+        Self {
+            version: 3,
+            alignment: 32,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 }
 

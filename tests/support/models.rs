@@ -11,7 +11,9 @@ pub fn oracle_dir() -> PathBuf {
 fn cache_dir() -> PathBuf {
     match std::env::var_os("SMALLMIND_CACHE") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/smallmind"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/smallmind")
+        }
     }
 }
 

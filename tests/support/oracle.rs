@@ -11,7 +11,8 @@ pub fn load_engine(path: &Path, kv_type: KvType, threads: usize) -> Arc<Engine> 
     let mut options = EngineOptions::new(path);
     options.kv_type = kv_type;
     options.threads = Some(threads.min(smallmind::engine::available_cores()));
-    Engine::load(&options, &mut SilentLoad).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    Engine::load(&options, &mut SilentLoad)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
 /// log-softmax in f64.
@@ -37,13 +38,26 @@ pub fn last_logits(engine: &Engine, tokens: &[u32]) -> Vec<f32> {
     let mut logits = Vec::new();
     engine
         .model
-        .forward(engine.pool(), tokens, &mut cache, Logits::Last, &mut scratch, &mut logits)
+        .forward(
+            engine.pool(),
+            tokens,
+            &mut cache,
+            Logits::Last,
+            &mut scratch,
+            &mut logits,
+        )
         .expect("forward pass");
     logits
 }
 
 /// Asserts: same top-1 as the oracle, and the oracle's top-`k` log-probabilities within `tol`.
-pub fn assert_logprobs_close(ours: &[f32], oracle_logprobs: &[f64], k: usize, tol: f64, what: &str) {
+pub fn assert_logprobs_close(
+    ours: &[f32],
+    oracle_logprobs: &[f64],
+    k: usize,
+    tol: f64,
+    what: &str,
+) {
     let mine = log_softmax(ours);
     let their_top = top_ids(oracle_logprobs, k);
     let my_top = top_ids(&mine, 1)[0];
@@ -75,19 +89,31 @@ pub const TOP1_LOGPROB_TOLERANCE: f64 = 0.05;
 /// (the oracle's tolerance notes). The spread is read from the oracle, never from our output.
 pub fn assert_case_logits_close(engine: &Engine, case: &serde_json::Value, floor: f64) {
     let read = |config: &str| -> Vec<f64> {
-        let file = case["last_prompt_position_logits"][config]["file"].as_str().expect("logits file");
+        let file = case["last_prompt_position_logits"][config]["file"]
+            .as_str()
+            .expect("logits file");
         let bytes = std::fs::read(super::models::oracle_dir().join(file)).expect("oracle logits");
-        let logits: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let logits: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         log_softmax(&logits)
     };
     let precise = read("precise");
     let default = read("default");
-    let prompt: Vec<u32> =
-        case["prompt_token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let prompt: Vec<u32> = case["prompt_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     let ours = last_logits(engine, &prompt);
     let what = format!("case {}", case["id"]);
     let top20 = top_ids(&precise, 20);
-    let own_spread = top20.iter().map(|&id| (default[id] - precise[id]).abs()).fold(0.0, f64::max);
+    let own_spread = top20
+        .iter()
+        .map(|&id| (default[id] - precise[id]).abs())
+        .fold(0.0, f64::max);
     let tolerance = floor.max(1.5 * own_spread);
     let mine = log_softmax(&ours);
     let top1 = top20[0];
@@ -98,7 +124,9 @@ pub fn assert_case_logits_close(engine: &Engine, case: &serde_json::Value, floor
         mine[top1],
         precise[top1]
     );
-    eprintln!("{what}: top-20 tolerance {tolerance:.3} (llama.cpp's own config spread {own_spread:.3})");
+    eprintln!(
+        "{what}: top-20 tolerance {tolerance:.3} (llama.cpp's own config spread {own_spread:.3})"
+    );
     assert_logprobs_close(&ours, &precise, 20, tolerance, &what);
 }
 
@@ -106,7 +134,10 @@ pub fn assert_case_logits_close(engine: &Engine, case: &serde_json::Value, floor
 pub fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     let request = GenerationRequest {
         prompt: prompt.to_vec(),
-        sampling: SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
         max_tokens: n,
         stop: Vec::new(),
         stop_token_ids: Vec::new(),
@@ -116,7 +147,10 @@ pub fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         started_at: std::time::Instant::now(),
     };
     let mut cache = engine.new_cache();
-    engine.generate(&mut cache, &request, &mut NoEvents).expect("generation").token_ids
+    engine
+        .generate(&mut cache, &request, &mut NoEvents)
+        .expect("generation")
+        .token_ids
 }
 
 /// Asserts that `ours` equals `theirs` up to (not including) step `trusted_steps`, and that

@@ -1,0 +1,861 @@
+//! AVX-512 VNNI matrix × activations for the quantized weight types of the test models
+//! (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K): one kernel serves decode (one activation row) and
+//! prefill (many rows, weight tiles reused across them).
+//!
+//! Activations are quantized exactly as ggml does (the same Q8_0 / Q8_1 / Q8_K blocks, see
+//! `quant::quantize_activations`), then spread into a [`Panel`]: per 64 elements, the 64 quants
+//! and three 16-lane vectors (an integer correction, a scale and an offset term). Weights are
+//! read in place from the map and unpacked, four rows at a time, into unsigned bytes in the
+//! same element order, so that one `vpdpbusd` multiplies 64 weight and activation bytes.
+//!
+//! Integer sums are exact; each output is Σ over 64-element pairs of
+//! `float(isum) · (weight scale · activation scale) + weight offset · activation offset`,
+//! lane by lane, then one horizontal sum. Every output takes the same operations in the same
+//! order whatever the tile, batch split or thread count, so results are bit-identical across
+//! thread counts; against the scalar reference they differ only in float summation order.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use crate::quant::{BlockQ8_0, BlockQ8_1, BlockQ8_K, GgmlType};
+
+/// Whether the running CPU has what these kernels need (checked once).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    });
+    *AVAILABLE
+}
+
+/// 64 bytes, aligned for 512-bit loads: 64 quants, 16 i32 or 16 f32 lanes.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct Lanes([u8; 64]);
+
+const ZERO_LANES: Lanes = Lanes([0; 64]);
+
+/// Weight types with a VNNI kernel, and how each one's activations are prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q8_0,
+    Q4K,
+    Q6K,
+}
+
+impl Format {
+    /// The VNNI format of weight type `ty` over rows of `cols` elements, when there is one.
+    pub fn of(ty: GgmlType, cols: usize) -> Option<Self> {
+        let format = match ty {
+            GgmlType::Q4_0 => Self::Q4_0,
+            GgmlType::Q4_1 => Self::Q4_1,
+            GgmlType::Q5_0 => Self::Q5_0,
+            GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4_K => Self::Q4K,
+            GgmlType::Q6_K => Self::Q6K,
+            _ => return None,
+        };
+        (cols % 64 == 0 && cols % ty.block_elements() == 0).then_some(format)
+    }
+
+    fn has_offset(self) -> bool {
+        matches!(self, Self::Q4_1 | Self::Q4K)
+    }
+
+    fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q6K => 210,
+        }
+    }
+}
+
+/// Activation rows prepared for one weight format. Index `[row * pairs + pair]`.
+#[derive(Default)]
+pub struct Panel {
+    rows: usize,
+    pairs: usize,
+    has_offset: bool,
+    /// (rows, pairs): 64 quants of each 64-element pair, in element order.
+    qs: Vec<Lanes>,
+    /// (rows, pairs) i32 lanes: what the weights' unsigned shift adds, subtracted up front.
+    corr: Vec<Lanes>,
+    /// (rows, pairs) f32 lanes: the activation scale of the block each lane belongs to.
+    scale: Vec<Lanes>,
+    /// (rows, pairs) f32 lanes: the activation side of the offset (min) term, one lane a block.
+    offset: Vec<Lanes>,
+}
+
+fn f16(bytes: [u8; 2]) -> f32 {
+    half::f16::from_le_bytes(bytes).to_f32()
+}
+
+fn put_i32(lanes: &mut Lanes, lane: usize, v: i32) {
+    lanes.0[lane * 4..lane * 4 + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_f32(lanes: &mut Lanes, lane: usize, v: f32) {
+    lanes.0[lane * 4..lane * 4 + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+impl std::fmt::Debug for Panel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Panel")
+            .field("rows", &self.rows)
+            .field("pairs", &self.pairs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Panel {
+    /// Spreads `rows` activation rows, already quantized to `format`'s `vec_dot_type`
+    /// (`blocks` is (rows, row bytes)), into the panel.
+    pub fn fill(&mut self, format: Format, blocks: &[u8], rows: usize, cols: usize) {
+        let pairs = cols / 64;
+        self.rows = rows;
+        self.pairs = pairs;
+        self.has_offset = format.has_offset();
+        let n = rows * pairs;
+        for v in [&mut self.qs, &mut self.corr, &mut self.scale] {
+            v.clear();
+            v.resize(n, ZERO_LANES);
+        }
+        self.offset.clear();
+        if self.has_offset {
+            self.offset.resize(n, ZERO_LANES);
+        }
+        let row_bytes = blocks.len() / rows.max(1);
+        for (r, row) in blocks.chunks_exact(row_bytes).enumerate() {
+            for p in 0..pairs {
+                let i = r * pairs + p;
+                match format {
+                    Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => {
+                        let shift = match format {
+                            Format::Q4_0 => 8,
+                            Format::Q5_0 => 16,
+                            _ => 128,
+                        };
+                        let b: &[BlockQ8_0] = bytemuck::cast_slice(row);
+                        self.fill_legacy_pair(
+                            i,
+                            [&b[2 * p], &b[2 * p + 1]].map(|x| (x.d, &x.qs)),
+                            shift,
+                        );
+                    }
+                    Format::Q4_1 => {
+                        let b: &[BlockQ8_1] = bytemuck::cast_slice(row);
+                        let pair = [&b[2 * p], &b[2 * p + 1]];
+                        self.fill_legacy_pair(i, pair.map(|x| (x.d, &x.qs)), 0);
+                        for (half, x) in pair.iter().enumerate() {
+                            put_f32(&mut self.offset[i], 8 * half, f16(x.s));
+                        }
+                    }
+                    Format::Q4K | Format::Q6K => {
+                        let b: &[BlockQ8_K] = bytemuck::cast_slice(row);
+                        let (block, within) = (&b[p / 4], p % 4);
+                        let d = block.d();
+                        self.qs[i].0.copy_from_slice(bytemuck::cast_slice(
+                            &block.qs[within * 64..within * 64 + 64],
+                        ));
+                        for lane in 0..16 {
+                            put_f32(&mut self.scale[i], lane, d);
+                        }
+                        let bsum = |g: usize| block.bsum(4 * within + g);
+                        if format == Format::Q4K {
+                            put_f32(&mut self.offset[i], 0, -d * (bsum(0) + bsum(1)) as f32);
+                            put_f32(&mut self.offset[i], 8, -d * (bsum(2) + bsum(3)) as f32);
+                        } else {
+                            for g in 0..4 {
+                                put_i32(&mut self.corr[i], 4 * g, -32 * bsum(g));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Two 32-element blocks (d, quants) of Q8_0 / Q8_1 into pair `i`; `shift` is what the
+    /// weight format adds to make its quants unsigned.
+    fn fill_legacy_pair(&mut self, i: usize, blocks: [([u8; 2], &[i8; 32]); 2], shift: i32) {
+        for (half, (d, qs)) in blocks.into_iter().enumerate() {
+            self.qs[i].0[half * 32..half * 32 + 32].copy_from_slice(bytemuck::cast_slice(qs));
+            let d = f16(d);
+            for lane in 0..8 {
+                put_f32(&mut self.scale[i], 8 * half + lane, d);
+            }
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+            put_i32(&mut self.corr[i], 8 * half, -shift * sum);
+        }
+    }
+}
+
+/// Weight rows per tile: the unpacked tile is reused across every activation row.
+const TILE_ROWS: usize = 4;
+/// Activation rows per inner kernel call (TILE_ROWS × TILE_COLS accumulators in registers).
+const TILE_COLS: usize = 4;
+/// How far ahead of the current tile the weight rows are prefetched.
+const PREFETCH_ROWS_AHEAD: usize = 32;
+/// Activation rows whose panel part stays in L2 while the weight rows stream past.
+const COLUMN_BLOCK: usize = 64;
+
+/// A tile of weight rows unpacked to unsigned bytes, with per-lane scales and offsets.
+#[derive(Default)]
+struct WeightTile {
+    /// (TILE_ROWS, pairs)
+    q: Vec<Lanes>,
+    /// (TILE_ROWS, pairs) f32 lanes
+    scale: Vec<Lanes>,
+    /// (TILE_ROWS, pairs) f32 lanes, for formats with an offset term
+    offset: Vec<Lanes>,
+}
+
+thread_local! {
+    static TILE: RefCell<WeightTile> = RefCell::new(WeightTile::default());
+}
+
+/// out[b * n_rows + r] = Σ w[r]·x[b] for the weight rows `rows` and every panel row b.
+///
+/// `weights` is the whole matrix (n_rows rows of the format's row bytes, as in the file).
+///
+/// # Safety
+/// `available()` must be true, `panel` must have been filled for `format` with the matrix's
+/// column count, and `out` must point to (panel rows, n_rows) floats of which this call
+/// alone writes the columns `rows`.
+pub unsafe fn matmul_rows(
+    format: Format,
+    weights: &[u8],
+    n_rows: usize,
+    rows: std::ops::Range<usize>,
+    panel: &Panel,
+    out: *mut f32,
+) {
+    macro_rules! by_format {
+        ($f:ident, $($args:tt)*) => {
+            match format.id() {
+                Q4_0 => $f::<Q4_0, $($args)*>,
+                Q4_1 => $f::<Q4_1, $($args)*>,
+                Q5_0 => $f::<Q5_0, $($args)*>,
+                Q8_0 => $f::<Q8_0, $($args)*>,
+                Q4K => $f::<Q4K, $($args)*>,
+                _ => $f::<Q6K, $($args)*>,
+            }
+        };
+    }
+    let row_bytes = weights.len() / n_rows.max(1);
+    debug_assert_eq!(
+        row_bytes,
+        panel.pairs * 64 / format_block_elements(format) * format.block_bytes()
+    );
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match panel.rows {
+            1 => by_format!(gemv_rows, 1)(weights, row_bytes, n_rows, rows, panel, out),
+            2 => by_format!(gemv_rows, 2)(weights, row_bytes, n_rows, rows, panel, out),
+            3 => by_format!(gemv_rows, 3)(weights, row_bytes, n_rows, rows, panel, out),
+            _ => by_format!(gemm_rows,)(weights, row_bytes, n_rows, rows, panel, out),
+        }
+    }
+}
+
+/// Prefill-sized products: weight rows unpacked once per tile and reused across a block
+/// of activation rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn gemm_rows<const FMT: u8>(
+    weights: &[u8],
+    row_bytes: usize,
+    n_rows: usize,
+    rows: std::ops::Range<usize>,
+    panel: &Panel,
+    out: *mut f32,
+) {
+    let pairs = panel.pairs;
+    TILE.with_borrow_mut(|tile| {
+        tile.q.resize(TILE_ROWS * pairs, ZERO_LANES);
+        tile.scale.resize(TILE_ROWS * pairs, ZERO_LANES);
+        tile.offset.resize(TILE_ROWS * pairs, ZERO_LANES);
+        for col_start in (0..panel.rows).step_by(COLUMN_BLOCK) {
+            let col_end = (col_start + COLUMN_BLOCK).min(panel.rows);
+            let mut r0 = rows.start;
+            while r0 < rows.end {
+                let n_r = TILE_ROWS.min(rows.end - r0);
+                for t in 0..n_r {
+                    let row = &weights[(r0 + t) * row_bytes..(r0 + t + 1) * row_bytes];
+                    // SAFETY: the caller checked the CPU features; `row` holds `pairs` pairs.
+                    unsafe { unpack_row::<FMT>(row, pairs, tile, t * pairs) };
+                }
+                let mut c0 = col_start;
+                while c0 < col_end {
+                    let n_c = TILE_COLS.min(col_end - c0);
+                    // SAFETY: tile rows 0..n_r and panel rows c0..c0+n_c are filled; the outputs
+                    // (c0.., r0..) lie in this call's rows of `out`.
+                    unsafe {
+                        dispatch_tile(
+                            n_r,
+                            n_c,
+                            panel.has_offset,
+                            tile,
+                            panel,
+                            pairs,
+                            c0,
+                            r0,
+                            n_rows,
+                            out,
+                        )
+                    };
+                    c0 += n_c;
+                }
+                r0 += n_r;
+            }
+        }
+    });
+}
+
+fn format_block_elements(format: Format) -> usize {
+    match format {
+        Format::Q4K | Format::Q6K => 256,
+        _ => 32,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn dispatch_tile(
+    n_r: usize,
+    n_c: usize,
+    has_offset: bool,
+    tile: &WeightTile,
+    panel: &Panel,
+    pairs: usize,
+    c0: usize,
+    r0: usize,
+    n_rows: usize,
+    out: *mut f32,
+) {
+    macro_rules! go {
+        ($r:literal, $c:literal) => {
+            if has_offset {
+                // SAFETY: forwarded from the caller.
+                unsafe { kernel::<$r, $c, true>(tile, panel, pairs, c0, r0, n_rows, out) }
+            } else {
+                // SAFETY: forwarded from the caller.
+                unsafe { kernel::<$r, $c, false>(tile, panel, pairs, c0, r0, n_rows, out) }
+            }
+        };
+    }
+    match (n_r, n_c) {
+        (4, 4) => go!(4, 4),
+        (4, 3) => go!(4, 3),
+        (4, 2) => go!(4, 2),
+        (4, 1) => go!(4, 1),
+        (3, 4) => go!(3, 4),
+        (3, 3) => go!(3, 3),
+        (3, 2) => go!(3, 2),
+        (3, 1) => go!(3, 1),
+        (2, 4) => go!(2, 4),
+        (2, 3) => go!(2, 3),
+        (2, 2) => go!(2, 2),
+        (2, 1) => go!(2, 1),
+        (1, 4) => go!(1, 4),
+        (1, 3) => go!(1, 3),
+        (1, 2) => go!(1, 2),
+        _ => go!(1, 1),
+    }
+}
+
+/// R weight rows × C activation rows, all pairs.
+#[inline(always)]
+unsafe fn kernel<const R: usize, const C: usize, const OFFSET: bool>(
+    tile: &WeightTile,
+    panel: &Panel,
+    pairs: usize,
+    c0: usize,
+    r0: usize,
+    n_rows: usize,
+    out: *mut f32,
+) {
+    // SAFETY: every index is below R·pairs (tile) or (c0 + C)·pairs (panel), both filled;
+    // Lanes are 64-byte aligned for the aligned loads; the caller owns the written outputs.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        for p in 0..pairs {
+            let mut a = [_mm512_setzero_si512(); C];
+            let mut corr = [_mm512_setzero_si512(); C];
+            let mut a_scale = [_mm512_setzero_ps(); C];
+            let mut a_offset = [_mm512_setzero_ps(); C];
+            for c in 0..C {
+                let i = (c0 + c) * pairs + p;
+                a[c] = _mm512_load_si512(panel.qs[i].0.as_ptr().cast());
+                corr[c] = _mm512_load_si512(panel.corr[i].0.as_ptr().cast());
+                a_scale[c] = _mm512_load_ps(panel.scale[i].0.as_ptr().cast());
+                if OFFSET {
+                    a_offset[c] = _mm512_load_ps(panel.offset[i].0.as_ptr().cast());
+                }
+            }
+            for r in 0..R {
+                let j = r * pairs + p;
+                let w = _mm512_load_si512(tile.q[j].0.as_ptr().cast());
+                let w_scale = _mm512_load_ps(tile.scale[j].0.as_ptr().cast());
+                for c in 0..C {
+                    let isum = _mm512_dpbusd_epi32(corr[c], w, a[c]);
+                    acc[r][c] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_mul_ps(w_scale, a_scale[c]),
+                        acc[r][c],
+                    );
+                }
+                if OFFSET {
+                    let w_offset = _mm512_load_ps(tile.offset[j].0.as_ptr().cast());
+                    for c in 0..C {
+                        acc[r][c] = _mm512_fmadd_ps(w_offset, a_offset[c], acc[r][c]);
+                    }
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                *out.add((c0 + c) * n_rows + r0 + r) = _mm512_reduce_add_ps(v);
+            }
+        }
+    }
+}
+
+/// Lane permutations of a 4-float vector [f0, f1, f2, f3]: each unit of 4 lanes takes f_u.
+const QUAD_SPREAD: [i32; 16] = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3];
+/// Lanes 0..8 take f0, lanes 8..16 take f1 (one value per 32-element block).
+const PAIR_SPREAD: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+/// For [d0, m0, d1, m1]: the scales d0, d1 of two blocks.
+const PAIR_SPREAD_SCALES: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2];
+/// For [d0, m0, d1, m1]: the mins m0, m1 of two blocks.
+const PAIR_SPREAD_MINS: [i32; 16] = [1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3];
+
+#[inline(always)]
+unsafe fn idx(v: &[i32; 16]) -> __m512i {
+    // SAFETY: reads 64 bytes from a 16-element i32 array.
+    unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
+}
+
+#[inline(always)]
+unsafe fn store(dst: &mut Lanes, v: __m512i) {
+    // SAFETY: Lanes is 64 bytes, 64-byte aligned.
+    unsafe { _mm512_store_si512(dst.0.as_mut_ptr().cast(), v) }
+}
+
+#[inline(always)]
+unsafe fn store_ps(dst: &mut Lanes, v: __m512) {
+    // SAFETY: Lanes is 64 bytes, 64-byte aligned.
+    unsafe { _mm512_store_ps(dst.0.as_mut_ptr().cast(), v) }
+}
+
+/// 16 nibble bytes of a legacy block → its 32 quants as [low nibbles, high nibbles];
+/// two blocks → 64 bytes in element order.
+#[inline(always)]
+unsafe fn legacy_nibbles(q0: *const u8, q1: *const u8) -> __m512i {
+    // SAFETY: each pointer has 16 readable bytes (the caller's block slices).
+    unsafe {
+        let a = _mm256_broadcastsi128_si256(_mm_loadu_si128(q0.cast()));
+        let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(q1.cast()));
+        let z = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+        // Units 1 and 3 (the high nibbles of each block) shift right by 4.
+        let shifts = _mm512_set_epi64(
+            4 * 0x0001_0001_0001_0001,
+            4 * 0x0001_0001_0001_0001,
+            0,
+            0,
+            4 * 0x0001_0001_0001_0001,
+            4 * 0x0001_0001_0001_0001,
+            0,
+            0,
+        );
+        _mm512_and_si512(_mm512_srlv_epi16(z, shifts), _mm512_set1_epi8(0x0f))
+    }
+}
+
+/// Four f16 values (as u16) → f32 lanes spread by `pattern`.
+#[inline(always)]
+unsafe fn spread_f16(v: [u16; 4], pattern: &[i32; 16]) -> __m512 {
+    // SAFETY: register-only intrinsics under the caller's target features.
+    unsafe {
+        let h = _mm_set_epi16(
+            0,
+            0,
+            0,
+            0,
+            v[3] as i16,
+            v[2] as i16,
+            v[1] as i16,
+            v[0] as i16,
+        );
+        let f = _mm_cvtph_ps(h);
+        _mm512_permutexvar_ps(idx(pattern), _mm512_castps128_ps512(f))
+    }
+}
+
+fn u16_at(b: &[u8], offset: usize) -> u16 {
+    u16::from_le_bytes([b[offset], b[offset + 1]])
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K block (ggml's get_scale_min_k4).
+fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Format ids for const generics (one monomorphized kernel per weight format).
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q8_0: u8 = 3;
+const Q4K: u8 = 4;
+const Q6K: u8 = 5;
+
+impl Format {
+    fn id(self) -> u8 {
+        match self {
+            Self::Q4_0 => Q4_0,
+            Self::Q4_1 => Q4_1,
+            Self::Q5_0 => Q5_0,
+            Self::Q8_0 => Q8_0,
+            Self::Q4K => Q4K,
+            Self::Q6K => Q6K,
+        }
+    }
+}
+
+const fn block_bytes_of(fmt: u8) -> usize {
+    match fmt {
+        Q4_0 => 18,
+        Q4_1 => 20,
+        Q5_0 => 22,
+        Q8_0 => 34,
+        Q4K => 144,
+        _ => 210,
+    }
+}
+
+/// Pair `p` (elements 64p..64p + 64) of a weight row: the 64 quants as unsigned bytes in
+/// element order, the per-lane weight scale, and the per-lane weight offset (zero for
+/// formats without one).
+#[inline(always)]
+unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __m512) {
+    let bb = block_bytes_of(FMT);
+    // SAFETY: the slices below are bounds-checked views of `row`; every load reads inside
+    // them; register intrinsics run under the caller's enabled target features.
+    unsafe {
+        match FMT {
+            Q4_0 | Q4_1 | Q5_0 | Q8_0 => {
+                let b0 = &row[2 * p * bb..(2 * p + 1) * bb];
+                let b1 = &row[(2 * p + 1) * bb..(2 * p + 2) * bb];
+                let q = match FMT {
+                    Q4_0 => legacy_nibbles(b0[2..].as_ptr(), b1[2..].as_ptr()),
+                    Q4_1 => legacy_nibbles(b0[4..].as_ptr(), b1[4..].as_ptr()),
+                    Q5_0 => {
+                        let low = legacy_nibbles(b0[6..].as_ptr(), b1[6..].as_ptr());
+                        let qh0 = u32::from_le_bytes([b0[2], b0[3], b0[4], b0[5]]) as u64;
+                        let qh1 = u32::from_le_bytes([b1[2], b1[3], b1[4], b1[5]]) as u64;
+                        let fifth =
+                            _mm512_maskz_mov_epi8(qh0 | (qh1 << 32), _mm512_set1_epi8(0x10));
+                        _mm512_or_si512(low, fifth)
+                    }
+                    _ => {
+                        let lo = _mm256_loadu_si256(b0[2..].as_ptr().cast());
+                        let hi = _mm256_loadu_si256(b1[2..].as_ptr().cast());
+                        let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                        _mm512_xor_si512(z, _mm512_set1_epi8(0x80u8 as i8))
+                    }
+                };
+                if FMT == Q4_1 {
+                    let v = [u16_at(b0, 0), u16_at(b0, 2), u16_at(b1, 0), u16_at(b1, 2)];
+                    (
+                        q,
+                        spread_f16(v, &PAIR_SPREAD_SCALES),
+                        spread_f16(v, &PAIR_SPREAD_MINS),
+                    )
+                } else {
+                    let v = [u16_at(b0, 0), u16_at(b1, 0), 0, 0];
+                    (q, spread_f16(v, &PAIR_SPREAD), _mm512_setzero_ps())
+                }
+            }
+            Q4K => {
+                let (sb, within) = (p / 4, p % 4);
+                let b = &row[sb * bb..(sb + 1) * bb];
+                let y = _mm256_loadu_si256(b[16 + 32 * within..].as_ptr().cast());
+                let z = _mm512_broadcast_i64x4(y);
+                // The low nibbles are sub-block 2·within, the high ones sub-block 2·within + 1.
+                let rep = 0x0001_0001_0001_0001i64;
+                let shifts = _mm512_set_epi64(4 * rep, 4 * rep, 4 * rep, 4 * rep, 0, 0, 0, 0);
+                let q = _mm512_and_si512(_mm512_srlv_epi16(z, shifts), _mm512_set1_epi8(0x0f));
+                let d = f16([b[0], b[1]]);
+                let dmin = f16([b[2], b[3]]);
+                let (s0, m0) = scale_min_k4(2 * within, &b[4..16]);
+                let (s1, m1) = scale_min_k4(2 * within + 1, &b[4..16]);
+                let sv = _mm_set_ps(0.0, 0.0, d * s1 as f32, d * s0 as f32);
+                let mv = _mm_set_ps(0.0, 0.0, dmin * m1 as f32, dmin * m0 as f32);
+                (
+                    q,
+                    _mm512_permutexvar_ps(idx(&PAIR_SPREAD), _mm512_castps128_ps512(sv)),
+                    _mm512_permutexvar_ps(idx(&PAIR_SPREAD), _mm512_castps128_ps512(mv)),
+                )
+            }
+            _ => {
+                let (sb, within) = (p / 4, p % 4);
+                let b = &row[sb * bb..(sb + 1) * bb];
+                let (half, upper) = (within / 2, within % 2);
+                let ql = _mm512_loadu_si512(b[64 * half..64 * half + 64].as_ptr().cast());
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                    b[128 + 32 * half..160 + 32 * half].as_ptr().cast(),
+                ));
+                let low = if upper == 0 {
+                    ql
+                } else {
+                    _mm512_srli_epi16(ql, 4)
+                };
+                let low = _mm512_and_si512(low, _mm512_set1_epi8(0x0f));
+                // Bit pairs 2k of qh hold element group k: shifts 0/2 for the lower pair of
+                // the half, 4/6 for the upper.
+                let (s_lo, s_hi) = if upper == 0 { (0i64, 2i64) } else { (4, 6) };
+                let rep = 0x0001_0001_0001_0001i64;
+                let shifts = _mm512_set_epi64(
+                    s_hi * rep,
+                    s_hi * rep,
+                    s_hi * rep,
+                    s_hi * rep,
+                    s_lo * rep,
+                    s_lo * rep,
+                    s_lo * rep,
+                    s_lo * rep,
+                );
+                let high = _mm512_and_si512(_mm512_srlv_epi16(qh, shifts), _mm512_set1_epi8(0x03));
+                let q = _mm512_or_si512(low, _mm512_slli_epi16(high, 4));
+                let d = f16([b[208], b[209]]);
+                let sc = |u: usize| d * (b[192 + 4 * within + u] as i8) as f32;
+                let sv = _mm_set_ps(sc(3), sc(2), sc(1), sc(0));
+                (
+                    q,
+                    _mm512_permutexvar_ps(idx(&QUAD_SPREAD), _mm512_castps128_ps512(sv)),
+                    _mm512_setzero_ps(),
+                )
+            }
+        }
+    }
+}
+
+/// Unpacks every pair of one weight row into tile slots `first..first + pairs`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn unpack_row<const FMT: u8>(row: &[u8], pairs: usize, tile: &mut WeightTile, first: usize) {
+    for p in 0..pairs {
+        // SAFETY: `row` holds `pairs` pairs; the tile slots exist (sized by the caller).
+        unsafe {
+            let (q, scale, offset) = load_pair::<FMT>(row, p);
+            store(&mut tile.q[first + p], q);
+            store_ps(&mut tile.scale[first + p], scale);
+            store_ps(&mut tile.offset[first + p], offset);
+        }
+    }
+}
+
+/// Decode-sized products (fewer than `TILE_COLS` activation rows): each weight pair is
+/// unpacked in registers and used at once, two weight rows at a time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn gemv_rows<const FMT: u8, const C: usize>(
+    weights: &[u8],
+    row_bytes: usize,
+    n_rows: usize,
+    rows: std::ops::Range<usize>,
+    panel: &Panel,
+    out: *mut f32,
+) {
+    let pairs = panel.pairs;
+    let offset_term = FMT == Q4_1 || FMT == Q4K;
+    // SAFETY: rows lie inside `weights`; panel rows 0..C are filled with `pairs` pairs; the
+    // caller owns the outputs of `rows`; Lanes are 64-byte aligned.
+    unsafe {
+        for r in rows {
+            let ahead = ((r + PREFETCH_ROWS_AHEAD) * row_bytes).min(weights.len());
+            let ahead_end = (ahead + row_bytes).min(weights.len());
+            for line in (ahead..ahead_end).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(weights.as_ptr().add(line).cast());
+            }
+            let row = &weights[r * row_bytes..(r + 1) * row_bytes];
+            let mut acc = [_mm512_setzero_ps(); C];
+            for p in 0..pairs {
+                let (w, w_scale, w_offset) = load_pair::<FMT>(row, p);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let i = c * pairs + p;
+                    let a = _mm512_load_si512(panel.qs[i].0.as_ptr().cast());
+                    let corr = _mm512_load_si512(panel.corr[i].0.as_ptr().cast());
+                    let a_scale = _mm512_load_ps(panel.scale[i].0.as_ptr().cast());
+                    let isum = _mm512_dpbusd_epi32(corr, w, a);
+                    *acc = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_mul_ps(w_scale, a_scale),
+                        *acc,
+                    );
+                    if offset_term {
+                        let a_offset = _mm512_load_ps(panel.offset[i].0.as_ptr().cast());
+                        *acc = _mm512_fmadd_ps(w_offset, a_offset, *acc);
+                    }
+                }
+            }
+            for (c, &v) in acc.iter().enumerate() {
+                *out.add(c * n_rows + r) = _mm512_reduce_add_ps(v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant;
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect()
+    }
+
+    /// Random K-quant weight bytes with sane f16 scales at `scale_offsets` of each block.
+    fn random_k_rows(
+        ty: GgmlType,
+        rows: usize,
+        n: usize,
+        seed: u64,
+        scale_offsets: &[usize],
+    ) -> Vec<u8> {
+        let bytes_len = rows * ty.row_bytes(n as u64).unwrap() as usize;
+        let mut bytes: Vec<u8> = values(bytes_len, seed, 1.0)
+            .iter()
+            .map(|v| (v.to_bits() >> 9) as u8)
+            .collect();
+        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
+            for &o in scale_offsets {
+                block[o..o + 2].copy_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
+            }
+        }
+        bytes
+    }
+
+    fn weights(ty: GgmlType, rows: usize, n: usize, seed: u64) -> Vec<u8> {
+        match ty {
+            GgmlType::Q4_K => random_k_rows(ty, rows, n, seed, &[0, 2]),
+            GgmlType::Q6_K => random_k_rows(ty, rows, n, seed, &[208]),
+            _ => {
+                let mut out = Vec::new();
+                let mut all = Vec::new();
+                for r in 0..rows {
+                    // Rows of very different magnitudes, some all zero.
+                    let scale = [1.0f32, 1e-3, 50.0, 0.0][r % 4];
+                    quant::quantize_row(ty, &values(n, seed + r as u64, scale), &mut out).unwrap();
+                    all.extend_from_slice(&out);
+                }
+                all
+            }
+        }
+    }
+
+    #[test]
+    fn vnni_matmul_matches_the_reference_on_awkward_shapes() {
+        if !available() {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+            return;
+        }
+        let types = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ];
+        for ty in types {
+            for (n, rows, batch, act_scale) in [
+                (256usize, 7usize, 1usize, 1.0f32),
+                (512, 9, 5, 1e-4),
+                (768, 4, 70, 300.0),
+                (256, 1, 3, 0.0),
+            ] {
+                let format = Format::of(ty, n).unwrap();
+                let w = weights(ty, rows, n, 11 + n as u64);
+                let row_bytes = ty.row_bytes(n as u64).unwrap() as usize;
+                let act_ty = ty.vec_dot_type();
+                let mut blocks = Vec::new();
+                let mut one = Vec::new();
+                for b in 0..batch {
+                    quant::quantize_activations(
+                        act_ty,
+                        &values(n, 1000 + b as u64, act_scale * (1 + b % 3) as f32),
+                        &mut one,
+                    )
+                    .unwrap();
+                    blocks.extend_from_slice(&one);
+                }
+                let act_row_bytes = blocks.len() / batch;
+                let mut panel = Panel::default();
+                panel.fill(format, &blocks, batch, n);
+                let mut fast = vec![f32::NAN; batch * rows];
+                // Two calls over a split of the rows, as two threads would make them.
+                let split = rows / 2;
+                // SAFETY: features checked; panel filled for this format; disjoint row ranges.
+                unsafe {
+                    matmul_rows(format, &w, rows, 0..split, &panel, fast.as_mut_ptr());
+                    matmul_rows(format, &w, rows, split..rows, &panel, fast.as_mut_ptr());
+                }
+                let mut reference = vec![0.0f32; batch * rows];
+                for b in 0..batch {
+                    for r in 0..rows {
+                        reference[b * rows + r] = quant::vec_dot(
+                            ty,
+                            &w[r * row_bytes..(r + 1) * row_bytes],
+                            &blocks[b * act_row_bytes..(b + 1) * act_row_bytes],
+                            n,
+                        )
+                        .unwrap();
+                    }
+                }
+                let typical =
+                    (reference.iter().map(|v| v * v).sum::<f32>() / reference.len() as f32).sqrt();
+                for (i, (&f, &r)) in fast.iter().zip(&reference).enumerate() {
+                    let tolerance = 2e-5 * r.abs().max(typical) + f32::MIN_POSITIVE;
+                    assert!(
+                        (f - r).abs() <= tolerance,
+                        "{ty} n={n} rows={rows} batch={batch} output {i}: {f} vs {r}"
+                    );
+                }
+                // The same outputs, bit for bit, from one call over all rows (another tiling).
+                let mut whole = vec![f32::NAN; batch * rows];
+                // SAFETY: as above.
+                unsafe { matmul_rows(format, &w, rows, 0..rows, &panel, whole.as_mut_ptr()) };
+                assert_eq!(
+                    whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{ty}: tiling changed a result"
+                );
+            }
+        }
+    }
+}
