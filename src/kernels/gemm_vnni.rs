@@ -82,20 +82,35 @@ impl Format {
     }
 }
 
-/// Activation rows prepared for one weight format. Index `[row * pairs + pair]`.
+/// One 64-element pair of one activation row, everything the kernel reads for it together.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct PanelSlot {
+    /// The 64 quants, in element order.
+    qs: Lanes,
+    /// i32 lanes: what the weights' unsigned shift adds, subtracted up front.
+    corr: Lanes,
+    /// f32 lanes: the activation scale of the block each lane belongs to.
+    scale: Lanes,
+    /// f32 lanes: the activation side of the offset (min) term, one lane a block.
+    offset: Lanes,
+}
+
+const ZERO_PANEL_SLOT: PanelSlot = PanelSlot {
+    qs: ZERO_LANES,
+    corr: ZERO_LANES,
+    scale: ZERO_LANES,
+    offset: ZERO_LANES,
+};
+
+/// Activation rows prepared for one weight format.
 #[derive(Default)]
 pub struct Panel {
     rows: usize,
     pairs: usize,
     has_offset: bool,
-    /// (rows, pairs): 64 quants of each 64-element pair, in element order.
-    qs: Vec<Lanes>,
-    /// (rows, pairs) i32 lanes: what the weights' unsigned shift adds, subtracted up front.
-    corr: Vec<Lanes>,
-    /// (rows, pairs) f32 lanes: the activation scale of the block each lane belongs to.
-    scale: Vec<Lanes>,
-    /// (rows, pairs) f32 lanes: the activation side of the offset (min) term, one lane a block.
-    offset: Vec<Lanes>,
+    /// (rows, pairs)
+    slots: Vec<PanelSlot>,
 }
 
 fn f16(bytes: [u8; 2]) -> f32 {
@@ -127,15 +142,8 @@ impl Panel {
         self.rows = rows;
         self.pairs = pairs;
         self.has_offset = format.has_offset();
-        let n = rows * pairs;
-        for v in [&mut self.qs, &mut self.corr, &mut self.scale] {
-            v.clear();
-            v.resize(n, ZERO_LANES);
-        }
-        self.offset.clear();
-        if self.has_offset {
-            self.offset.resize(n, ZERO_LANES);
-        }
+        self.slots.clear();
+        self.slots.resize(rows * pairs, ZERO_PANEL_SLOT);
         let row_bytes = blocks.len() / rows.max(1);
         for (r, row) in blocks.chunks_exact(row_bytes).enumerate() {
             for p in 0..pairs {
@@ -159,26 +167,34 @@ impl Panel {
                         let pair = [&b[2 * p], &b[2 * p + 1]];
                         self.fill_legacy_pair(i, pair.map(|x| (x.d, &x.qs)), 0);
                         for (half, x) in pair.iter().enumerate() {
-                            put_f32(&mut self.offset[i], 8 * half, f16(x.s));
+                            put_f32(&mut self.slots[i].offset, 8 * half, f16(x.s));
                         }
                     }
                     Format::Q4K | Format::Q6K => {
                         let b: &[BlockQ8_K] = bytemuck::cast_slice(row);
                         let (block, within) = (&b[p / 4], p % 4);
                         let d = block.d();
-                        self.qs[i].0.copy_from_slice(bytemuck::cast_slice(
+                        self.slots[i].qs.0.copy_from_slice(bytemuck::cast_slice(
                             &block.qs[within * 64..within * 64 + 64],
                         ));
                         for lane in 0..16 {
-                            put_f32(&mut self.scale[i], lane, d);
+                            put_f32(&mut self.slots[i].scale, lane, d);
                         }
                         let bsum = |g: usize| block.bsum(4 * within + g);
                         if format == Format::Q4K {
-                            put_f32(&mut self.offset[i], 0, -d * (bsum(0) + bsum(1)) as f32);
-                            put_f32(&mut self.offset[i], 8, -d * (bsum(2) + bsum(3)) as f32);
+                            put_f32(
+                                &mut self.slots[i].offset,
+                                0,
+                                -d * (bsum(0) + bsum(1)) as f32,
+                            );
+                            put_f32(
+                                &mut self.slots[i].offset,
+                                8,
+                                -d * (bsum(2) + bsum(3)) as f32,
+                            );
                         } else {
                             for g in 0..4 {
-                                put_i32(&mut self.corr[i], 4 * g, -32 * bsum(g));
+                                put_i32(&mut self.slots[i].corr, 4 * g, -32 * bsum(g));
                             }
                         }
                     }
@@ -191,13 +207,13 @@ impl Panel {
     /// weight format adds to make its quants unsigned.
     fn fill_legacy_pair(&mut self, i: usize, blocks: [([u8; 2], &[i8; 32]); 2], shift: i32) {
         for (half, (d, qs)) in blocks.into_iter().enumerate() {
-            self.qs[i].0[half * 32..half * 32 + 32].copy_from_slice(bytemuck::cast_slice(qs));
+            self.slots[i].qs.0[half * 32..half * 32 + 32].copy_from_slice(bytemuck::cast_slice(qs));
             let d = f16(d);
             for lane in 0..8 {
-                put_f32(&mut self.scale[i], 8 * half + lane, d);
+                put_f32(&mut self.slots[i].scale, 8 * half + lane, d);
             }
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-            put_i32(&mut self.corr[i], 8 * half, -shift * sum);
+            put_i32(&mut self.slots[i].corr, 8 * half, -shift * sum);
         }
     }
 }
@@ -211,15 +227,29 @@ const PREFETCH_ROWS_AHEAD: usize = 32;
 /// Activation rows whose panel part stays in L2 while the weight rows stream past.
 const COLUMN_BLOCK: usize = 64;
 
+/// One 64-element pair of one weight row, unpacked.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct TileSlot {
+    /// The 64 quants as unsigned bytes, in element order.
+    q: Lanes,
+    /// f32 lanes: the weight scale of each lane's block (or sub-block).
+    scale: Lanes,
+    /// f32 lanes: the weight offset (min), for formats with one.
+    offset: Lanes,
+}
+
+const ZERO_TILE_SLOT: TileSlot = TileSlot {
+    q: ZERO_LANES,
+    scale: ZERO_LANES,
+    offset: ZERO_LANES,
+};
+
 /// A tile of weight rows unpacked to unsigned bytes, with per-lane scales and offsets.
 #[derive(Default)]
 struct WeightTile {
     /// (TILE_ROWS, pairs)
-    q: Vec<Lanes>,
-    /// (TILE_ROWS, pairs) f32 lanes
-    scale: Vec<Lanes>,
-    /// (TILE_ROWS, pairs) f32 lanes, for formats with an offset term
-    offset: Vec<Lanes>,
+    slots: Vec<TileSlot>,
 }
 
 thread_local! {
@@ -283,9 +313,7 @@ unsafe fn gemm_rows<const FMT: u8>(
 ) {
     let pairs = panel.pairs;
     TILE.with_borrow_mut(|tile| {
-        tile.q.resize(TILE_ROWS * pairs, ZERO_LANES);
-        tile.scale.resize(TILE_ROWS * pairs, ZERO_LANES);
-        tile.offset.resize(TILE_ROWS * pairs, ZERO_LANES);
+        tile.slots.resize(TILE_ROWS * pairs, ZERO_TILE_SLOT);
         for col_start in (0..panel.rows).step_by(COLUMN_BLOCK) {
             let col_end = (col_start + COLUMN_BLOCK).min(panel.rows);
             let mut r0 = rows.start;
@@ -386,40 +414,34 @@ unsafe fn kernel<const R: usize, const C: usize, const OFFSET: bool>(
     n_rows: usize,
     out: *mut f32,
 ) {
-    // SAFETY: every index is below R·pairs (tile) or (c0 + C)·pairs (panel), both filled;
-    // Lanes are 64-byte aligned for the aligned loads; the caller owns the written outputs.
+    // SAFETY: tile rows 0..R and panel rows c0..c0 + C hold `pairs` slots each (the caller
+    // filled them); slots are 64-byte aligned for the aligned loads; the caller owns the
+    // written outputs.
     unsafe {
+        let w_rows: [*const TileSlot; R] =
+            std::array::from_fn(|r| tile.slots.as_ptr().add(r * pairs));
+        let a_rows: [*const PanelSlot; C] =
+            std::array::from_fn(|c| panel.slots.as_ptr().add((c0 + c) * pairs));
         let mut acc = [[_mm512_setzero_ps(); C]; R];
         for p in 0..pairs {
-            let mut a = [_mm512_setzero_si512(); C];
-            let mut corr = [_mm512_setzero_si512(); C];
-            let mut a_scale = [_mm512_setzero_ps(); C];
-            let mut a_offset = [_mm512_setzero_ps(); C];
             for c in 0..C {
-                let i = (c0 + c) * pairs + p;
-                a[c] = _mm512_load_si512(panel.qs[i].0.as_ptr().cast());
-                corr[c] = _mm512_load_si512(panel.corr[i].0.as_ptr().cast());
-                a_scale[c] = _mm512_load_ps(panel.scale[i].0.as_ptr().cast());
-                if OFFSET {
-                    a_offset[c] = _mm512_load_ps(panel.offset[i].0.as_ptr().cast());
-                }
-            }
-            for r in 0..R {
-                let j = r * pairs + p;
-                let w = _mm512_load_si512(tile.q[j].0.as_ptr().cast());
-                let w_scale = _mm512_load_ps(tile.scale[j].0.as_ptr().cast());
-                for c in 0..C {
-                    let isum = _mm512_dpbusd_epi32(corr[c], w, a[c]);
-                    acc[r][c] = _mm512_fmadd_ps(
-                        _mm512_cvtepi32_ps(isum),
-                        _mm512_mul_ps(w_scale, a_scale[c]),
-                        acc[r][c],
-                    );
-                }
-                if OFFSET {
-                    let w_offset = _mm512_load_ps(tile.offset[j].0.as_ptr().cast());
-                    for c in 0..C {
-                        acc[r][c] = _mm512_fmadd_ps(w_offset, a_offset[c], acc[r][c]);
+                let a = &*a_rows[c].add(p);
+                let qs = _mm512_load_si512(a.qs.0.as_ptr().cast());
+                let a_scale = _mm512_load_ps(a.scale.0.as_ptr().cast());
+                for r in 0..R {
+                    let w = &*w_rows[r].add(p);
+                    let corr = _mm512_load_si512(a.corr.0.as_ptr().cast());
+                    let isum =
+                        _mm512_dpbusd_epi32(corr, _mm512_load_si512(w.q.0.as_ptr().cast()), qs);
+                    let scale = _mm512_mul_ps(_mm512_load_ps(w.scale.0.as_ptr().cast()), a_scale);
+                    acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r][c]);
+                    if OFFSET {
+                        let w_offset = _mm512_load_ps(w.offset.0.as_ptr().cast());
+                        acc[r][c] = _mm512_fmadd_ps(
+                            w_offset,
+                            _mm512_load_ps(a.offset.0.as_ptr().cast()),
+                            acc[r][c],
+                        );
                     }
                 }
             }
@@ -665,9 +687,10 @@ unsafe fn unpack_row<const FMT: u8>(row: &[u8], pairs: usize, tile: &mut WeightT
         // SAFETY: `row` holds `pairs` pairs; the tile slots exist (sized by the caller).
         unsafe {
             let (q, scale, offset) = load_pair::<FMT>(row, p);
-            store(&mut tile.q[first + p], q);
-            store_ps(&mut tile.scale[first + p], scale);
-            store_ps(&mut tile.offset[first + p], offset);
+            let slot = &mut tile.slots[first + p];
+            store(&mut slot.q, q);
+            store_ps(&mut slot.scale, scale);
+            store_ps(&mut slot.offset, offset);
         }
     }
 }
@@ -699,18 +722,18 @@ unsafe fn gemv_rows<const FMT: u8, const C: usize>(
             for p in 0..pairs {
                 let (w, w_scale, w_offset) = load_pair::<FMT>(row, p);
                 for (c, acc) in acc.iter_mut().enumerate() {
-                    let i = c * pairs + p;
-                    let a = _mm512_load_si512(panel.qs[i].0.as_ptr().cast());
-                    let corr = _mm512_load_si512(panel.corr[i].0.as_ptr().cast());
-                    let a_scale = _mm512_load_ps(panel.scale[i].0.as_ptr().cast());
-                    let isum = _mm512_dpbusd_epi32(corr, w, a);
+                    let a = &panel.slots[c * pairs + p];
+                    let qs = _mm512_load_si512(a.qs.0.as_ptr().cast());
+                    let corr = _mm512_load_si512(a.corr.0.as_ptr().cast());
+                    let a_scale = _mm512_load_ps(a.scale.0.as_ptr().cast());
+                    let isum = _mm512_dpbusd_epi32(corr, w, qs);
                     *acc = _mm512_fmadd_ps(
                         _mm512_cvtepi32_ps(isum),
                         _mm512_mul_ps(w_scale, a_scale),
                         *acc,
                     );
                     if offset_term {
-                        let a_offset = _mm512_load_ps(panel.offset[i].0.as_ptr().cast());
+                        let a_offset = _mm512_load_ps(a.offset.0.as_ptr().cast());
                         *acc = _mm512_fmadd_ps(w_offset, a_offset, *acc);
                     }
                 }

@@ -65,11 +65,7 @@ pub fn matmul(
         "weight bytes are rows × row bytes"
     );
 
-    scratch.activations.clear();
-    for xb in x.chunks_exact(w.cols) {
-        quant::quantize_activations(act_ty, xb, &mut scratch.row)?;
-        scratch.activations.extend_from_slice(&scratch.row);
-    }
+    quantize_rows(pool, act_ty, x, w.cols, act_row_bytes, scratch)?;
     let activations = &scratch.activations;
 
     #[cfg(target_arch = "x86_64")]
@@ -116,6 +112,55 @@ pub fn matmul(
         None => Ok(()),
     }
 }
+
+/// Converts each (cols)-long row of `x` to `act_ty` into `scratch.activations`, rows in
+/// parallel, with the SIMD quantizer where there is one (bit-exact with the reference).
+fn quantize_rows(
+    pool: &ThreadPool,
+    act_ty: GgmlType,
+    x: &[f32],
+    cols: usize,
+    act_row_bytes: usize,
+    scratch: &mut MatmulScratch,
+) -> Result<(), QuantError> {
+    let batch = x.len() / cols;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd_x86::available()
+        && matches!(act_ty, GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K)
+    {
+        scratch.activations.resize(batch * act_row_bytes, 0);
+        let out = SharedBytes(scratch.activations.as_mut_ptr());
+        pool.for_ranges(batch, 32, |rows| {
+            let out = &out;
+            for b in rows {
+                // SAFETY: row b's bytes lie inside `activations` (resized above) and belong to
+                // this task alone.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(out.0.add(b * act_row_bytes), act_row_bytes)
+                };
+                let quantized = super::simd_x86::quantize_activations(
+                    act_ty,
+                    &x[b * cols..(b + 1) * cols],
+                    row,
+                );
+                debug_assert!(quantized, "the SIMD quantizer handles {act_ty}");
+            }
+        });
+        return Ok(());
+    }
+    scratch.activations.clear();
+    for xb in x.chunks_exact(cols) {
+        quant::quantize_activations(act_ty, xb, &mut scratch.row)?;
+        scratch.activations.extend_from_slice(&scratch.row);
+    }
+    Ok(())
+}
+
+/// Like `SharedOut`, for the activation bytes: each task writes its own rows.
+struct SharedBytes(*mut u8);
+// SAFETY: only dereferenced in `quantize_rows`, where row ranges are disjoint.
+unsafe impl Sync for SharedBytes {}
+unsafe impl Send for SharedBytes {}
 
 /// The SIMD dot product where the CPU and type have one, else the reference.
 #[inline]

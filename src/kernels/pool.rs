@@ -1,10 +1,12 @@
 //! The engine's worker threads.
 //!
 //! A forward pass hands out a few hundred small jobs per token, so hand-off must cost
-//! microseconds at most: workers spin on an epoch counter while work is flowing and sleep on
-//! a condition variable once it stops. Work is always cut into the same contiguous ranges for
-//! a given size and thread count, and each item is computed the same way whoever computes it,
-//! so results are bit-identical whatever the thread count.
+//! microseconds at most: workers spin on a shared word while work is flowing and sleep on a
+//! condition variable once it stops. The parts of a job are claimed from a counter by the
+//! caller and the workers alike, so a worker the OS has not scheduled never holds the caller
+//! up: the caller computes the parts nobody took. Work is always cut into the same contiguous
+//! ranges for a given size and thread count, and each item is computed the same way whoever
+//! computes it, so results are bit-identical whatever the thread count or the machine's load.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -13,20 +15,32 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
-/// How many times an idle worker polls for new work before it goes to sleep (~100 µs).
-const SPINS_BEFORE_SLEEP: u32 = 1 << 16;
+/// How many times an idle worker polls for new work before it goes to sleep (~50 µs).
+const SPINS_BEFORE_SLEEP: u32 = 1 << 15;
+/// How many times the caller polls for unfinished parts before it yields its core.
+const SPINS_BEFORE_YIELD: u32 = 256;
 
-/// A job: called once per part index, on every thread of the pool.
+/// A job: called once per part index.
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
+/// The claim word: job epoch (32 bits) | number of parts (16) | next unclaimed part (16).
+fn claim_word(epoch: u64, n_parts: usize, next: usize) -> u64 {
+    (epoch << 32) | ((n_parts as u64) << 16) | next as u64
+}
+
+fn word_epoch(word: u64) -> u64 {
+    word >> 32
+}
+
 struct Shared {
-    /// Bumped once per dispatched job (and once at shutdown).
-    epoch: AtomicU64,
-    /// The current job: a `*const Job` on the dispatching caller's stack, valid until
-    /// `pending` reaches zero.
+    /// See [`claim_word`]. A new job gets a new epoch; a part is claimed by a compare-exchange
+    /// that also checks the epoch, so a late worker can never run a finished job's closure.
+    claim: AtomicU64,
+    /// The current job: a `*const Job` on the dispatching caller's stack, valid while the
+    /// job's parts are not all done.
     job: AtomicPtr<()>,
-    /// Workers that have not finished the current job.
-    pending: AtomicUsize,
+    /// Parts of the current job finished.
+    done: AtomicUsize,
     /// A worker's part panicked; the dispatcher re-raises it.
     panicked: AtomicBool,
     shutdown: AtomicBool,
@@ -35,13 +49,54 @@ struct Shared {
     wake: Condvar,
 }
 
+impl Shared {
+    /// Claims the next part of the job of `epoch`, if it has one left.
+    fn claim(&self, epoch: u64) -> Option<usize> {
+        let mut word = self.claim.load(Ordering::Acquire);
+        loop {
+            let (n_parts, next) = (((word >> 16) & 0xffff) as usize, (word & 0xffff) as usize);
+            if word_epoch(word) != epoch || next >= n_parts {
+                return None;
+            }
+            match self.claim.compare_exchange_weak(
+                word,
+                word + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(next),
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    /// Runs claimed parts of the job of `epoch` until none is left.
+    fn work_on(&self, epoch: u64) {
+        while let Some(part) = self.claim(epoch) {
+            let job = self
+                .job
+                .load(Ordering::Acquire)
+                .cast_const()
+                .cast::<Job<'_>>();
+            // SAFETY: the part was claimed under the job's epoch, so the job is still running
+            // (its caller waits until this part is counted done) and `job` points to it.
+            let job = unsafe { &*job };
+            if catch_unwind(AssertUnwindSafe(|| job(part))).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
 /// A persistent pool of `threads - 1` workers plus the calling thread.
 pub struct ThreadPool {
     n_threads: usize,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    /// One job at a time; a caller that finds the pool busy runs its job alone.
-    dispatch: Mutex<()>,
+    /// One job at a time (and its epoch counter); a caller that finds the pool busy runs its
+    /// job alone.
+    dispatch: Mutex<u64>,
 }
 
 impl std::fmt::Debug for ThreadPool {
@@ -53,24 +108,24 @@ impl std::fmt::Debug for ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool of `n_threads` (at least 1); with one thread, work runs on the caller. If the
-    /// system refuses to start a worker, the pool keeps the threads it has.
+    /// A pool of `n_threads` (at least 1, at most 65535); with one thread, work runs on the
+    /// caller. If the system refuses to start a worker, the pool keeps the threads it has.
     pub fn new(n_threads: usize) -> Self {
         let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(0),
+            claim: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            pending: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
         });
         let mut workers = Vec::new();
-        for part in 1..n_threads.max(1) {
+        for index in 1..n_threads.clamp(1, 0xffff) {
             let shared = Arc::clone(&shared);
             let spawned = std::thread::Builder::new()
-                .name(format!("smallmind-{part}"))
-                .spawn(move || worker_loop(&shared, part));
+                .name(format!("smallmind-{index}"))
+                .spawn(move || worker_loop(&shared));
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(_) => break,
@@ -80,7 +135,7 @@ impl ThreadPool {
             n_threads: workers.len() + 1,
             shared,
             workers,
-            dispatch: Mutex::new(()),
+            dispatch: Mutex::new(0),
         }
     }
 
@@ -96,58 +151,62 @@ impl ThreadPool {
     {
         let max_useful = n_items.div_ceil(min_items_per_thread.max(1)).max(1);
         let n_parts = self.n_threads.min(max_useful);
-        let per_part = n_items.div_ceil(n_parts);
-        let part_range =
-            |part: usize| (part * per_part).min(n_items)..((part + 1) * per_part).min(n_items);
         if n_parts == 1 {
             work(0..n_items);
             return;
         }
+        let per_part = n_items.div_ceil(n_parts);
         let job = |part: usize| {
-            if part < n_parts {
-                work(part_range(part));
-            }
+            work((part * per_part).min(n_items)..((part + 1) * per_part).min(n_items))
         };
         match self.dispatch.try_lock() {
-            Some(_guard) => self.run_on_all(&job),
+            Some(mut epoch) => {
+                *epoch += 1;
+                self.run_shared(&job, n_parts, *epoch);
+            }
             // Another sequence holds the workers: same parts, computed here one after another.
             None => (0..n_parts).for_each(job),
         }
     }
 
-    /// Runs `job(part)` for part 0 here and parts 1.. on the workers; returns when all are done.
-    fn run_on_all(&self, job: Job<'_>) {
+    /// Publishes `job` to the workers, works on it too, and returns when all parts are done.
+    fn run_shared(&self, job: Job<'_>, n_parts: usize, epoch: u64) {
         let shared = &*self.shared;
-        shared.pending.store(self.workers.len(), Ordering::Relaxed);
+        shared.done.store(0, Ordering::Relaxed);
         shared.job.store(
             (&job as *const Job<'_>).cast_mut().cast(),
             Ordering::Relaxed,
         );
-        shared.epoch.fetch_add(1, Ordering::Release);
+        shared
+            .claim
+            .store(claim_word(epoch, n_parts, 0), Ordering::Release);
         if *shared.sleepers.lock() > 0 {
             shared.wake.notify_all();
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| job(0)));
-        while shared.pending.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        shared.work_on(epoch);
+        let mut spins = 0u32;
+        while shared.done.load(Ordering::Acquire) != n_parts {
+            if spins < SPINS_BEFORE_YIELD {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         shared.job.store(std::ptr::null_mut(), Ordering::Relaxed);
-        if let Err(payload) = mine {
-            std::panic::resume_unwind(payload);
-        }
         if shared.panicked.swap(false, Ordering::Relaxed) {
-            panic!("a worker thread panicked during a parallel kernel");
+            panic!("a part of a parallel kernel panicked");
         }
     }
 }
 
-fn worker_loop(shared: &Shared, part: usize) {
+fn worker_loop(shared: &Shared) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0u32;
         let epoch = loop {
-            let now = shared.epoch.load(Ordering::Acquire);
-            if now != seen {
+            let now = word_epoch(shared.claim.load(Ordering::Acquire));
+            if now != seen || shared.shutdown.load(Ordering::Acquire) {
                 break now;
             }
             if spins < SPINS_BEFORE_SLEEP {
@@ -157,34 +216,24 @@ fn worker_loop(shared: &Shared, part: usize) {
             }
             let mut sleepers = shared.sleepers.lock();
             *sleepers += 1;
-            while shared.epoch.load(Ordering::Acquire) == seen {
+            while word_epoch(shared.claim.load(Ordering::Acquire)) == seen
+                && !shared.shutdown.load(Ordering::Acquire)
+            {
                 shared.wake.wait(&mut sleepers);
             }
             *sleepers -= 1;
         };
-        seen = epoch;
         if shared.shutdown.load(Ordering::Acquire) {
             return;
         }
-        let job = shared
-            .job
-            .load(Ordering::Relaxed)
-            .cast_const()
-            .cast::<Job<'_>>();
-        // SAFETY: the dispatcher published `job` before bumping the epoch (Release/Acquire)
-        // and keeps it alive until `pending` reaches zero, which happens only below.
-        let job = unsafe { &*job };
-        if catch_unwind(AssertUnwindSafe(|| job(part))).is_err() {
-            shared.panicked.store(true, Ordering::Relaxed);
-        }
-        shared.pending.fetch_sub(1, Ordering::Release);
+        seen = epoch;
+        shared.work_on(epoch);
     }
 }
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.epoch.fetch_add(1, Ordering::Release);
         {
             let _sleepers = self.shared.sleepers.lock();
             self.shared.wake.notify_all();
@@ -227,6 +276,26 @@ mod tests {
             total.fetch_add(r.len(), Ordering::Relaxed);
         });
         assert_eq!(total.load(Ordering::Relaxed), 20);
+    }
+
+    #[test]
+    fn the_caller_finishes_alone_when_workers_are_busy() {
+        // More pools than cores: workers are often descheduled, and every job still completes.
+        let pools: Vec<ThreadPool> = (0..4).map(|_| ThreadPool::new(2)).collect();
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for pool in &pools {
+                let total = &total;
+                s.spawn(move || {
+                    for _ in 0..300 {
+                        pool.for_ranges(2, 1, |r| {
+                            total.fetch_add(r.len(), Ordering::Relaxed);
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 4 * 300 * 2);
     }
 
     #[test]

@@ -313,19 +313,27 @@ pub unsafe fn attention_weighted_sum<T: KvElement>(
     out: &mut [f32],
 ) {
     let hd = out.len();
-    let mut d = 0;
-    while d < hd {
-        // SAFETY: every row slice holds hd elements from d, a multiple of 8; features enabled.
+    // 64 dimensions (8 accumulators) at a time, so each value row is read once per chunk.
+    let mut d0 = 0;
+    while d0 < hd {
+        let width = 64.min(hd - d0);
+        // SAFETY: every row slice holds hd elements and d0 + width <= hd, a multiple of 8;
+        // the CPU features are enabled.
         unsafe {
-            let mut acc = _mm256_setzero_ps();
+            let mut acc = [_mm256_setzero_ps(); 8];
             for (i, &w) in weights.iter().enumerate() {
-                let row =
-                    &values[(first + i) * kv_dim + offset..(first + i) * kv_dim + offset + hd];
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(w), T::load8(row, d), acc);
+                let start = (first + i) * kv_dim + offset + d0;
+                let row = &values[start..start + width];
+                let w = _mm256_set1_ps(w);
+                for (j, acc) in acc.iter_mut().enumerate().take(width / 8) {
+                    *acc = _mm256_fmadd_ps(w, T::load8(row, 8 * j), *acc);
+                }
             }
-            _mm256_storeu_ps(out.as_mut_ptr().add(d), acc);
+            for (j, acc) in acc.iter().enumerate().take(width / 8) {
+                _mm256_storeu_ps(out.as_mut_ptr().add(d0 + 8 * j), *acc);
+            }
         }
-        d += 8;
+        d0 += width;
     }
 }
 
@@ -353,6 +361,157 @@ impl KvElement for half::f16 {
         debug_assert!(d + 8 <= row.len());
         // SAFETY: per the trait contract; f16 is 2 bytes, so 8 of them are 16 bytes.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(d).cast())) }
+    }
+}
+
+/// round(x) with ties away from zero, as C's roundf (exact for every f32).
+#[inline(always)]
+unsafe fn round_half_away(x: __m256) -> __m256 {
+    // SAFETY: register-only intrinsics under the caller's avx2 feature.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+        let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(x, t));
+        let step = _mm256_or_ps(_mm256_and_ps(x, sign), _mm256_set1_ps(1.0));
+        let carry = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+        _mm256_add_ps(t, _mm256_and_ps(carry, step))
+    }
+}
+
+/// 32 i32 lanes (four vectors, in element order) → 32 bytes in element order.
+#[inline(always)]
+unsafe fn pack_i8(q: [__m256i; 4]) -> [i8; 32] {
+    // SAFETY: register-only intrinsics; |q| <= 127 so the saturating packs are exact.
+    unsafe {
+        let lo = _mm256_packs_epi32(q[0], q[1]);
+        let hi = _mm256_packs_epi32(q[2], q[3]);
+        let bytes = _mm256_packs_epi16(lo, hi);
+        // The packs interleave 128-bit lanes: restore element order.
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let mut out = [0i8; 32];
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), ordered);
+        out
+    }
+}
+
+/// ggml's 8-bit block rounding of 32 values (d = amax/127, q = round(x/d)), bit-exact with
+/// `quant`'s reference: (d, quants, Σ quants).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn round_8bit(x: &[f32]) -> (f32, [i8; 32], i32) {
+    debug_assert_eq!(x.len(), 32);
+    // SAFETY: x holds 32 floats; features enabled.
+    unsafe {
+        let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(x.as_ptr().add(i)));
+        let sign = _mm256_set1_ps(-0.0);
+        let m = v.iter().fold(_mm256_setzero_ps(), |m, &v| {
+            _mm256_max_ps(m, _mm256_andnot_ps(sign, v))
+        });
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+        let idv = _mm256_set1_ps(id);
+        let q = v.map(|v| _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v, idv))));
+        let total = q
+            .iter()
+            .fold(_mm256_setzero_si256(), |s, &q| _mm256_add_epi32(s, q));
+        let total = _mm_add_epi32(
+            _mm256_castsi256_si128(total),
+            _mm256_extracti128_si256(total, 1),
+        );
+        let total = _mm_add_epi32(total, _mm_shuffle_epi32(total, 0b01_00_11_10));
+        let total = _mm_add_epi32(total, _mm_shuffle_epi32(total, 0b10_11_00_01));
+        (d, pack_i8(q), _mm_cvtsi128_si32(total))
+    }
+}
+
+/// Quantizes one activation row to `ty` (Q8_0, Q8_1 or Q8_K), bit-exact with
+/// `quant::quantize_activations`; `out` is that format's row bytes. False when there is no
+/// fast path for `ty` on this CPU.
+pub fn quantize_activations(ty: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
+    if !available() {
+        return false;
+    }
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q8_1 => {
+            let block_bytes = ty.block_bytes();
+            for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(block_bytes)) {
+                // SAFETY: the CPU has avx2/fma/f16c.
+                let (d, qs, sum) = unsafe { round_8bit(xb) };
+                let dh = half::f16::from_f32(d).to_le_bytes();
+                ob[..2].copy_from_slice(&dh);
+                let qs_at = if ty == GgmlType::Q8_1 {
+                    ob[2..4].copy_from_slice(&half::f16::from_f32(sum as f32 * d).to_le_bytes());
+                    4
+                } else {
+                    2
+                };
+                ob[qs_at..qs_at + 32].copy_from_slice(bytemuck::cast_slice(&qs));
+            }
+            true
+        }
+        GgmlType::Q8_K => {
+            for (xb, ob) in x
+                .chunks_exact(256)
+                .zip(out.chunks_exact_mut(ty.block_bytes()))
+            {
+                // SAFETY: the CPU has avx2/fma/f16c.
+                unsafe { quantize_q8_k(xb, ob) };
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// ggml's quantize_row_q8_K_ref for one block of 256: scale from the signed value of largest
+/// magnitude (the first on ties), round half to even, sums of every 16 quants.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
+    let block: &mut BlockQ8_K = bytemuck::from_bytes_mut(out);
+    // SAFETY: x holds 256 floats; features enabled.
+    unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for i in (0..256).step_by(8) {
+            m = _mm256_max_ps(
+                m,
+                _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(i))),
+            );
+        }
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        *block = BlockQ8_K {
+            d: [0; 4],
+            qs: [0; 256],
+            bsums: [[0; 2]; 16],
+        };
+        if amax == 0.0 {
+            return;
+        }
+        let max = x[x.iter().position(|v| v.abs() == amax).unwrap_or(0)];
+        let iscale = -127.0 / max;
+        let iv = _mm256_set1_ps(iscale);
+        let cap = _mm256_set1_epi32(127);
+        for g in 0..8 {
+            let q: [__m256i; 4] = [0, 8, 16, 24].map(|i| {
+                let v = _mm256_mul_ps(iv, _mm256_loadu_ps(x.as_ptr().add(32 * g + i)));
+                let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                _mm256_min_epi32(_mm256_cvttps_epi32(r), cap)
+            });
+            let bytes = pack_i8(q);
+            block.qs[32 * g..32 * g + 32].copy_from_slice(&bytes);
+        }
+        for (gi, sum) in block.bsums.iter_mut().enumerate() {
+            let s: i32 = block.qs[gi * 16..gi * 16 + 16]
+                .iter()
+                .map(|&q| q as i32)
+                .sum();
+            *sum = (s as i16).to_le_bytes();
+        }
+        block.d = (1.0 / iscale).to_le_bytes();
     }
 }
 
@@ -406,6 +565,28 @@ mod tests {
             }
         }
         bytes
+    }
+
+    #[test]
+    fn simd_activation_quantization_is_bit_exact() {
+        if !available() {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {
+            for (seed, scale) in [(1u64, 1.0f32), (2, 1e-6), (3, 3e4), (4, 0.0)] {
+                let mut x = values(1024, seed, scale);
+                // Exact halves and ties of the rounding, and a lone extreme value.
+                x[5] = 0.5 * scale;
+                x[6] = -2.5 * scale;
+                x[300] = -4.0 * scale.max(1.0);
+                let mut reference = Vec::new();
+                quant::quantize_activations(ty, &x, &mut reference).unwrap();
+                let mut fast = vec![0u8; reference.len()];
+                assert!(quantize_activations(ty, &x, &mut fast));
+                assert_eq!(fast, reference, "{ty} scale {scale}");
+            }
+        }
     }
 
     #[test]
