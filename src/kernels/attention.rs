@@ -92,6 +92,44 @@ pub fn attention(
     let group = n_head / n_head_kv;
     let out_ptr = SharedOut(out.as_mut_ptr());
 
+    #[cfg(target_arch = "x86_64")]
+    if head_dim % 64 == 0 && super::attention_avx512::available() {
+        // One task per (query row, KV head): the group's query heads share each K/V row read.
+        pool.for_ranges(batch * n_head_kv, 2, |tasks| {
+            let out_ptr = &out_ptr;
+            let mut scores = Vec::new();
+            for task in tasks {
+                let (b, g) = (task / n_head_kv, task % n_head_kv);
+                let pos = first_pos + b;
+                let first_key = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let span = Span {
+                    kv_dim,
+                    offset: g * head_dim,
+                    first: first_key,
+                    len: pos + 1 - first_key,
+                };
+                let heads =
+                    b * q_dim + g * group * head_dim..b * q_dim + (g + 1) * group * head_dim;
+                // SAFETY: task (b, g) owns out[b][g·group·head_dim ..][.. group·head_dim],
+                // inside `out` since b < batch and g < n_head_kv.
+                let out_heads = unsafe {
+                    std::slice::from_raw_parts_mut(out_ptr.0.add(heads.start), heads.len())
+                };
+                group_head_avx512(
+                    k,
+                    v,
+                    span,
+                    head_dim,
+                    &q[heads],
+                    scale,
+                    &mut scores,
+                    out_heads,
+                );
+            }
+        });
+        return;
+    }
+
     pool.for_ranges(batch * n_head, 4, |tasks| {
         let out_ptr = &out_ptr;
         let mut scores = Vec::new();
@@ -149,6 +187,41 @@ fn reference_head(
     out.fill(0.0);
     for (i, &w) in scores.iter().enumerate() {
         v.accumulate((span.first + i) * span.kv_dim + span.offset, w, out);
+    }
+}
+
+/// A KV head's group of query heads with AVX-512 (head size a multiple of 64).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn group_head_avx512(
+    k: KvSlice<'_>,
+    v: KvSlice<'_>,
+    span: Span,
+    head_dim: usize,
+    q: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    use super::attention_avx512::{KvRows, group};
+    let rows = KvRows {
+        kv_dim: span.kv_dim,
+        offset: span.offset,
+        first: span.first,
+        len: span.len,
+    };
+    // SAFETY: the caller checked the CPU features and head size; the cache holds the span's
+    // rows (the causal span of a committed sequence).
+    unsafe {
+        match (k, v) {
+            (KvSlice::F32(keys), KvSlice::F32(values)) => {
+                group(keys, values, rows, head_dim, q, scale, scores, out)
+            }
+            (KvSlice::F16(keys), KvSlice::F16(values)) => {
+                group(keys, values, rows, head_dim, q, scale, scores, out)
+            }
+            _ => unreachable!("keys and values share the cache's storage type"),
+        }
     }
 }
 

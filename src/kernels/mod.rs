@@ -5,6 +5,8 @@
 
 mod attention;
 #[cfg(target_arch = "x86_64")]
+mod attention_avx512;
+#[cfg(target_arch = "x86_64")]
 mod gemm_vnni;
 mod matmul;
 mod ops;

@@ -1,0 +1,285 @@
+//! AVX-512 attention for one query row and one KV head's group of query heads: each cached
+//! key and value row is converted from f16 (or read as f32) once and used by every query
+//! head that shares it (grouped-query attention), and the softmax uses a vector exp.
+//! `attention::reference_head` is the reference these are tested against.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use half::f16;
+
+/// Whether the running CPU has what these kernels need (checked once).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    });
+    *AVAILABLE
+}
+
+/// A KV cache element type these kernels read 16 at a time as f32.
+pub trait KvElement16: Copy {
+    /// Elements d..d + 16 of `row` as f32.
+    ///
+    /// # Safety
+    /// `d + 16 <= row.len()` and the CPU has avx512f.
+    unsafe fn load16(row: &[Self], d: usize) -> __m512;
+}
+
+impl KvElement16 for f32 {
+    #[inline(always)]
+    unsafe fn load16(row: &[f32], d: usize) -> __m512 {
+        debug_assert!(d + 16 <= row.len());
+        // SAFETY: per the trait contract.
+        unsafe { _mm512_loadu_ps(row.as_ptr().add(d)) }
+    }
+}
+
+impl KvElement16 for f16 {
+    #[inline(always)]
+    unsafe fn load16(row: &[f16], d: usize) -> __m512 {
+        debug_assert!(d + 16 <= row.len());
+        // SAFETY: per the trait contract; 16 f16 are 32 bytes.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(row.as_ptr().add(d).cast())) }
+    }
+}
+
+/// e^x for 16 lanes, |error| below 2 ulp over the range softmax uses (x ≤ 0); underflows
+/// to 0 below about −87.
+#[inline(always)]
+unsafe fn exp16(x: __m512) -> __m512 {
+    // SAFETY: register-only intrinsics under the caller's avx512f feature.
+    unsafe {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+        let x = _mm512_min_ps(x, _mm512_set1_ps(88.7));
+        // x = n·ln2 + r with |r| <= ln2/2; ln2 split in two for an exact product.
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+        // Taylor-like minimax polynomial for e^r on [−ln2/2, ln2/2] (Cephes expf).
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.398_199_9e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333_452e-3));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166_579_6e-2));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666_666_5e-1));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+        let r2 = _mm512_mul_ps(r, r);
+        let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
+        _mm512_scalef_ps(e, n)
+    }
+}
+
+/// In-place softmax of `x` with the vector exp; the sum is accumulated in f32 lanes.
+#[target_feature(enable = "avx512f,fma,f16c")]
+pub unsafe fn softmax(x: &mut [f32]) {
+    let n = x.len();
+    let full = n / 16 * 16;
+    // SAFETY: loads/stores stay below `full` or use masks below `n`; features enabled.
+    unsafe {
+        let tail_mask: __mmask16 = ((1u32 << (n - full)) - 1) as __mmask16;
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for i in (0..full).step_by(16) {
+            m = _mm512_max_ps(m, _mm512_loadu_ps(x.as_ptr().add(i)));
+        }
+        if full < n {
+            m = _mm512_mask_max_ps(
+                m,
+                tail_mask,
+                m,
+                _mm512_maskz_loadu_ps(tail_mask, x.as_ptr().add(full)),
+            );
+        }
+        let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        let mut sum = _mm512_setzero_ps();
+        for i in (0..full).step_by(16) {
+            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), max));
+            _mm512_storeu_ps(x.as_mut_ptr().add(i), e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        if full < n {
+            let e = exp16(_mm512_sub_ps(
+                _mm512_maskz_loadu_ps(tail_mask, x.as_ptr().add(full)),
+                max,
+            ));
+            _mm512_mask_storeu_ps(x.as_mut_ptr().add(full), tail_mask, e);
+            sum = _mm512_mask_add_ps(sum, tail_mask, sum, e);
+        }
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        for i in (0..full).step_by(16) {
+            _mm512_storeu_ps(
+                x.as_mut_ptr().add(i),
+                _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(i)), inv),
+            );
+        }
+        if full < n {
+            let v = _mm512_maskz_loadu_ps(tail_mask, x.as_ptr().add(full));
+            _mm512_mask_storeu_ps(x.as_mut_ptr().add(full), tail_mask, _mm512_mul_ps(v, inv));
+        }
+    }
+}
+
+/// The rows one query row attends to: cache rows first..first + len, columns
+/// offset..offset + head_dim of each kv_dim-wide row.
+#[derive(Debug, Clone, Copy)]
+pub struct KvRows {
+    pub kv_dim: usize,
+    pub offset: usize,
+    pub first: usize,
+    pub len: usize,
+}
+
+/// Attention of the query heads in `q` (and `out`), both (heads, head_dim) with head_dim a
+/// multiple of 64, over one KV head's rows; `scores` is scratch.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,fma,f16c")]
+pub unsafe fn group<T: KvElement16>(
+    keys: &[T],
+    values: &[T],
+    rows: KvRows,
+    head_dim: usize,
+    q: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let KvRows {
+        kv_dim,
+        offset,
+        first,
+        len,
+    } = rows;
+    debug_assert!(head_dim % 64 == 0 && q.len() == out.len() && q.len() % head_dim == 0);
+    let heads = q.len() / head_dim;
+    scores.clear();
+    scores.resize(heads * len, 0.0);
+    // SAFETY: every row slice below is bounds-checked; vector loads read inside them
+    // (head_dim is a multiple of 16); features enabled.
+    unsafe {
+        for i in 0..len {
+            let start = (first + i) * kv_dim + offset;
+            let k = &keys[start..start + head_dim];
+            for h in 0..heads {
+                let qh = &q[h * head_dim..(h + 1) * head_dim];
+                let mut acc = _mm512_setzero_ps();
+                for d in (0..head_dim).step_by(16) {
+                    acc =
+                        _mm512_fmadd_ps(T::load16(k, d), _mm512_loadu_ps(qh.as_ptr().add(d)), acc);
+                }
+                scores[h * len + i] = _mm512_reduce_add_ps(acc) * scale;
+            }
+        }
+        for h in 0..heads {
+            softmax(&mut scores[h * len..(h + 1) * len]);
+        }
+        let mut h0 = 0;
+        while h0 < heads {
+            let n = (heads - h0).min(4);
+            let weights = &scores[h0 * len..(h0 + n) * len];
+            let out = &mut out[h0 * head_dim..(h0 + n) * head_dim];
+            match n {
+                4 => weighted_sum::<T, 4>(values, rows, head_dim, weights, out),
+                3 => weighted_sum::<T, 3>(values, rows, head_dim, weights, out),
+                2 => weighted_sum::<T, 2>(values, rows, head_dim, weights, out),
+                _ => weighted_sum::<T, 1>(values, rows, head_dim, weights, out),
+            }
+            h0 += n;
+        }
+    }
+}
+
+/// out[h] = Σ_i weights[h][i] · value(first + i) for H heads, 64 dimensions at a time so the
+/// H × 4 accumulators stay in registers.
+#[inline(always)]
+unsafe fn weighted_sum<T: KvElement16, const H: usize>(
+    values: &[T],
+    rows: KvRows,
+    head_dim: usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    let KvRows {
+        kv_dim,
+        offset,
+        first,
+        len,
+    } = rows;
+    // SAFETY: row slices are bounds-checked; d0 + 64 <= head_dim; features enabled by the caller.
+    unsafe {
+        for d0 in (0..head_dim).step_by(64) {
+            let mut acc = [[_mm512_setzero_ps(); 4]; H];
+            for i in 0..len {
+                let start = (first + i) * kv_dim + offset + d0;
+                let v = &values[start..start + 64];
+                let vr = [
+                    T::load16(v, 0),
+                    T::load16(v, 16),
+                    T::load16(v, 32),
+                    T::load16(v, 48),
+                ];
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(weights[h * len + i]);
+                    for j in 0..4 {
+                        acc[j] = _mm512_fmadd_ps(w, vr[j], acc[j]);
+                    }
+                }
+            }
+            for (h, acc) in acc.iter().enumerate() {
+                for (j, &a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.as_mut_ptr().add(h * head_dim + d0 + 16 * j), a);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_exp_is_within_two_ulp_of_libm() {
+        if !available() {
+            eprintln!("no AVX-512 on this CPU: nothing to compare");
+            return;
+        }
+        let mut x: Vec<f32> = (0..2000).map(|i| -87.0 + i as f32 * 0.0437).collect();
+        x.extend([0.0, -0.0, -1e-30, -3.5, -86.9, -100.0, f32::NEG_INFINITY]);
+        for chunk in x.chunks(16) {
+            let mut lanes = [0.0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0.0f32; 16];
+            // SAFETY: features checked above.
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(lanes.as_ptr()))) };
+            for (&xi, &g) in chunk.iter().zip(&got) {
+                let want = xi.exp();
+                let ulp = (want.to_bits() as i64 - g.to_bits() as i64).abs();
+                assert!(
+                    ulp <= 2 || (want < 1e-37 && g < 1e-37),
+                    "exp({xi}) = {g}, libm {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_matches_the_scalar_softmax_on_odd_lengths() {
+        if !available() {
+            return;
+        }
+        for n in [1usize, 15, 16, 17, 100] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 3.1).collect();
+            let mut fast = x.clone();
+            let mut reference = x.clone();
+            // SAFETY: features checked above.
+            unsafe { softmax(&mut fast) };
+            crate::kernels::softmax_in_place(&mut reference);
+            for (f, r) in fast.iter().zip(&reference) {
+                assert!((f - r).abs() <= 1e-6 * (1.0 + r.abs()), "n={n}: {f} vs {r}");
+            }
+        }
+    }
+}
