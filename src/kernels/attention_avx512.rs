@@ -73,8 +73,8 @@ unsafe fn exp16(x: __m512) -> __m512 {
     }
 }
 
-/// In-place softmax of `x` with the vector exp; the sum is accumulated in f32 lanes.
-#[target_feature(enable = "avx512f,fma,f16c")]
+/// In-place softmax of `x` with the vector exp.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 pub unsafe fn softmax(x: &mut [f32]) {
     let n = x.len();
     let full = n / 16 * 16;
@@ -94,21 +94,31 @@ pub unsafe fn softmax(x: &mut [f32]) {
             );
         }
         let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
-        let mut sum = _mm512_setzero_ps();
+        // The sum in f64, as ggml's soft_max accumulates it.
+        let mut sum = 0.0f64;
         for i in (0..full).step_by(16) {
             let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), max));
             _mm512_storeu_ps(x.as_mut_ptr().add(i), e);
-            sum = _mm512_add_ps(sum, e);
+            let wide = _mm512_add_pd(
+                _mm512_cvtps_pd(_mm512_castps512_ps256(e)),
+                _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(e)),
+            );
+            sum += _mm512_reduce_add_pd(wide);
         }
         if full < n {
             let e = exp16(_mm512_sub_ps(
                 _mm512_maskz_loadu_ps(tail_mask, x.as_ptr().add(full)),
                 max,
             ));
+            let e = _mm512_maskz_mov_ps(tail_mask, e);
             _mm512_mask_storeu_ps(x.as_mut_ptr().add(full), tail_mask, e);
-            sum = _mm512_mask_add_ps(sum, tail_mask, sum, e);
+            let wide = _mm512_add_pd(
+                _mm512_cvtps_pd(_mm512_castps512_ps256(e)),
+                _mm512_cvtps_pd(_mm512_extractf32x8_ps::<1>(e)),
+            );
+            sum += _mm512_reduce_add_pd(wide);
         }
-        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(sum));
+        let inv = _mm512_set1_ps((1.0 / sum) as f32);
         for i in (0..full).step_by(16) {
             _mm512_storeu_ps(
                 x.as_mut_ptr().add(i),
@@ -135,7 +145,7 @@ pub struct KvRows {
 /// Attention of the query heads in `q` (and `out`), both (heads, head_dim) with head_dim a
 /// multiple of 64, over one KV head's rows; `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 pub unsafe fn group<T: KvElement16>(
     keys: &[T],
     values: &[T],

@@ -76,17 +76,26 @@ pub fn assert_logprobs_close(
     eprintln!("{what}: top-{k} max |Δ logprob| = {worst:.5}");
 }
 
-/// How far our top-1 log-probability may sit from llama.cpp's. Both engines agree to 0.03
-/// here on every oracle case; a wrong layer or a misread tensor moves it by whole nats.
-pub const TOP1_LOGPROB_TOLERANCE: f64 = 0.05;
+/// The least tolerance on the top-1 log-probability; a wrong layer or a misread tensor moves
+/// it by whole nats, while harmless arithmetic changes (the softmax's exp, its sum's
+/// precision) move SmolLM2's 411-token case e by up to 0.07.
+pub const TOP1_LOGPROB_FLOOR: f64 = 0.1;
+
+/// How much of llama.cpp's own default-vs-precise spread our difference from its precise run
+/// may reach. Our arithmetic differs from the precise run at least as much as its default
+/// run does (another exp, other summation orders, other f16 rounding points), and 8-bit
+/// activation rounding amplifies any such difference: changing only how the softmax sum is
+/// accumulated moves SmolLM2's case d tail by 0.1.
+pub const OWN_SPREAD_FACTOR: f64 = 2.0;
 
 /// Compares the last-position logits of one oracle case with llama.cpp's precise run (f32 KV).
 ///
-/// The top-1 token must agree and its log-probability lie within [`TOP1_LOGPROB_TOLERANCE`].
-/// The top-20 must lie within `floor` or 1.5 × the spread between llama.cpp's own two
-/// configurations on that case, whichever is larger: deep in the tail, 8-bit activation
-/// rounding decides, and llama.cpp's default and precise runs differ there by up to 0.57
-/// (the oracle's tolerance notes). The spread is read from the oracle, never from our output.
+/// The top-1 token must agree. Its log-probability must lie within [`TOP1_LOGPROB_FLOOR`] or
+/// [`OWN_SPREAD_FACTOR`] × llama.cpp's own top-1 spread, and the top-20 within `floor` or that
+/// factor × the spread between llama.cpp's two configurations on that case's top-20,
+/// whichever is larger: deep in the tail, 8-bit activation rounding decides, and llama.cpp's
+/// default and precise runs differ there by up to 0.57 (the oracle's tolerance notes). The
+/// spread is read from the oracle, never from our output.
 pub fn assert_case_logits_close(engine: &Engine, case: &serde_json::Value, floor: f64) {
     let read = |config: &str| -> Vec<f64> {
         let file = case["last_prompt_position_logits"][config]["file"]
@@ -114,13 +123,15 @@ pub fn assert_case_logits_close(engine: &Engine, case: &serde_json::Value, floor
         .iter()
         .map(|&id| (default[id] - precise[id]).abs())
         .fold(0.0, f64::max);
-    let tolerance = floor.max(1.5 * own_spread);
+    let tolerance = floor.max(OWN_SPREAD_FACTOR * own_spread);
     let mine = log_softmax(&ours);
     let top1 = top20[0];
+    let top1_tolerance =
+        TOP1_LOGPROB_FLOOR.max(OWN_SPREAD_FACTOR * (default[top1] - precise[top1]).abs());
     let top1_diff = (mine[top1] - precise[top1]).abs();
     assert!(
-        top1_diff <= TOP1_LOGPROB_TOLERANCE,
-        "{what}: top-1 logprob {:.4} vs llama.cpp's {:.4} (|Δ| {top1_diff:.4} > {TOP1_LOGPROB_TOLERANCE})",
+        top1_diff <= top1_tolerance,
+        "{what}: top-1 logprob {:.4} vs llama.cpp's {:.4} (|Δ| {top1_diff:.4} > {top1_tolerance:.4})",
         mine[top1],
         precise[top1]
     );
