@@ -27,6 +27,7 @@ pub fn available() -> bool {
         is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vbmi")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
     });
@@ -302,7 +303,7 @@ pub unsafe fn matmul_rows(
 
 /// Prefill-sized products: weight rows unpacked once per tile and reused across a block
 /// of activation rows.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,fma,f16c")]
 unsafe fn gemm_rows<const FMT: u8>(
     weights: &[u8],
     row_bytes: usize,
@@ -359,7 +360,7 @@ fn format_block_elements(format: Format) -> usize {
 }
 
 #[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,fma,f16c")]
 unsafe fn dispatch_tile(
     n_r: usize,
     n_c: usize,
@@ -463,6 +464,62 @@ const PAIR_SPREAD_SCALES: [i32; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2,
 /// For [d0, m0, d1, m1]: the mins m0, m1 of two blocks.
 const PAIR_SPREAD_MINS: [i32; 16] = [1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3];
 
+/// Byte indices into a legacy pair putting block 0's 16 nibble bytes (at `q0`) in 128-bit
+/// units 0 and 1 and block 1's (at `q1`) in units 2 and 3; [`NIBBLE_SHIFTS`] then keeps the
+/// low nibbles in units 0 and 2 and the high ones in units 1 and 3: element order.
+const fn nibble_index(q0: u8, q1: u8) -> [u8; 64] {
+    let mut index = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        index[i] = if i < 32 { q0 } else { q1 } + (i % 16) as u8;
+        i += 1;
+    }
+    index
+}
+const Q4_0_NIBBLES: [u8; 64] = nibble_index(2, 20);
+const Q4_1_NIBBLES: [u8; 64] = nibble_index(4, 24);
+const Q5_0_NIBBLES: [u8; 64] = nibble_index(6, 28);
+/// Per 16-bit lane: shift 0 in units 0 and 2, 4 in units 1 and 3.
+const NIBBLE_SHIFTS: [u16; 32] = {
+    let mut s = [0u16; 32];
+    let mut i = 0;
+    while i < 32 {
+        s[i] = if (i / 8) % 2 == 1 { 4 } else { 0 };
+        i += 1;
+    }
+    s
+};
+/// Q8_0 pair (68 bytes) from loads at bytes 0 and 4: quants 2..34 of the first, 36..68
+/// (= 32..64 of the second load, index 64 + 32 + j) of the second block.
+const Q8_0_QUANTS: [u8; 64] = {
+    let mut index = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        index[i] = if i < 32 { 2 + i as u8 } else { 64 + i as u8 };
+        i += 1;
+    }
+    index
+};
+/// f16 word positions of the scales (and Q4_1's mins) within a pair.
+const Q4_0_WORDS: [u16; 32] = words_at([0, 9, 0, 0]);
+const Q4_1_WORDS: [u16; 32] = words_at([0, 1, 10, 11]);
+const Q5_0_WORDS: [u16; 32] = words_at([0, 11, 0, 0]);
+const Q8_0_WORDS: [u16; 32] = words_at([0, 17, 0, 0]);
+const fn words_at(first: [u16; 4]) -> [u16; 32] {
+    let mut w = [0u16; 32];
+    w[0] = first[0];
+    w[1] = first[1];
+    w[2] = first[2];
+    w[3] = first[3];
+    w
+}
+
+#[inline(always)]
+unsafe fn idx8(v: &[u8; 64]) -> __m512i {
+    // SAFETY: reads 64 bytes from a 64-byte array.
+    unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
+}
+
 #[inline(always)]
 unsafe fn idx(v: &[i32; 16]) -> __m512i {
     // SAFETY: reads 64 bytes from a 16-element i32 array.
@@ -479,54 +536,6 @@ unsafe fn store(dst: &mut Lanes, v: __m512i) {
 unsafe fn store_ps(dst: &mut Lanes, v: __m512) {
     // SAFETY: Lanes is 64 bytes, 64-byte aligned.
     unsafe { _mm512_store_ps(dst.0.as_mut_ptr().cast(), v) }
-}
-
-/// 16 nibble bytes of a legacy block → its 32 quants as [low nibbles, high nibbles];
-/// two blocks → 64 bytes in element order.
-#[inline(always)]
-unsafe fn legacy_nibbles(q0: *const u8, q1: *const u8) -> __m512i {
-    // SAFETY: each pointer has 16 readable bytes (the caller's block slices).
-    unsafe {
-        let a = _mm256_broadcastsi128_si256(_mm_loadu_si128(q0.cast()));
-        let b = _mm256_broadcastsi128_si256(_mm_loadu_si128(q1.cast()));
-        let z = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-        // Units 1 and 3 (the high nibbles of each block) shift right by 4.
-        let shifts = _mm512_set_epi64(
-            4 * 0x0001_0001_0001_0001,
-            4 * 0x0001_0001_0001_0001,
-            0,
-            0,
-            4 * 0x0001_0001_0001_0001,
-            4 * 0x0001_0001_0001_0001,
-            0,
-            0,
-        );
-        _mm512_and_si512(_mm512_srlv_epi16(z, shifts), _mm512_set1_epi8(0x0f))
-    }
-}
-
-/// Four f16 values (as u16) → f32 lanes spread by `pattern`.
-#[inline(always)]
-unsafe fn spread_f16(v: [u16; 4], pattern: &[i32; 16]) -> __m512 {
-    // SAFETY: register-only intrinsics under the caller's target features.
-    unsafe {
-        let h = _mm_set_epi16(
-            0,
-            0,
-            0,
-            0,
-            v[3] as i16,
-            v[2] as i16,
-            v[1] as i16,
-            v[0] as i16,
-        );
-        let f = _mm_cvtph_ps(h);
-        _mm512_permutexvar_ps(idx(pattern), _mm512_castps128_ps512(f))
-    }
-}
-
-fn u16_at(b: &[u8], offset: usize) -> u16 {
-    u16::from_le_bytes([b[offset], b[offset + 1]])
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K block (ggml's get_scale_min_k4).
@@ -584,36 +593,63 @@ unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __
     unsafe {
         match FMT {
             Q4_0 | Q4_1 | Q5_0 | Q8_0 => {
-                let b0 = &row[2 * p * bb..(2 * p + 1) * bb];
-                let b1 = &row[(2 * p + 1) * bb..(2 * p + 2) * bb];
-                let q = match FMT {
-                    Q4_0 => legacy_nibbles(b0[2..].as_ptr(), b1[2..].as_ptr()),
-                    Q4_1 => legacy_nibbles(b0[4..].as_ptr(), b1[4..].as_ptr()),
-                    Q5_0 => {
-                        let low = legacy_nibbles(b0[6..].as_ptr(), b1[6..].as_ptr());
-                        let qh0 = u32::from_le_bytes([b0[2], b0[3], b0[4], b0[5]]) as u64;
-                        let qh1 = u32::from_le_bytes([b1[2], b1[3], b1[4], b1[5]]) as u64;
-                        let fifth =
-                            _mm512_maskz_mov_epi8(qh0 | (qh1 << 32), _mm512_set1_epi8(0x10));
-                        _mm512_or_si512(low, fifth)
+                // Both blocks of the pair come in one or two 64-byte loads; byte and word
+                // permutes pick the quants and the f16 scales out of them.
+                let pair = &row[2 * p * bb..(2 * p + 2) * bb];
+                let ptr = pair.as_ptr();
+                let (q, words) = if FMT == Q8_0 {
+                    let a = _mm512_loadu_si512(ptr.cast());
+                    let b = _mm512_loadu_si512(ptr.add(2 * bb - 64).cast());
+                    let q = _mm512_permutex2var_epi8(a, idx8(&Q8_0_QUANTS), b);
+                    (_mm512_xor_si512(q, _mm512_set1_epi8(0x80u8 as i8)), a)
+                } else {
+                    let a = _mm512_maskz_loadu_epi8((1u64 << (2 * bb)) - 1, ptr.cast());
+                    let (index, shifts) = match FMT {
+                        Q4_0 => (&Q4_0_NIBBLES, NIBBLE_SHIFTS),
+                        Q4_1 => (&Q4_1_NIBBLES, NIBBLE_SHIFTS),
+                        _ => (&Q5_0_NIBBLES, NIBBLE_SHIFTS),
+                    };
+                    let spread = _mm512_permutexvar_epi8(idx8(index), a);
+                    let shift = _mm512_loadu_si512(shifts.as_ptr().cast());
+                    let mut q =
+                        _mm512_and_si512(_mm512_srlv_epi16(spread, shift), _mm512_set1_epi8(0x0f));
+                    if FMT == Q5_0 {
+                        let qh0 = u32::from_le_bytes([pair[2], pair[3], pair[4], pair[5]]) as u64;
+                        let qh1 = u32::from_le_bytes([
+                            pair[bb + 2],
+                            pair[bb + 3],
+                            pair[bb + 4],
+                            pair[bb + 5],
+                        ]) as u64;
+                        q = _mm512_or_si512(
+                            q,
+                            _mm512_maskz_mov_epi8(qh0 | (qh1 << 32), _mm512_set1_epi8(0x10)),
+                        );
                     }
-                    _ => {
-                        let lo = _mm256_loadu_si256(b0[2..].as_ptr().cast());
-                        let hi = _mm256_loadu_si256(b1[2..].as_ptr().cast());
-                        let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-                        _mm512_xor_si512(z, _mm512_set1_epi8(0x80u8 as i8))
-                    }
+                    (q, a)
                 };
+                // f16 words [d0, m0, d1, m1] (Q4_1) or [d0, d1] into the low lanes.
+                let word_index = match FMT {
+                    Q4_1 => &Q4_1_WORDS,
+                    Q4_0 => &Q4_0_WORDS,
+                    Q5_0 => &Q5_0_WORDS,
+                    _ => &Q8_0_WORDS,
+                };
+                let w =
+                    _mm512_permutexvar_epi16(_mm512_loadu_si512(word_index.as_ptr().cast()), words);
+                let f = _mm512_castps128_ps512(_mm_cvtph_ps(_mm512_castsi512_si128(w)));
                 if FMT == Q4_1 {
-                    let v = [u16_at(b0, 0), u16_at(b0, 2), u16_at(b1, 0), u16_at(b1, 2)];
                     (
                         q,
-                        spread_f16(v, &PAIR_SPREAD_SCALES),
-                        spread_f16(v, &PAIR_SPREAD_MINS),
+                        _mm512_permutexvar_ps(idx(&PAIR_SPREAD_SCALES), f),
+                        _mm512_permutexvar_ps(idx(&PAIR_SPREAD_MINS), f),
                     )
                 } else {
-                    let v = [u16_at(b0, 0), u16_at(b1, 0), 0, 0];
-                    (q, spread_f16(v, &PAIR_SPREAD), _mm512_setzero_ps())
+                    (
+                        q,
+                        _mm512_permutexvar_ps(idx(&PAIR_SPREAD), f),
+                        _mm512_setzero_ps(),
+                    )
                 }
             }
             Q4K => {
@@ -681,7 +717,7 @@ unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __
 }
 
 /// Unpacks every pair of one weight row into tile slots `first..first + pairs`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,fma,f16c")]
 unsafe fn unpack_row<const FMT: u8>(row: &[u8], pairs: usize, tile: &mut WeightTile, first: usize) {
     for p in 0..pairs {
         // SAFETY: `row` holds `pairs` pairs; the tile slots exist (sized by the caller).
@@ -697,7 +733,7 @@ unsafe fn unpack_row<const FMT: u8>(row: &[u8], pairs: usize, tile: &mut WeightT
 
 /// Decode-sized products (fewer than `TILE_COLS` activation rows): each weight pair is
 /// unpacked in registers and used at once, two weight rows at a time.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,fma,f16c")]
 unsafe fn gemv_rows<const FMT: u8, const C: usize>(
     weights: &[u8],
     row_bytes: usize,
