@@ -53,6 +53,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// The activation format this weight format's kernel reads (ggml's `vec_dot_type`).
+    pub fn activation_type(self) -> GgmlType {
+        match self {
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q4_1 => GgmlType::Q8_1,
+            Self::Q4K | Self::Q6K => GgmlType::Q8_K,
+        }
+    }
+
     /// The VNNI format of weight type `ty` over rows of `cols` elements, when there is one.
     pub fn of(ty: GgmlType, cols: usize) -> Option<Self> {
         let format = match ty {
@@ -65,10 +74,6 @@ impl Format {
             _ => return None,
         };
         (cols % 64 == 0 && cols % ty.block_elements() == 0).then_some(format)
-    }
-
-    fn has_offset(self) -> bool {
-        matches!(self, Self::Q4_1 | Self::Q4K)
     }
 
     fn block_bytes(self) -> usize {
@@ -109,7 +114,8 @@ const ZERO_PANEL_SLOT: PanelSlot = PanelSlot {
 pub struct Panel {
     rows: usize,
     pairs: usize,
-    has_offset: bool,
+    /// The activation format the panel was filled from.
+    act_ty: Option<GgmlType>,
     /// (rows, pairs)
     slots: Vec<PanelSlot>,
 }
@@ -136,87 +142,91 @@ impl std::fmt::Debug for Panel {
 }
 
 impl Panel {
-    /// Spreads `rows` activation rows, already quantized to `format`'s `vec_dot_type`
-    /// (`blocks` is (rows, row bytes)), into the panel.
-    pub fn fill(&mut self, format: Format, blocks: &[u8], rows: usize, cols: usize) {
+    /// Spreads `rows` activation rows of `cols` elements, already quantized to `act_ty`
+    /// (Q8_0, Q8_1 or Q8_K; `blocks` is (rows, row bytes)), into the panel. One panel serves
+    /// every weight format whose `vec_dot_type` is `act_ty`.
+    pub fn fill(&mut self, act_ty: GgmlType, blocks: &[u8], rows: usize, cols: usize) {
         let pairs = cols / 64;
         self.rows = rows;
         self.pairs = pairs;
-        self.has_offset = format.has_offset();
+        self.act_ty = Some(act_ty);
         self.slots.clear();
         self.slots.resize(rows * pairs, ZERO_PANEL_SLOT);
         let row_bytes = blocks.len() / rows.max(1);
         for (r, row) in blocks.chunks_exact(row_bytes).enumerate() {
             for p in 0..pairs {
-                let i = r * pairs + p;
-                match format {
-                    Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => {
-                        let shift = match format {
-                            Format::Q4_0 => 8,
-                            Format::Q5_0 => 16,
-                            _ => 128,
-                        };
-                        let b: &[BlockQ8_0] = bytemuck::cast_slice(row);
-                        self.fill_legacy_pair(
-                            i,
-                            [&b[2 * p], &b[2 * p + 1]].map(|x| (x.d, &x.qs)),
-                            shift,
-                        );
-                    }
-                    Format::Q4_1 => {
+                let slot = &mut self.slots[r * pairs + p];
+                match act_ty {
+                    GgmlType::Q8_1 => {
                         let b: &[BlockQ8_1] = bytemuck::cast_slice(row);
                         let pair = [&b[2 * p], &b[2 * p + 1]];
-                        self.fill_legacy_pair(i, pair.map(|x| (x.d, &x.qs)), 0);
+                        fill_legacy_pair(slot, pair.map(|x| (x.d, &x.qs)));
                         for (half, x) in pair.iter().enumerate() {
-                            put_f32(&mut self.slots[i].offset, 8 * half, f16(x.s));
+                            put_f32(&mut slot.offset, 8 * half, f16(x.s));
                         }
                     }
-                    Format::Q4K | Format::Q6K => {
+                    GgmlType::Q8_K => {
                         let b: &[BlockQ8_K] = bytemuck::cast_slice(row);
                         let (block, within) = (&b[p / 4], p % 4);
                         let d = block.d();
-                        self.slots[i].qs.0.copy_from_slice(bytemuck::cast_slice(
+                        slot.qs.0.copy_from_slice(bytemuck::cast_slice(
                             &block.qs[within * 64..within * 64 + 64],
                         ));
                         for lane in 0..16 {
-                            put_f32(&mut self.slots[i].scale, lane, d);
+                            put_f32(&mut slot.scale, lane, d);
                         }
                         let bsum = |g: usize| block.bsum(4 * within + g);
-                        if format == Format::Q4K {
-                            put_f32(
-                                &mut self.slots[i].offset,
-                                0,
-                                -d * (bsum(0) + bsum(1)) as f32,
-                            );
-                            put_f32(
-                                &mut self.slots[i].offset,
-                                8,
-                                -d * (bsum(2) + bsum(3)) as f32,
-                            );
-                        } else {
-                            for g in 0..4 {
-                                put_i32(&mut self.slots[i].corr, 4 * g, -32 * bsum(g));
-                            }
+                        // Q4_K's min term per 32 elements; Q6_K's unsigned shift per 16.
+                        put_f32(&mut slot.offset, 0, -d * (bsum(0) + bsum(1)) as f32);
+                        put_f32(&mut slot.offset, 8, -d * (bsum(2) + bsum(3)) as f32);
+                        for g in 0..4 {
+                            put_i32(&mut slot.corr, 4 * g, -bsum(g));
                         }
+                    }
+                    _ => {
+                        let b: &[BlockQ8_0] = bytemuck::cast_slice(row);
+                        fill_legacy_pair(slot, [&b[2 * p], &b[2 * p + 1]].map(|x| (x.d, &x.qs)));
                     }
                 }
             }
         }
     }
+}
 
-    /// Two 32-element blocks (d, quants) of Q8_0 / Q8_1 into pair `i`; `shift` is what the
-    /// weight format adds to make its quants unsigned.
-    fn fill_legacy_pair(&mut self, i: usize, blocks: [([u8; 2], &[i8; 32]); 2], shift: i32) {
-        for (half, (d, qs)) in blocks.into_iter().enumerate() {
-            self.slots[i].qs.0[half * 32..half * 32 + 32].copy_from_slice(bytemuck::cast_slice(qs));
-            let d = f16(d);
-            for lane in 0..8 {
-                put_f32(&mut self.slots[i].scale, 8 * half + lane, d);
-            }
-            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-            put_i32(&mut self.slots[i].corr, 8 * half, -shift * sum);
+/// Two 32-element blocks (d, quants) of Q8_0 / Q8_1 into a slot, with −Σq of each block in
+/// lanes 0 and 8 of `corr`.
+fn fill_legacy_pair(slot: &mut PanelSlot, blocks: [([u8; 2], &[i8; 32]); 2]) {
+    for (half, (d, qs)) in blocks.into_iter().enumerate() {
+        slot.qs.0[half * 32..half * 32 + 32].copy_from_slice(bytemuck::cast_slice(qs));
+        let d = f16(d);
+        for lane in 0..8 {
+            put_f32(&mut slot.scale, 8 * half + lane, d);
+        }
+        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+        put_i32(&mut slot.corr, 8 * half, -sum);
+    }
+}
+
+/// The dot product's integer accumulator before the first pair: the weight format's unsigned
+/// shift (q + 8, q + 16, q + 128, q + 32) times the activations' −Σq, or zero.
+#[inline(always)]
+unsafe fn initial_sum<const FMT: u8>(corr: &Lanes) -> __m512i {
+    // SAFETY: Lanes is 64-byte aligned; the caller enabled avx512f.
+    unsafe {
+        let neg_sums = || _mm512_load_si512(corr.0.as_ptr().cast());
+        match FMT {
+            Q4_0 => _mm512_slli_epi32::<3>(neg_sums()),
+            Q5_0 => _mm512_slli_epi32::<4>(neg_sums()),
+            Q8_0 => _mm512_slli_epi32::<7>(neg_sums()),
+            Q6K => _mm512_slli_epi32::<5>(neg_sums()),
+            _ => _mm512_setzero_si512(),
         }
     }
+}
+
+/// Whether weight format `FMT` has an offset (min) term.
+const fn has_offset(fmt: u8) -> bool {
+    fmt == Q4_1 || fmt == Q4K
 }
 
 /// Weight rows per tile: the unpacked tile is reused across every activation row.
@@ -286,6 +296,7 @@ pub unsafe fn matmul_rows(
         };
     }
     let row_bytes = weights.len() / n_rows.max(1);
+    debug_assert_eq!(panel.act_ty, Some(format.activation_type()));
     debug_assert_eq!(
         row_bytes,
         panel.pairs * 64 / format_block_elements(format) * format.block_bytes()
@@ -331,18 +342,7 @@ unsafe fn gemm_rows<const FMT: u8>(
                     // SAFETY: tile rows 0..n_r and panel rows c0..c0+n_c are filled; the outputs
                     // (c0.., r0..) lie in this call's rows of `out`.
                     unsafe {
-                        dispatch_tile(
-                            n_r,
-                            n_c,
-                            panel.has_offset,
-                            tile,
-                            panel,
-                            pairs,
-                            c0,
-                            r0,
-                            n_rows,
-                            out,
-                        )
+                        dispatch_tile::<FMT>(n_r, n_c, tile, panel, pairs, c0, r0, n_rows, out)
                     };
                     c0 += n_c;
                 }
@@ -361,10 +361,9 @@ fn format_block_elements(format: Format) -> usize {
 
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,fma,f16c")]
-unsafe fn dispatch_tile(
+unsafe fn dispatch_tile<const FMT: u8>(
     n_r: usize,
     n_c: usize,
-    has_offset: bool,
     tile: &WeightTile,
     panel: &Panel,
     pairs: usize,
@@ -375,13 +374,8 @@ unsafe fn dispatch_tile(
 ) {
     macro_rules! go {
         ($r:literal, $c:literal) => {
-            if has_offset {
-                // SAFETY: forwarded from the caller.
-                unsafe { kernel::<$r, $c, true>(tile, panel, pairs, c0, r0, n_rows, out) }
-            } else {
-                // SAFETY: forwarded from the caller.
-                unsafe { kernel::<$r, $c, false>(tile, panel, pairs, c0, r0, n_rows, out) }
-            }
+            // SAFETY: forwarded from the caller.
+            unsafe { kernel::<FMT, $r, $c>(tile, panel, pairs, c0, r0, n_rows, out) }
         };
     }
     match (n_r, n_c) {
@@ -406,7 +400,7 @@ unsafe fn dispatch_tile(
 
 /// R weight rows × C activation rows, all pairs.
 #[inline(always)]
-unsafe fn kernel<const R: usize, const C: usize, const OFFSET: bool>(
+unsafe fn kernel<const FMT: u8, const R: usize, const C: usize>(
     tile: &WeightTile,
     panel: &Panel,
     pairs: usize,
@@ -429,14 +423,14 @@ unsafe fn kernel<const R: usize, const C: usize, const OFFSET: bool>(
                 let a = &*a_rows[c].add(p);
                 let qs = _mm512_load_si512(a.qs.0.as_ptr().cast());
                 let a_scale = _mm512_load_ps(a.scale.0.as_ptr().cast());
+                let init = initial_sum::<FMT>(&a.corr);
                 for r in 0..R {
                     let w = &*w_rows[r].add(p);
-                    let corr = _mm512_load_si512(a.corr.0.as_ptr().cast());
                     let isum =
-                        _mm512_dpbusd_epi32(corr, _mm512_load_si512(w.q.0.as_ptr().cast()), qs);
+                        _mm512_dpbusd_epi32(init, _mm512_load_si512(w.q.0.as_ptr().cast()), qs);
                     let scale = _mm512_mul_ps(_mm512_load_ps(w.scale.0.as_ptr().cast()), a_scale);
                     acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r][c]);
-                    if OFFSET {
+                    if has_offset(FMT) {
                         let w_offset = _mm512_load_ps(w.offset.0.as_ptr().cast());
                         acc[r][c] = _mm512_fmadd_ps(
                             w_offset,
@@ -743,7 +737,6 @@ unsafe fn gemv_rows<const FMT: u8, const C: usize>(
     out: *mut f32,
 ) {
     let pairs = panel.pairs;
-    let offset_term = FMT == Q4_1 || FMT == Q4K;
     // SAFETY: rows lie inside `weights`; panel rows 0..C are filled with `pairs` pairs; the
     // caller owns the outputs of `rows`; Lanes are 64-byte aligned.
     unsafe {
@@ -760,15 +753,14 @@ unsafe fn gemv_rows<const FMT: u8, const C: usize>(
                 for (c, acc) in acc.iter_mut().enumerate() {
                     let a = &panel.slots[c * pairs + p];
                     let qs = _mm512_load_si512(a.qs.0.as_ptr().cast());
-                    let corr = _mm512_load_si512(a.corr.0.as_ptr().cast());
                     let a_scale = _mm512_load_ps(a.scale.0.as_ptr().cast());
-                    let isum = _mm512_dpbusd_epi32(corr, w, qs);
+                    let isum = _mm512_dpbusd_epi32(initial_sum::<FMT>(&a.corr), w, qs);
                     *acc = _mm512_fmadd_ps(
                         _mm512_cvtepi32_ps(isum),
                         _mm512_mul_ps(w_scale, a_scale),
                         *acc,
                     );
-                    if offset_term {
+                    if has_offset(FMT) {
                         let a_offset = _mm512_load_ps(a.offset.0.as_ptr().cast());
                         *acc = _mm512_fmadd_ps(w_offset, a_offset, *acc);
                     }
@@ -875,7 +867,7 @@ mod tests {
                 }
                 let act_row_bytes = blocks.len() / batch;
                 let mut panel = Panel::default();
-                panel.fill(format, &blocks, batch, n);
+                panel.fill(act_ty, &blocks, batch, n);
                 let mut fast = vec![f32::NAN; batch * rows];
                 // Two calls over a split of the rows, as two threads would make them.
                 let split = rows / 2;

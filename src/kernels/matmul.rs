@@ -72,7 +72,7 @@ pub fn matmul(
     if let Some(format) =
         super::gemm_vnni::Format::of(w.ty, w.cols).filter(|_| super::gemm_vnni::available())
     {
-        scratch.panel.fill(format, activations, batch, w.cols);
+        scratch.panel.fill(act_ty, activations, batch, w.cols);
         let panel = &scratch.panel;
         let out_ptr = SharedOut(out.as_mut_ptr());
         pool.for_ranges(w.rows, 16, |rows| {
@@ -111,6 +111,94 @@ pub fn matmul(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Several weight matrices over the same activations (Q, K and V; gate and up): with the
+/// VNNI kernels the activations are quantized once and every matrix's rows are computed in
+/// one parallel pass; otherwise each is an ordinary [`matmul`]. `outs[i]` is (batch, rows of
+/// `weights[i]`). Results are identical to separate `matmul` calls.
+pub fn matmul_many(
+    pool: &ThreadPool,
+    weights: &[WeightView<'_>],
+    x: &[f32],
+    batch: usize,
+    outs: &mut [&mut [f32]],
+    scratch: &mut MatmulScratch,
+) -> Result<(), QuantError> {
+    assert_eq!(weights.len(), outs.len(), "one output per weight matrix");
+    #[cfg(target_arch = "x86_64")]
+    if let Some(formats) = fusable_formats(weights) {
+        let (cols, act_ty) = (weights[0].cols, formats[0].activation_type());
+        let act_row_bytes = act_ty
+            .row_bytes(cols as u64)
+            .ok_or(QuantError::NotWholeBlocks {
+                ty: act_ty,
+                n: cols,
+            })? as usize;
+        assert_eq!(x.len(), batch * cols, "matmul input is (batch, cols)");
+        for (w, out) in weights.iter().zip(outs.iter()) {
+            assert_eq!(out.len(), batch * w.rows, "matmul output is (batch, rows)");
+            assert_eq!(
+                Some(w.data.len() as u64),
+                w.ty.row_bytes(cols as u64).map(|b| b * w.rows as u64),
+                "weight bytes are rows × row bytes"
+            );
+        }
+        quantize_rows(pool, act_ty, x, cols, act_row_bytes, scratch)?;
+        scratch
+            .panel
+            .fill(act_ty, &scratch.activations, batch, cols);
+        let panel = &scratch.panel;
+        let out_ptrs: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+        let total_rows: usize = weights.iter().map(|w| w.rows).sum();
+        pool.for_ranges(total_rows, 16, |range| {
+            let mut first_row = 0;
+            for ((w, &format), out) in weights.iter().zip(&formats).zip(&out_ptrs) {
+                let start = range.start.max(first_row) - first_row;
+                let end = range.end.min(first_row + w.rows).saturating_sub(first_row);
+                if start < end {
+                    // SAFETY: the CPU has the features (checked by `fusable_formats`); the panel
+                    // was filled for this activation type and width; this task alone writes
+                    // rows start..end of this matrix's output, inside it (checked above).
+                    unsafe {
+                        super::gemm_vnni::matmul_rows(
+                            format,
+                            w.data,
+                            w.rows,
+                            start..end,
+                            panel,
+                            out.0,
+                        )
+                    };
+                }
+                first_row += w.rows;
+            }
+        });
+        return Ok(());
+    }
+    for (w, out) in weights.iter().zip(outs.iter_mut()) {
+        matmul(pool, *w, x, batch, out, scratch)?;
+    }
+    Ok(())
+}
+
+/// The VNNI formats of `weights` when all have one, of the same width and activation type.
+#[cfg(target_arch = "x86_64")]
+fn fusable_formats(weights: &[WeightView<'_>]) -> Option<Vec<super::gemm_vnni::Format>> {
+    use super::gemm_vnni::{Format, available};
+    let first = weights.first()?;
+    if !available() {
+        return None;
+    }
+    let formats: Option<Vec<Format>> = weights
+        .iter()
+        .map(|w| Format::of(w.ty, w.cols).filter(|_| w.cols == first.cols))
+        .collect();
+    let formats = formats?;
+    formats
+        .iter()
+        .all(|f| f.activation_type() == formats[0].activation_type())
+        .then_some(formats)
 }
 
 /// Converts each (cols)-long row of `x` to `act_ty` into `scratch.activations`, rows in
@@ -170,4 +258,83 @@ fn dot(ty: GgmlType, w_row: &[u8], a_row: &[u8], n: usize) -> Result<f32, QuantE
         return Ok(v);
     }
     quant::vec_dot(ty, w_row, a_row, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        quant::quantize_row(ty, &values(rows * cols, seed), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn fused_matmuls_equal_separate_ones_bit_for_bit() {
+        let pool = ThreadPool::new(2);
+        let cols = 256;
+        // Q, K, V of different types sharing Q8_0 activations (gemma's mix), then a mix that
+        // cannot be fused (F32 weights).
+        let cases: [&[(GgmlType, usize)]; 2] = [
+            &[
+                (GgmlType::Q5_0, 37),
+                (GgmlType::Q5_0, 16),
+                (GgmlType::Q8_0, 16),
+            ],
+            &[(GgmlType::Q4_0, 8), (GgmlType::F32, 5)],
+        ];
+        for case in cases {
+            let data: Vec<Vec<u8>> = case
+                .iter()
+                .enumerate()
+                .map(|(i, &(ty, rows))| matrix(ty, rows, cols, 7 + i as u64))
+                .collect();
+            let views: Vec<WeightView<'_>> = case
+                .iter()
+                .zip(&data)
+                .map(|(&(ty, rows), d)| WeightView {
+                    ty,
+                    rows,
+                    cols,
+                    data: d,
+                })
+                .collect();
+            for batch in [1usize, 6] {
+                let x = values(batch * cols, 99 + batch as u64);
+                let mut scratch = MatmulScratch::default();
+                let mut separate: Vec<Vec<f32>> =
+                    views.iter().map(|w| vec![0.0; batch * w.rows]).collect();
+                for (w, out) in views.iter().zip(separate.iter_mut()) {
+                    matmul(&pool, *w, &x, batch, out, &mut scratch).unwrap();
+                }
+                let mut fused: Vec<Vec<f32>> = views
+                    .iter()
+                    .map(|w| vec![f32::NAN; batch * w.rows])
+                    .collect();
+                let mut outs: Vec<&mut [f32]> =
+                    fused.iter_mut().map(|v| v.as_mut_slice()).collect();
+                matmul_many(&pool, &views, &x, batch, &mut outs, &mut scratch).unwrap();
+                for (a, b) in separate.iter().zip(&fused) {
+                    assert_eq!(
+                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "batch {batch}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -15,7 +15,7 @@ mod pool;
 mod simd_x86;
 
 pub use attention::{AttentionShape, KvSlice, attention};
-pub use matmul::{MatmulScratch, WeightView, matmul};
+pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many};
 pub use ops::{
     RopeStyle, add_in_place, gelu_tanh, rms_norm, rms_norm_in_place, rope, silu, softmax_in_place,
 };

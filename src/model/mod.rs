@@ -249,12 +249,15 @@ impl Model {
             for (xn, x) in s.xn.chunks_exact_mut(n_embd).zip(s.x.chunks_exact(n_embd)) {
                 kernels::rms_norm(x, &layer.attn_norm, hp.rms_eps, xn);
             }
-            kernels::matmul(pool, layer.wq.view(), &s.xn, batch, &mut s.q, &mut s.matmul)
-                .map_err(quant_err)?;
-            kernels::matmul(pool, layer.wk.view(), &s.xn, batch, &mut s.k, &mut s.matmul)
-                .map_err(quant_err)?;
-            kernels::matmul(pool, layer.wv.view(), &s.xn, batch, &mut s.v, &mut s.matmul)
-                .map_err(quant_err)?;
+            kernels::matmul_many(
+                pool,
+                &[layer.wq.view(), layer.wk.view(), layer.wv.view()],
+                &s.xn,
+                batch,
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+                &mut s.matmul,
+            )
+            .map_err(quant_err)?;
             add_bias(&mut s.q, layer.bq.as_deref());
             add_bias(&mut s.k, layer.bk.as_deref());
             add_bias(&mut s.v, layer.bv.as_deref());
@@ -327,21 +330,12 @@ impl Model {
             for (xn, x) in s.xn.chunks_exact_mut(n_embd).zip(s.x.chunks_exact(n_embd)) {
                 kernels::rms_norm(x, &layer.ffn_norm, hp.rms_eps, xn);
             }
-            kernels::matmul(
+            kernels::matmul_many(
                 pool,
-                layer.w_gate.view(),
+                &[layer.w_gate.view(), layer.w_up.view()],
                 &s.xn,
                 batch,
-                &mut s.gate,
-                &mut s.matmul,
-            )
-            .map_err(quant_err)?;
-            kernels::matmul(
-                pool,
-                layer.w_up.view(),
-                &s.xn,
-                batch,
-                &mut s.up,
+                &mut [&mut s.gate, &mut s.up],
                 &mut s.matmul,
             )
             .map_err(quant_err)?;
