@@ -7,16 +7,26 @@ mod models;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The directory holding libsmallmind.so: cargo builds it next to the test's deps folder.
+/// The directory holding libsmallmind.so. Cargo builds the library's cdylib next to this test
+/// executable (target/<profile>/deps) from the same source, so that copy is never stale;
+/// `cargo build` also copies it one level up.
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-    assert!(
-        dir.join("libsmallmind.so").exists(),
-        "{} has no libsmallmind.so; build the library first (`cargo build --release`)",
-        dir.display()
-    );
-    dir
+    let deps = exe.parent().expect("target/<profile>/deps").to_path_buf();
+    let candidates = [
+        deps.clone(),
+        deps.parent().expect("target/<profile>").to_path_buf(),
+    ];
+    candidates
+        .iter()
+        .find(|dir| dir.join("libsmallmind.so").exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} has no libsmallmind.so; build the library first (`cargo build --release`)",
+                deps.display()
+            )
+        })
 }
 
 fn repo() -> PathBuf {
@@ -94,7 +104,11 @@ fn c_engine_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
     let program = compile(
         "test_engine_asan",
         &["tests/c/test_engine.c"],
-        &["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"],
+        &[
+            "-fsanitize=address,undefined",
+            "-fno-omit-frame-pointer",
+            "-fno-sanitize-recover=undefined",
+        ],
     );
     let out = run(&program, &[&models::smollm2(), &not_a_gguf_file()]);
     assert!(out.contains(" 0 failed"), "{out}");

@@ -7,22 +7,30 @@ use serde::{Deserialize, Serialize};
 use super::message::{Message, Role};
 use crate::error::{Error, ErrorKind, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContextPolicy {
-    /// Never drop anything; a prompt that does not fit is an error.
-    #[default]
-    KeepAll,
+    /// Never drop anything; a prompt that does not fit is an error. A struct variant with no
+    /// fields, so that a stray field such as `{"type":"keep_all","max_turns":3}` is refused
+    /// instead of being silently ignored (serde ignores extra fields on unit variants). The
+    /// default.
+    KeepAll {},
     /// Keep at most `max_turns` turns (then drop more if still too long).
     KeepLastNTurns { max_turns: u32 },
     /// Keep the newest turns that fit in `max_tokens`.
     SlidingWindow { max_tokens: u32 },
 }
 
+impl Default for ContextPolicy {
+    fn default() -> Self {
+        Self::KeepAll {}
+    }
+}
+
 impl ContextPolicy {
     pub fn name(&self) -> &'static str {
         match self {
-            Self::KeepAll => "keep_all",
+            Self::KeepAll {} => "keep_all",
             Self::KeepLastNTurns { .. } => "keep_last_n_turns",
             Self::SlidingWindow { .. } => "sliding_window",
         }
@@ -30,8 +38,12 @@ impl ContextPolicy {
 
     pub fn validate(&self) -> Result<()> {
         match self {
-            Self::KeepLastNTurns { max_turns: 0 } => Err(Error::invalid_argument("context_policy.max_turns must be at least 1")),
-            Self::SlidingWindow { max_tokens: 0 } => Err(Error::invalid_argument("context_policy.max_tokens must be at least 1")),
+            Self::KeepLastNTurns { max_turns: 0 } => Err(Error::invalid_argument(
+                "context_policy.max_turns must be at least 1",
+            )),
+            Self::SlidingWindow { max_tokens: 0 } => Err(Error::invalid_argument(
+                "context_policy.max_tokens must be at least 1",
+            )),
             _ => Ok(()),
         }
     }
@@ -91,14 +103,28 @@ pub fn apply_policy(
         ContextPolicy::SlidingWindow { max_tokens } => budget.min(*max_tokens),
         _ => budget,
     };
-    if let ContextPolicy::KeepAll = policy {
+    if let ContextPolicy::KeepAll {} = policy {
         if tokens_before > budget {
-            return Err(overflow(tokens_before, reserve_for_reply, context_length, "the conversation"));
+            return Err(overflow(
+                tokens_before,
+                reserve_for_reply,
+                context_length,
+                "the conversation",
+            ));
         }
-        return Ok(PolicyOutcome { kept: all, dropped: Vec::new(), tokens_before, tokens_after: tokens_before });
+        return Ok(PolicyOutcome {
+            kept: all,
+            dropped: Vec::new(),
+            tokens_before,
+            tokens_after: tokens_before,
+        });
     }
 
-    let pinned: Vec<usize> = all.iter().copied().filter(|&i| messages[i].role == Role::System).collect();
+    let pinned: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| messages[i].role == Role::System)
+        .collect();
     let turns = turns(messages);
     let max_turns = match policy {
         ContextPolicy::KeepLastNTurns { max_turns } => *max_turns as usize,
@@ -107,22 +133,43 @@ pub fn apply_policy(
     // The newest turn (the one being answered) is always kept.
     let mut first_turn = turns.len().saturating_sub(max_turns.max(1));
     let select = |first: usize| -> Vec<usize> {
-        let mut kept: Vec<usize> = pinned.iter().copied().chain(turns[first..].iter().flatten().copied()).collect();
+        let mut kept: Vec<usize> = pinned
+            .iter()
+            .copied()
+            .chain(turns[first..].iter().flatten().copied())
+            .collect();
         kept.sort_unstable();
         kept
     };
     let mut kept = select(first_turn);
-    let mut tokens = if kept.len() == messages.len() { tokens_before } else { token_count(&kept)? };
+    let mut tokens = if kept.len() == messages.len() {
+        tokens_before
+    } else {
+        token_count(&kept)?
+    };
     while tokens > limit {
         if first_turn + 1 >= turns.len() {
-            return Err(overflow(tokens, reserve_for_reply, context_length.min(limit + reserve_for_reply), "the system messages and the last turn"));
+            return Err(overflow(
+                tokens,
+                reserve_for_reply,
+                context_length.min(limit + reserve_for_reply),
+                "the system messages and the last turn",
+            ));
         }
         first_turn += 1;
         kept = select(first_turn);
         tokens = token_count(&kept)?;
     }
-    let dropped = all.into_iter().filter(|i| kept.binary_search(i).is_err()).collect();
-    Ok(PolicyOutcome { kept, dropped, tokens_before, tokens_after: tokens })
+    let dropped = all
+        .into_iter()
+        .filter(|i| kept.binary_search(i).is_err())
+        .collect();
+    Ok(PolicyOutcome {
+        kept,
+        dropped,
+        tokens_before,
+        tokens_after: tokens,
+    })
 }
 
 #[cfg(test)]
@@ -152,11 +199,29 @@ mod tests {
     #[test]
     fn keep_all_keeps_everything_or_names_both_sizes() {
         let mut calls = 0;
-        let out = apply_policy(&ContextPolicy::KeepAll, &conversation(), 100, 20, &mut count(&mut calls)).unwrap();
+        let out = apply_policy(
+            &ContextPolicy::KeepAll {},
+            &conversation(),
+            100,
+            20,
+            &mut count(&mut calls),
+        )
+        .unwrap();
         assert_eq!(out.kept.len(), 7);
-        let err = apply_policy(&ContextPolicy::KeepAll, &conversation(), 80, 20, &mut count(&mut calls)).unwrap_err();
+        let err = apply_policy(
+            &ContextPolicy::KeepAll {},
+            &conversation(),
+            80,
+            20,
+            &mut count(&mut calls),
+        )
+        .unwrap_err();
         assert_eq!(err.kind, ErrorKind::ContextOverflow);
-        assert!(err.message.contains("70 tokens + 20 reserved") && err.message.contains("holds 80"), "{}", err.message);
+        assert!(
+            err.message.contains("70 tokens + 20 reserved") && err.message.contains("holds 80"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -169,8 +234,19 @@ mod tests {
         assert_eq!(out.dropped, vec![1, 2, 3, 4, 5]);
         assert_eq!((out.tokens_before, out.tokens_after), (70, 20));
         assert!(calls <= 4, "{calls} token counts");
-        let out = apply_policy(&ContextPolicy::SlidingWindow { max_tokens: 50 }, &conversation(), 1000, 10, &mut count(&mut calls)).unwrap();
-        assert_eq!(out.kept, vec![0, 3, 4, 5, 6], "tool results stay with their turn");
+        let out = apply_policy(
+            &ContextPolicy::SlidingWindow { max_tokens: 50 },
+            &conversation(),
+            1000,
+            10,
+            &mut count(&mut calls),
+        )
+        .unwrap();
+        assert_eq!(
+            out.kept,
+            vec![0, 3, 4, 5, 6],
+            "tool results stay with their turn"
+        );
     }
 
     #[test]
@@ -184,11 +260,62 @@ mod tests {
     }
 
     #[test]
+    fn policy_json_refuses_fields_that_do_not_belong_to_the_policy() {
+        let parse = |json: &str| serde_json::from_str::<ContextPolicy>(json);
+        assert_eq!(
+            parse(r#"{"type":"keep_all"}"#).unwrap(),
+            ContextPolicy::KeepAll {}
+        );
+        assert_eq!(
+            parse(r#"{"type":"keep_last_n_turns","max_turns":3}"#).unwrap(),
+            ContextPolicy::KeepLastNTurns { max_turns: 3 }
+        );
+        let err = parse(r#"{"type":"keep_all","max_turns":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_turns"), "{err}");
+        let err = parse(r#"{"type":"sliding_window","max_tokens":100,"max_turns":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_turns"), "{err}");
+        assert!(
+            parse(r#"{"type":"sliding_window"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("max_tokens")
+        );
+        assert!(
+            parse(r#"{"type":"keep_everything"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("keep_everything")
+        );
+        assert_eq!(
+            serde_json::to_string(&ContextPolicy::KeepAll {}).unwrap(),
+            r#"{"type":"keep_all"}"#
+        );
+    }
+
+    #[test]
     fn the_last_turn_is_never_dropped_and_invalid_sizes_are_refused() {
         let mut calls = 0;
-        let err = apply_policy(&ContextPolicy::SlidingWindow { max_tokens: 10 }, &conversation(), 1000, 10, &mut count(&mut calls)).unwrap_err();
+        let err = apply_policy(
+            &ContextPolicy::SlidingWindow { max_tokens: 10 },
+            &conversation(),
+            1000,
+            10,
+            &mut count(&mut calls),
+        )
+        .unwrap_err();
         assert_eq!(err.kind, ErrorKind::ContextOverflow);
-        let err = apply_policy(&ContextPolicy::KeepLastNTurns { max_turns: 0 }, &conversation(), 1000, 10, &mut count(&mut calls)).unwrap_err();
+        let err = apply_policy(
+            &ContextPolicy::KeepLastNTurns { max_turns: 0 },
+            &conversation(),
+            1000,
+            10,
+            &mut count(&mut calls),
+        )
+        .unwrap_err();
         assert!(err.message.contains("max_turns"));
     }
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::message::Message;
 use super::policy::ContextPolicy;
-use super::session::{ContextReport, HistoryMode, SessionConfig, Turn, TurnOutput};
+use super::session::{ContextReport, HistoryMode, PreparedPrompt, SessionConfig, Turn, TurnOutput};
 use crate::api::{UsageJson, parse, sampling_params};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -65,7 +65,9 @@ fn session_counter() -> u64 {
 fn max_tokens(value: Option<i64>, default: u32) -> Result<usize> {
     match value {
         None => Ok(default as usize),
-        Some(n) if n < 1 => Err(Error::invalid_argument(format!("max_tokens is {n}; it must be at least 1"))),
+        Some(n) if n < 1 => Err(Error::invalid_argument(format!(
+            "max_tokens is {n}; it must be at least 1"
+        ))),
         Some(n) => Ok(n as usize),
     }
 }
@@ -89,7 +91,9 @@ impl ChatOptions {
         if let Some(id) = &self.session_id
             && (id.is_empty() || id.len() > 256)
         {
-            return Err(Error::invalid_argument("session_id must be 1 to 256 bytes long"));
+            return Err(Error::invalid_argument(
+                "session_id must be 1 to 256 bytes long",
+            ));
         }
         // Validate the defaults now so a bad option fails at create, not at the first send.
         let sampling = sampling_params(
@@ -105,7 +109,10 @@ impl ChatOptions {
             self.seed,
         )?;
         Ok(SessionConfig {
-            session_id: self.session_id.clone().unwrap_or_else(|| format!("session-{}", session_counter())),
+            session_id: self
+                .session_id
+                .clone()
+                .unwrap_or_else(|| format!("session-{}", session_counter())),
             system_prompt: self.system_prompt.clone(),
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),
@@ -171,14 +178,29 @@ impl ChatRequest {
     }
 
     /// Validates the request against the session's defaults.
-    pub fn into_turn(self, config: &SessionConfig, engine: &Engine, started_at: std::time::Instant) -> Result<Turn> {
+    pub fn into_turn(
+        self,
+        config: &SessionConfig,
+        engine: &Engine,
+        started_at: std::time::Instant,
+    ) -> Result<Turn> {
         if self.messages.is_empty() {
-            return Err(Error::invalid_argument("messages is empty: send at least one message"));
+            return Err(Error::invalid_argument(
+                "messages is empty: send at least one message",
+            ));
         }
-        if self.tools.as_ref().is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty())) {
+        if self
+            .tools
+            .as_ref()
+            .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
+        {
             return Err(not_yet("tools", "tool calling"));
         }
-        if self.tool_choice.as_ref().is_some_and(|c| !c.is_null() && c != "none") {
+        if self
+            .tool_choice
+            .as_ref()
+            .is_some_and(|c| !c.is_null() && c != "none")
+        {
             return Err(not_yet("tool_choice", "tool calling"));
         }
         if self.max_tool_calls.is_some() {
@@ -187,15 +209,26 @@ impl ChatRequest {
         if let Some(format) = &self.response_format
             && format != &serde_json::json!({"type": "text"})
         {
-            return Err(not_yet("response_format other than {\"type\":\"text\"}", "structured output"));
+            return Err(not_yet(
+                "response_format other than {\"type\":\"text\"}",
+                "structured output",
+            ));
         }
-        if self.retrieved_context.as_ref().is_some_and(|r| !r.is_null() && r.as_array().is_none_or(|a| !a.is_empty())) {
+        if self
+            .retrieved_context
+            .as_ref()
+            .is_some_and(|r| !r.is_null() && r.as_array().is_none_or(|a| !a.is_empty()))
+        {
             return Err(not_yet("retrieved_context", "retrieval citations"));
         }
         let history = match self.history.as_deref() {
             None | Some("append") => HistoryMode::Append,
             Some("replace") => HistoryMode::Replace,
-            Some(other) => return Err(Error::invalid_argument(format!("history is '{other}'; use \"append\" or \"replace\""))),
+            Some(other) => {
+                return Err(Error::invalid_argument(format!(
+                    "history is '{other}'; use \"append\" or \"replace\""
+                )));
+            }
         };
         if let Some(policy) = &self.context_policy {
             policy.validate()?;
@@ -220,12 +253,16 @@ impl ChatRequest {
             Some(StopField::Many(v)) => v,
         };
         if stop.iter().any(String::is_empty) {
-            return Err(Error::invalid_argument("stop contains an empty string; remove it"));
+            return Err(Error::invalid_argument(
+                "stop contains an empty string; remove it",
+            ));
         }
         let stop_token_ids = self.stop_token_ids.unwrap_or_default();
         let n_vocab = engine.tokenizer.n_vocab();
         if let Some(bad) = stop_token_ids.iter().find(|&&id| id as usize >= n_vocab) {
-            return Err(Error::invalid_argument(format!("stop_token_ids contains {bad}, outside the {n_vocab}-token vocabulary")));
+            return Err(Error::invalid_argument(format!(
+                "stop_token_ids contains {bad}, outside the {n_vocab}-token vocabulary"
+            )));
         }
         Ok(Turn {
             messages: self.messages,
@@ -256,7 +293,12 @@ struct ContextJson<'a> {
 
 impl<'a> From<&'a ContextReport> for ContextJson<'a> {
     fn from(c: &'a ContextReport) -> Self {
-        Self { policy: c.policy, tokens_before: c.tokens_before, tokens_after: c.tokens_after, dropped_messages: c.dropped_messages }
+        Self {
+            policy: c.policy,
+            tokens_before: c.tokens_before,
+            tokens_after: c.tokens_after,
+            dropped_messages: c.dropped_messages,
+        }
     }
 }
 
@@ -274,7 +316,13 @@ struct ChatResponseJson<'a> {
 }
 
 /// The response JSON of one turn.
-pub fn response_json(out: &TurnOutput, model: &str, session_id: &str, turn_number: u64, seed: u64) -> Result<String> {
+pub fn response_json(
+    out: &TurnOutput,
+    model: &str,
+    session_id: &str,
+    turn_number: u64,
+    seed: u64,
+) -> Result<String> {
     let mut warnings = Vec::new();
     if out.context.dropped_messages > 0 {
         warnings.push(format!(
@@ -286,12 +334,31 @@ pub fn response_json(out: &TurnOutput, model: &str, session_id: &str, turn_numbe
         id: format!("chatcmpl-{session_id}-{turn_number}"),
         model,
         session_id,
-        message: ReplyJson { role: "assistant", content: &out.reply.content },
+        message: ReplyJson {
+            role: "assistant",
+            content: &out.reply.content,
+        },
         finish_reason: out.finish_reason.as_str(),
         usage: UsageJson::from(&out.usage),
         context: ContextJson::from(&out.context),
         seed,
         warnings,
+    })
+}
+
+#[derive(Serialize)]
+struct RenderJson<'a> {
+    prompt: &'a str,
+    prompt_token_ids: &'a [u32],
+    context: ContextJson<'a>,
+}
+
+/// The JSON of `smallmind_chat_render`: the prompt a send would give the model.
+pub fn render_json(prepared: &PreparedPrompt) -> Result<String> {
+    crate::api::to_json(&RenderJson {
+        prompt: &prepared.text,
+        prompt_token_ids: &prepared.token_ids,
+        context: ContextJson::from(&prepared.context),
     })
 }
 
@@ -312,7 +379,10 @@ pub struct ExportEnvelope {
 impl ExportEnvelope {
     pub fn parse(json: &str) -> Result<Self> {
         let value: serde_json::Value = parse("session export", json)?;
-        match (value.get("format").and_then(|f| f.as_str()), value.get("version").and_then(|v| v.as_u64())) {
+        match (
+            value.get("format").and_then(|f| f.as_str()),
+            value.get("version").and_then(|v| v.as_u64()),
+        ) {
             (Some(EXPORT_FORMAT), Some(v)) if v == EXPORT_VERSION as u64 => {}
             (Some(EXPORT_FORMAT), Some(v)) if v > EXPORT_VERSION as u64 => {
                 return Err(Error::invalid_json(format!(
@@ -325,6 +395,7 @@ impl ExportEnvelope {
                 )));
             }
         }
-        serde_json::from_value(value).map_err(|e| Error::invalid_json(format!("session export: {e}")))
+        serde_json::from_value(value)
+            .map_err(|e| Error::invalid_json(format!("session export: {e}")))
     }
 }

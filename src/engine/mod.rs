@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use generate::{
-    FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob, Usage,
+    FinishReason, check_fits, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob, Usage,
 };
 
 use crate::error::{Error, ErrorKind, Result};
