@@ -11,7 +11,11 @@ use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
 /// AddressSanitizer + UBSan, every UB report fatal.
-const SANITIZERS: &[&str] = &["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"];
+const SANITIZERS: &[&str] = &[
+    "-fsanitize=address,undefined",
+    "-fno-omit-frame-pointer",
+    "-fno-sanitize-recover=undefined",
+];
 
 /// The programs run the real model on a machine with few cores: the tests here run one at a
 /// time (builds included), so that one's load cannot skew the time-to-first-token figures
@@ -19,7 +23,9 @@ const SANITIZERS: &[&str] = &["-fsanitize=address,undefined", "-fno-omit-frame-p
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn exclusive() -> MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The directory holding libsmallmind.so. Cargo builds the library's cdylib next to this test
@@ -28,10 +34,20 @@ fn exclusive() -> MutexGuard<'static, ()> {
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let deps = exe.parent().expect("target/<profile>/deps").to_path_buf();
-    let candidates = [deps.clone(), deps.parent().expect("target/<profile>").to_path_buf()];
-    candidates.iter().find(|dir| dir.join("libsmallmind.so").exists()).cloned().unwrap_or_else(|| {
-        panic!("{} has no libsmallmind.so; build the library first (`cargo build --release`)", deps.display())
-    })
+    let candidates = [
+        deps.clone(),
+        deps.parent().expect("target/<profile>").to_path_buf(),
+    ];
+    candidates
+        .iter()
+        .find(|dir| dir.join("libsmallmind.so").exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} has no libsmallmind.so; build the library first (`cargo build --release`)",
+                deps.display()
+            )
+        })
 }
 
 fn repo() -> PathBuf {
@@ -65,7 +81,11 @@ fn compile(name: &str, sources: &[&str], extra_flags: &[&str]) -> PathBuf {
         .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
         .args(["-lsmallmind", "-lpthread", "-lm"]);
     let result = cmd.output().expect("run the C compiler");
-    assert!(result.status.success(), "compiling {name} failed:\n{}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "compiling {name} failed:\n{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     output
 }
 
@@ -86,11 +106,21 @@ fn run_with_input(program: &Path, args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the C program");
-    child.stdin.take().expect("stdin is piped").write_all(stdin.as_bytes()).expect("write the program's input");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes())
+        .expect("write the program's input");
     let result = child.wait_with_output().expect("run the C program");
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
-    assert!(result.status.success(), "{} failed ({}):\n{stdout}\n{stderr}", program.display(), result.status);
+    assert!(
+        result.status.success(),
+        "{} failed ({}):\n{stdout}\n{stderr}",
+        program.display(),
+        result.status
+    );
     Output { stdout, stderr }
 }
 
@@ -137,7 +167,8 @@ struct OracleChatCase {
 }
 
 fn oracle_chat_case() -> OracleChatCase {
-    let text = std::fs::read_to_string(models::oracle_dir().join("llamacpp-greedy.json")).expect("the oracle file");
+    let text = std::fs::read_to_string(models::oracle_dir().join("llamacpp-greedy.json"))
+        .expect("the oracle file");
     let json: serde_json::Value = serde_json::from_str(&text).expect("the oracle is JSON");
     let case = json["cases"]
         .as_array()
@@ -145,24 +176,49 @@ fn oracle_chat_case() -> OracleChatCase {
         .iter()
         .find(|c| c["id"] == "c" && c["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf")
         .expect("the oracle has the chat case c");
-    let ids: Vec<String> =
-        case["prompt_token_ids"].as_array().expect("prompt ids").iter().map(|id| id.as_u64().expect("an id").to_string()).collect();
+    let ids: Vec<String> = case["prompt_token_ids"]
+        .as_array()
+        .expect("prompt ids")
+        .iter()
+        .map(|id| id.as_u64().expect("an id").to_string())
+        .collect();
     assert_eq!(ids.len(), 37, "the oracle's chat prompt is 37 tokens");
     // The user turn of the prompt llama.cpp rendered.
     let prompt = case["prompt_text"].as_str().expect("prompt text");
-    let user = prompt.split("<|im_start|>user\n").nth(1).and_then(|rest| rest.split("<|im_end|>").next()).expect("a user turn");
+    let user = prompt
+        .split("<|im_start|>user\n")
+        .nth(1)
+        .and_then(|rest| rest.split("<|im_end|>").next())
+        .expect("a user turn");
     OracleChatCase {
         prompt_ids: ids.join(","),
         user: user.to_string(),
-        reply: case["generated_text"].as_str().expect("the reply").to_string(),
+        reply: case["generated_text"]
+            .as_str()
+            .expect("the reply")
+            .to_string(),
     }
 }
 
 fn run_chat_tests(program: &Path) {
     let oracle = oracle_chat_case();
-    let out = run(&program, &[&smollm2(), path_arg(&not_a_gguf_file()), &oracle.prompt_ids, &oracle.user, &oracle.reply]);
+    let out = run(
+        program,
+        &[
+            &smollm2(),
+            path_arg(&not_a_gguf_file()),
+            &oracle.prompt_ids,
+            &oracle.user,
+            &oracle.reply,
+        ],
+    );
     eprintln!("{}", out.stdout);
-    assert!(out.stdout.contains("test_chat: ") && out.stdout.contains(" 0 failed"), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("test_chat: ") && out.stdout.contains(" 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
 }
 
 #[test]
@@ -174,24 +230,63 @@ fn c_chat_tests_pass() {
 #[test]
 fn c_chat_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
     let _alone = exclusive();
-    run_chat_tests(&compile("test_chat_asan", &["tests/c/test_chat.c"], SANITIZERS));
+    run_chat_tests(&compile(
+        "test_chat_asan",
+        &["tests/c/test_chat.c"],
+        SANITIZERS,
+    ));
 }
 
 /// Every program in examples-c/, built and run as a user would (short replies).
 fn run_examples(suffix: &str, flags: &[&str]) {
     let model = smollm2();
-    let build = |name: &str| compile(&format!("{name}{suffix}"), &[&format!("examples-c/{name}.c")], flags);
+    let build = |name: &str| {
+        compile(
+            &format!("{name}{suffix}"),
+            &[&format!("examples-c/{name}.c")],
+            flags,
+        )
+    };
 
-    let complete = run(&build("complete"), &[&model, "The capital of France is", "4"]);
-    assert!(complete.stdout.starts_with("The capital of France is Paris."), "{}", complete.stdout);
-    assert!(complete.stderr.contains("4 generated tokens"), "{}", complete.stderr);
+    let complete = run(
+        &build("complete"),
+        &[&model, "The capital of France is", "4"],
+    );
+    assert!(
+        complete
+            .stdout
+            .starts_with("The capital of France is Paris."),
+        "{}",
+        complete.stdout
+    );
+    assert!(
+        complete.stderr.contains("4 generated tokens"),
+        "{}",
+        complete.stderr
+    );
 
     // Scripted: one prompt on the command line, one answer (greedy: llama.cpp's reply).
     let chat = build("chat");
-    let answer = run(&chat, &["--max-tokens", "24", "--temperature", "0", &model, "What is 2+2?"]);
-    assert_eq!(answer.stdout, "The answer to this classic math problem is 4.\n", "{}", answer.stderr);
+    let answer = run(
+        &chat,
+        &[
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            &model,
+            "What is 2+2?",
+        ],
+    );
+    assert_eq!(
+        answer.stdout, "The answer to this classic math problem is 4.\n",
+        "{}",
+        answer.stderr
+    );
     assert!(
-        answer.stderr.contains("[prompt 37 tokens, 0 cached | completion 12 tokens | first token "),
+        answer
+            .stderr
+            .contains("[prompt 37 tokens, 0 cached | completion 12 tokens | first token "),
         "one usage line per turn: {}",
         answer.stderr
     );
@@ -201,12 +296,35 @@ fn run_examples(suffix: &str, flags: &[&str]) {
         &["--max-tokens", "4", "--temperature", "0", &model],
         "Name a fruit.\nName a color.\n/reset\nWhat is 2+2?\n/quit\nNot sent.\n",
     );
-    let usage_lines: Vec<&str> = session.stderr.lines().filter(|l| l.starts_with("[prompt ")).collect();
-    assert_eq!(usage_lines.len(), 3, "one usage line per turn: {}", session.stderr);
-    assert!(usage_lines[0].contains(" 0 cached") && !usage_lines[1].contains(" 0 cached"), "{usage_lines:?}");
-    assert!(usage_lines[2].starts_with("[prompt 37 tokens, 0 cached"), "reset forgets the conversation: {usage_lines:?}");
-    assert!(session.stderr.contains("[conversation forgotten]"), "{}", session.stderr);
-    assert!(session.stdout.contains("The answer to"), "{}", session.stdout);
+    let usage_lines: Vec<&str> = session
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("[prompt "))
+        .collect();
+    assert_eq!(
+        usage_lines.len(),
+        3,
+        "one usage line per turn: {}",
+        session.stderr
+    );
+    assert!(
+        usage_lines[0].contains(" 0 cached") && !usage_lines[1].contains(" 0 cached"),
+        "{usage_lines:?}"
+    );
+    assert!(
+        usage_lines[2].starts_with("[prompt 37 tokens, 0 cached"),
+        "reset forgets the conversation: {usage_lines:?}"
+    );
+    assert!(
+        session.stderr.contains("[conversation forgotten]"),
+        "{}",
+        session.stderr
+    );
+    assert!(
+        session.stdout.contains("The answer to"),
+        "{}",
+        session.stdout
+    );
 
     let telemetry = run(&build("telemetry"), &[&model]);
     for callback in [
@@ -222,14 +340,27 @@ fn run_examples(suffix: &str, flags: &[&str]) {
         "on_request_complete   session=demo prompt_tokens=",
         "\"dropped_messages\":4",
     ] {
-        assert!(telemetry.stdout.contains(callback), "telemetry prints `{callback}`:\n{}", telemetry.stdout);
+        assert!(
+            telemetry.stdout.contains(callback),
+            "telemetry prints `{callback}`:\n{}",
+            telemetry.stdout
+        );
     }
 
     let threads = run(&build("threads"), &[&model]);
     for thread in ["[thread 1] ", "[thread 2] "] {
-        assert_eq!(threads.stdout.matches(thread).count(), 4, "two replies and usage lines each:\n{}", threads.stdout);
+        assert_eq!(
+            threads.stdout.matches(thread).count(),
+            4,
+            "two replies and usage lines each:\n{}",
+            threads.stdout
+        );
     }
-    assert!(threads.stdout.contains(" cached;") && !threads.stdout.contains("prompt 0 tokens"), "{}", threads.stdout);
+    assert!(
+        threads.stdout.contains(" cached;") && !threads.stdout.contains("prompt 0 tokens"),
+        "{}",
+        threads.stdout
+    );
 }
 
 #[test]

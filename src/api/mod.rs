@@ -32,6 +32,11 @@ pub fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T> {
     Ok(value)
 }
 
+/// Serializes a response; our own types always serialize, so a failure is a bug.
+pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::internal(format!("could not serialize the response: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,9 +66,4 @@ mod tests {
         let err = parse::<Outer>("request", r#"{"items": []} trailing"#).unwrap_err();
         assert!(err.message.contains("trailing characters"), "{}", err.message);
     }
-}
-
-/// Serializes a response; our own types always serialize, so a failure is a bug.
-pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::internal(format!("could not serialize the response: {e}")))
 }

@@ -248,7 +248,7 @@ impl Engine {
                 finish = FinishReason::Stop;
                 break;
             }
-            let text = decoder.push(&self.tokenizer.token_to_piece(token, false));
+            let text = decoder.push(self.tokenizer.token_to_piece(token, false));
             let outcome = stops.push(&text);
             if !outcome.emit.is_empty() {
                 output.text.push_str(&outcome.emit);
