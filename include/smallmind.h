@@ -108,10 +108,14 @@ typedef struct smallmind_usage {
 } smallmind_usage;
 
 /*
- Per-request callbacks. Every field may be NULL. They run on the thread that made the
- call; strings passed to them are valid only during the callback.
- Order per request: on_request_start, on_kv_cache_access, on_context_policy_applied
- (chat only, when the policy ran), on_first_token, on_token..., on_request_complete.
+ Per-request callbacks. Every field may be NULL, and so may the pointer to the struct. They
+ run on the thread that made the call; strings passed to them are valid only during the
+ callback. Each fires once per request, in this order: on_request_start,
+ on_kv_cache_access, on_context_policy_applied (chat sends only; every send, also when
+ nothing was dropped), on_first_token (not when the request was cancelled before its first
+ token), on_token for each piece, on_request_complete (also when cancelled). A request that
+ fails before it starts (bad input, context overflow) calls none of them. Every figure is
+ measured, and agrees with the response's "usage" and "context".
  */
 typedef struct smallmind_chat_callbacks {
   /*
@@ -125,15 +129,19 @@ typedef struct smallmind_chat_callbacks {
    */
   int32_t (*on_token)(void *user_data, const char *text, size_t len);
   /*
-   The request was accepted. `session_id` is "" for engine completions.
+   The request was accepted; `message_count` is the number of messages it carried (0 for
+   engine completions). `session_id` is "" for engine completions.
    */
   void (*on_request_start)(void *user_data, const char *session_id, uint32_t message_count);
   /*
-   The first token was generated, `elapsed_ms` after the call began.
+   The first token was generated, `elapsed_ms` after the call began (the response's
+   usage.time_to_first_token_ms).
    */
   void (*on_first_token)(void *user_data, const char *session_id, double elapsed_ms);
   /*
-   The context policy dropped or kept messages (chat only).
+   The context policy ran (chat only): `policy` is its name ("keep_all",
+   "keep_last_n_turns", "sliding_window"); prompt tokens of the whole conversation and of
+   what was kept (equal when nothing was dropped; `tokens_after` is usage.prompt_tokens).
    */
   void (*on_context_policy_applied)(void *user_data,
                                     const char *session_id,
@@ -141,7 +149,8 @@ typedef struct smallmind_chat_callbacks {
                                     uint32_t tokens_before,
                                     uint32_t tokens_after);
   /*
-   The KV cache was consulted: `hit` when `cached_tokens` > 0 prompt tokens were reused.
+   The KV cache was consulted: `hit` when `cached_tokens` > 0 prompt tokens were reused
+   (usage.prompt_tokens_details.cached_tokens).
    */
   void (*on_kv_cache_access)(void *user_data,
                              const char *session_id,
@@ -182,9 +191,11 @@ extern "C" {
  Creates a chat on `engine`. `options_json` may be NULL or
  {"session_id", "system_prompt", "context_policy": {"type": "keep_all" | "keep_last_n_turns"
  (+"max_turns") | "sliding_window" (+"max_tokens")}, "kv_cache" (default true),
- "max_kv_tokens", "max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
- "presence_penalty", "frequency_penalty", "seed"} (defaults for every send).
+ "max_kv_tokens" (at most the engine's context_length), "max_tokens", "temperature",
+ "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+ "seed"} (defaults for every send).
  On success `*out` receives a chat freed with `smallmind_chat_free`. Thread-safe.
+ Errors: INVALID_ARGUMENT, INVALID_JSON (syntax, wrong type, unknown field).
 
  # Safety
  Pointers are NULL or valid; strings NUL-terminated.
@@ -202,14 +213,26 @@ smallmind_status smallmind_chat_create(struct smallmind_engine *engine,
 void smallmind_chat_free(struct smallmind_chat *chat);
 
 /*
- Sends messages and generates the reply. Request: {"messages": [{"role", "content", ...}],
- "history": "append" (default: messages extend the session's history) | "replace",
- "max_tokens", sampling fields, "stop", "stop_token_ids", "context_policy"}.
+ Sends messages and generates the reply. Request: {"messages": [{"role": "system" | "user"
+ | "assistant" | "tool", "content", "name"?, "tool_calls"?, "tool_call_id"?}], "history":
+ "append" (default: messages extend the session's history) | "replace" (they are the whole
+ conversation), "max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+ "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids",
+ "context_policy"}. "tools", "tool_choice" (other than "none"), "max_tool_calls",
+ "response_format" (other than {"type": "text"}) and "retrieved_context" are refused with
+ INVALID_ARGUMENT until smallmind supports them.
  Response: {"id", "model", "session_id", "message": {"role", "content"}, "finish_reason":
- "stop" | "length" | "cancelled", "usage", "context", "seed", "warnings"}.
- `cb` may be NULL; callbacks run on this thread. A second concurrent call on the same chat
- returns SMALLMIND_ERR_BUSY at once. Errors: INVALID_ARGUMENT, INVALID_JSON,
- CONTEXT_OVERFLOW (keep_all and the conversation does not fit), BUSY.
+ "stop" | "length" | "cancelled", "usage": {"prompt_tokens", "completion_tokens",
+ "total_tokens", "prompt_tokens_details": {"cached_tokens"}, "time_to_first_token_ms",
+ "prefill_ms", "decode_ms", "prefill_tokens_per_second", "decode_tokens_per_second"},
+ "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "seed",
+ "warnings"}. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
+ returns SMALLMIND_OK with the text so far and leaves the history as it was.
+ `cb` may be NULL; callbacks run on this thread, in the order documented at
+ `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.
+ A second concurrent call on the same chat returns SMALLMIND_ERR_BUSY at once.
+ Errors: INVALID_ARGUMENT, INVALID_JSON, CONTEXT_OVERFLOW (keep_all and the conversation
+ does not fit, naming both sizes), BUSY.
 
  # Safety
  Pointers are NULL or valid; strings NUL-terminated.
@@ -220,8 +243,24 @@ smallmind_status smallmind_chat_send(struct smallmind_chat *chat,
                                      char **out_response_json);
 
 /*
+ Renders the prompt that `smallmind_chat_send` with the same request would give the model
+ now (the history, the messages, the system prompt and the context policy applied), without
+ generating or changing anything: {"prompt": the template's text, "prompt_token_ids": [...],
+ "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}}. For checking
+ templates and policies. `*out_json` is freed with `smallmind_string_free`. BUSY while a
+ send runs. Errors as for `smallmind_chat_send`.
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_render(const struct smallmind_chat *chat,
+                                       const char *request_json,
+                                       char **out_json);
+
+/*
  Asks the chat's running send (if any) to stop within one token or one prefill chunk; it
- then returns SMALLMIND_OK with `finish_reason: "cancelled"`. Any thread; never blocks.
+ then returns SMALLMIND_OK with `finish_reason: "cancelled"`. A cancel with no send running
+ has no effect on later sends. Any thread; never blocks.
 
  # Safety
  `chat` is NULL or a live handle.
@@ -248,7 +287,8 @@ smallmind_status smallmind_chat_history(const struct smallmind_chat *chat, char 
 /*
  The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 1,
  "session_id", "options", "history"} for hosts that store it themselves; restore it with
- `smallmind_chat_import`. `*out_json` is freed with `smallmind_string_free`.
+ `smallmind_chat_import`. `*out_json` is freed with `smallmind_string_free`. BUSY while a
+ send runs.
 
  # Safety
  Pointers are NULL or valid.
@@ -257,7 +297,8 @@ smallmind_status smallmind_chat_export(const struct smallmind_chat *chat, char *
 
 /*
  Restores a chat from `smallmind_chat_export`'s JSON onto `engine` (its KV cache is
- rebuilt on the first send). Envelopes from newer versions are refused.
+ rebuilt on the first send). Envelopes from newer versions are refused (INVALID_JSON).
+ On success `*out` receives a chat freed with `smallmind_chat_free`.
 
  # Safety
  Pointers are NULL or valid; strings NUL-terminated.

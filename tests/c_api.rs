@@ -1,26 +1,53 @@
-//! Builds the C test programs and examples against the shared library with
-//! `-Wall -Wextra -Werror` (and once more under AddressSanitizer + UBSan) and runs them.
+//! Builds the C test programs and the examples against the shared library with
+//! `-std=c11 -Wall -Wextra -Werror -pedantic` (and once more under AddressSanitizer + UBSan)
+//! and runs them.
 
 #[path = "support/models.rs"]
 mod models;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 
-/// The directory holding libsmallmind.so: cargo builds it next to the test's deps folder.
+/// AddressSanitizer + UBSan, every UB report fatal.
+const SANITIZERS: &[&str] = &[
+    "-fsanitize=address,undefined",
+    "-fno-omit-frame-pointer",
+    "-fno-sanitize-recover=undefined",
+];
+
+/// The programs run the real model on a machine with few cores: the tests here run one at a
+/// time (builds included), so that one's load cannot skew the time-to-first-token figures
+/// another compares.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn exclusive() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The directory holding libsmallmind.so. Cargo builds the library's cdylib next to this test
+/// executable (target/<profile>/deps) from the same source, so that copy is never stale;
+/// `cargo build` also copies it one level up.
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf();
-    assert!(
-        dir.join("libsmallmind.so").exists(),
-        "{} has no libsmallmind.so; build the library first (`cargo build --release`)",
-        dir.display()
-    );
-    dir
+    let deps = exe.parent().expect("target/<profile>/deps").to_path_buf();
+    let candidates = [
+        deps.clone(),
+        deps.parent().expect("target/<profile>").to_path_buf(),
+    ];
+    candidates
+        .iter()
+        .find(|dir| dir.join("libsmallmind.so").exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} has no libsmallmind.so; build the library first (`cargo build --release`)",
+                deps.display()
+            )
+        })
 }
 
 fn repo() -> PathBuf {
@@ -38,7 +65,7 @@ fn compile(name: &str, sources: &[&str], extra_flags: &[&str]) -> PathBuf {
     let lib_dir = library_dir();
     let output = out_dir().join(name);
     let mut cmd = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()));
-    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"])
+    cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
         .args(extra_flags)
         .arg("-I")
         .arg(repo().join("include"))
@@ -62,22 +89,47 @@ fn compile(name: &str, sources: &[&str], extra_flags: &[&str]) -> PathBuf {
     output
 }
 
-fn run(program: &Path, args: &[&Path]) -> String {
-    let result = Command::new(program)
+/// What a program printed.
+struct Output {
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `program` to its end (feeding it `stdin`), asserting that it succeeded.
+fn run_with_input(program: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(program)
         .args(args)
         .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
         .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
-        .output()
-        .expect("run the C test program");
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the C program");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin.as_bytes())
+        .expect("write the program's input");
+    let result = child.wait_with_output().expect("run the C program");
     let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&result.stderr);
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     assert!(
         result.status.success(),
         "{} failed ({}):\n{stdout}\n{stderr}",
         program.display(),
         result.status
     );
-    stdout
+    Output { stdout, stderr }
+}
+
+fn run(program: &Path, args: &[&str]) -> Output {
+    run_with_input(program, args, "")
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
 }
 
 fn not_a_gguf_file() -> PathBuf {
@@ -86,24 +138,239 @@ fn not_a_gguf_file() -> PathBuf {
     path
 }
 
+fn smollm2() -> String {
+    path_arg(&models::smollm2()).to_string()
+}
+
 #[test]
 fn c_engine_tests_pass() {
+    let _alone = exclusive();
     let program = compile("test_engine", &["tests/c/test_engine.c"], &[]);
-    let out = run(&program, &[&models::smollm2(), &not_a_gguf_file()]);
-    assert!(out.contains(" 0 failed"), "{out}");
+    let out = run(&program, &[&smollm2(), path_arg(&not_a_gguf_file())]);
+    assert!(out.stdout.contains(" 0 failed"), "{}", out.stdout);
 }
 
 #[test]
 fn c_engine_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
-    let program = compile(
-        "test_engine_asan",
-        &["tests/c/test_engine.c"],
+    let _alone = exclusive();
+    let program = compile("test_engine_asan", &["tests/c/test_engine.c"], SANITIZERS);
+    let out = run(&program, &[&smollm2(), path_arg(&not_a_gguf_file())]);
+    assert!(out.stdout.contains(" 0 failed"), "{}", out.stdout);
+}
+
+/// llama.cpp's chat case "c" for the default model: the prompt ids its run of the model's own
+/// template gave (comma-separated), the user message, and the greedy reply.
+struct OracleChatCase {
+    prompt_ids: String,
+    user: String,
+    reply: String,
+}
+
+fn oracle_chat_case() -> OracleChatCase {
+    let text = std::fs::read_to_string(models::oracle_dir().join("llamacpp-greedy.json"))
+        .expect("the oracle file");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("the oracle is JSON");
+    let case = json["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["id"] == "c" && c["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf")
+        .expect("the oracle has the chat case c");
+    let ids: Vec<String> = case["prompt_token_ids"]
+        .as_array()
+        .expect("prompt ids")
+        .iter()
+        .map(|id| id.as_u64().expect("an id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 37, "the oracle's chat prompt is 37 tokens");
+    // The user turn of the prompt llama.cpp rendered.
+    let prompt = case["prompt_text"].as_str().expect("prompt text");
+    let user = prompt
+        .split("<|im_start|>user\n")
+        .nth(1)
+        .and_then(|rest| rest.split("<|im_end|>").next())
+        .expect("a user turn");
+    OracleChatCase {
+        prompt_ids: ids.join(","),
+        user: user.to_string(),
+        reply: case["generated_text"]
+            .as_str()
+            .expect("the reply")
+            .to_string(),
+    }
+}
+
+fn run_chat_tests(program: &Path) {
+    let oracle = oracle_chat_case();
+    let out = run(
+        program,
         &[
-            "-fsanitize=address,undefined",
-            "-fno-omit-frame-pointer",
-            "-fno-sanitize-recover=undefined",
+            &smollm2(),
+            path_arg(&not_a_gguf_file()),
+            &oracle.prompt_ids,
+            &oracle.user,
+            &oracle.reply,
         ],
     );
-    let out = run(&program, &[&models::smollm2(), &not_a_gguf_file()]);
-    assert!(out.contains(" 0 failed"), "{out}");
+    eprintln!("{}", out.stdout);
+    assert!(
+        out.stdout.contains("test_chat: ") && out.stdout.contains(" 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn c_chat_tests_pass() {
+    let _alone = exclusive();
+    run_chat_tests(&compile("test_chat", &["tests/c/test_chat.c"], &[]));
+}
+
+#[test]
+fn c_chat_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
+    let _alone = exclusive();
+    run_chat_tests(&compile(
+        "test_chat_asan",
+        &["tests/c/test_chat.c"],
+        SANITIZERS,
+    ));
+}
+
+/// Every program in examples-c/, built and run as a user would (short replies).
+fn run_examples(suffix: &str, flags: &[&str]) {
+    let model = smollm2();
+    let build = |name: &str| {
+        compile(
+            &format!("{name}{suffix}"),
+            &[&format!("examples-c/{name}.c")],
+            flags,
+        )
+    };
+
+    let complete = run(
+        &build("complete"),
+        &[&model, "The capital of France is", "4"],
+    );
+    assert!(
+        complete
+            .stdout
+            .starts_with("The capital of France is Paris."),
+        "{}",
+        complete.stdout
+    );
+    assert!(
+        complete.stderr.contains("4 generated tokens"),
+        "{}",
+        complete.stderr
+    );
+
+    // Scripted: one prompt on the command line, one answer (greedy: llama.cpp's reply).
+    let chat = build("chat");
+    let answer = run(
+        &chat,
+        &[
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            &model,
+            "What is 2+2?",
+        ],
+    );
+    assert_eq!(
+        answer.stdout, "The answer to this classic math problem is 4.\n",
+        "{}",
+        answer.stderr
+    );
+    assert!(
+        answer
+            .stderr
+            .contains("[prompt 37 tokens, 0 cached | completion 12 tokens | first token "),
+        "one usage line per turn: {}",
+        answer.stderr
+    );
+    // Interactive: lines on stdin are turns; the second reuses the first's cache; /reset forgets.
+    let session = run_with_input(
+        &chat,
+        &["--max-tokens", "4", "--temperature", "0", &model],
+        "Name a fruit.\nName a color.\n/reset\nWhat is 2+2?\n/quit\nNot sent.\n",
+    );
+    let usage_lines: Vec<&str> = session
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("[prompt "))
+        .collect();
+    assert_eq!(
+        usage_lines.len(),
+        3,
+        "one usage line per turn: {}",
+        session.stderr
+    );
+    assert!(
+        usage_lines[0].contains(" 0 cached") && !usage_lines[1].contains(" 0 cached"),
+        "{usage_lines:?}"
+    );
+    assert!(
+        usage_lines[2].starts_with("[prompt 37 tokens, 0 cached"),
+        "reset forgets the conversation: {usage_lines:?}"
+    );
+    assert!(
+        session.stderr.contains("[conversation forgotten]"),
+        "{}",
+        session.stderr
+    );
+    assert!(
+        session.stdout.contains("The answer to"),
+        "{}",
+        session.stdout
+    );
+
+    let telemetry = run(&build("telemetry"), &[&model]);
+    for callback in [
+        "on_load_progress      1.00",
+        "on_log                [info] loaded llama",
+        "on_request_start      session=demo messages=1",
+        "on_kv_cache_access    session=demo hit=no cached_tokens=0",
+        "on_kv_cache_access    session=demo hit=yes",
+        "on_context_policy_applied session=demo policy=keep_all",
+        "on_context_policy_applied session=demo policy=keep_last_n_turns",
+        "on_first_token        session=demo elapsed_ms=",
+        "on_token              #1 ",
+        "on_request_complete   session=demo prompt_tokens=",
+        "\"dropped_messages\":4",
+    ] {
+        assert!(
+            telemetry.stdout.contains(callback),
+            "telemetry prints `{callback}`:\n{}",
+            telemetry.stdout
+        );
+    }
+
+    let threads = run(&build("threads"), &[&model]);
+    for thread in ["[thread 1] ", "[thread 2] "] {
+        assert_eq!(
+            threads.stdout.matches(thread).count(),
+            4,
+            "two replies and usage lines each:\n{}",
+            threads.stdout
+        );
+    }
+    assert!(
+        threads.stdout.contains(" cached;") && !threads.stdout.contains("prompt 0 tokens"),
+        "{}",
+        threads.stdout
+    );
+}
+
+#[test]
+fn examples_build_and_run() {
+    let _alone = exclusive();
+    run_examples("", &["-O2"]);
+}
+
+#[test]
+fn examples_build_and_run_under_address_and_undefined_behaviour_sanitizers() {
+    let _alone = exclusive();
+    run_examples("_asan", SANITIZERS);
 }

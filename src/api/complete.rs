@@ -288,17 +288,31 @@ struct CompleteResponse {
     prompt_logprobs: Option<Vec<Option<f32>>>,
 }
 
-/// Runs a raw completion request; returns the response JSON and the usage figures.
-pub fn complete(
+/// Parses and validates a raw completion request, checking that it fits the context.
+/// `started_at` is when the host's call began: time to first token counts from it.
+pub fn completion_request(
     engine: &Engine,
     json: &str,
-    events: &mut dyn GenerationEvents,
-) -> Result<(String, Usage)> {
-    let started_at = std::time::Instant::now();
+    started_at: std::time::Instant,
+) -> Result<GenerationRequest> {
     let req: CompleteRequest = parse("completion request", json)?;
     let gen_req = req.into_generation(engine, started_at)?;
+    crate::engine::check_fits(
+        gen_req.prompt.len(),
+        gen_req.max_tokens,
+        engine.context_length(),
+    )?;
+    Ok(gen_req)
+}
+
+/// Runs a validated completion request; returns the response JSON and the usage figures.
+pub fn complete(
+    engine: &Engine,
+    gen_req: &GenerationRequest,
+    events: &mut dyn GenerationEvents,
+) -> Result<(String, Usage)> {
     let mut cache = engine.new_cache();
-    let out: GenerationOutput = engine.generate(&mut cache, &gen_req, events)?;
+    let out: GenerationOutput = engine.generate(&mut cache, gen_req, events)?;
     let response = CompleteResponse {
         text: out.text,
         token_ids: out.token_ids,

@@ -6,7 +6,7 @@ mod complete;
 mod engine;
 mod tokenize;
 
-pub use complete::{CompleteRequest, UsageJson, complete, sampling_params};
+pub use complete::{CompleteRequest, UsageJson, complete, completion_request, sampling_params};
 pub use engine::{EngineOptionsJson, info_json, parse_engine_options};
 pub use tokenize::{detokenize, tokenize};
 
@@ -15,13 +15,78 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, Result};
 
 /// Parses `json` as `T`, mapping serde's message (which names unknown fields and wrong types
-/// and says where) to an invalid-JSON error that names what was being parsed.
+/// and says where) to an invalid-JSON error that names what was being parsed and the path of
+/// the offending value, e.g. "chat request: messages[0].role: unknown variant `robot`, ...".
 pub fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T> {
-    serde_json::from_str(json).map_err(|e| Error::invalid_json(format!("{what}: {e}")))
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || inner.is_syntax() || inner.is_eof() {
+            Error::invalid_json(format!("{what}: {inner}"))
+        } else {
+            Error::invalid_json(format!("{what}: {path}: {inner}"))
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| Error::invalid_json(format!("{what}: {e}")))?;
+    Ok(value)
 }
 
 /// Serializes a response; our own types always serialize, so a failure is a bug.
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value)
         .map_err(|e| Error::internal(format!("could not serialize the response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[allow(dead_code)]
+        count: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        #[allow(dead_code)]
+        items: Vec<Inner>,
+    }
+
+    #[test]
+    fn errors_name_the_path_of_the_bad_value() {
+        let err = parse::<Outer>("request", r#"{"items": [{"count": 1}, {"count": "two"}]}"#)
+            .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("request: items[1].count: invalid type: string \"two\""),
+            "{}",
+            err.message
+        );
+        let err = parse::<Outer>("request", r#"{"items": [{"cont": 1}]}"#).unwrap_err();
+        assert!(
+            err.message
+                .contains("items[0].cont: unknown field `cont`, expected `count`"),
+            "{}",
+            err.message
+        );
+        let err = parse::<Outer>("request", r#"{"items": [}"#).unwrap_err();
+        assert!(
+            err.message
+                .starts_with("request: expected value at line 1 column 12"),
+            "{}",
+            err.message
+        );
+        let err = parse::<Outer>("request", r#"{"items": []} trailing"#).unwrap_err();
+        assert!(
+            err.message.contains("trailing characters"),
+            "{}",
+            err.message
+        );
+    }
 }

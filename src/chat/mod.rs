@@ -3,16 +3,20 @@
 
 mod message;
 mod policy;
+mod runtime;
 mod session;
 mod template;
 mod types;
 
 pub use message::{FunctionCall, Message, Role, ToolCall};
 pub use policy::{ContextPolicy, PolicyOutcome, apply_policy};
+pub use runtime::Chat;
 pub use session::{
-    ChatEvents, ContextReport, HistoryMode, Session, SessionConfig, Turn, TurnOutput,
+    ChatEvents, ContextReport, HistoryMode, PreparedPrompt, Session, SessionConfig, Turn,
+    TurnOutput,
 };
 pub use template::{BuiltinFormat, ChatTemplate, TemplateContext, TemplateError};
 pub use types::{
-    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, response_json,
+    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, render_json,
+    response_json,
 };

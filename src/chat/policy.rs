@@ -7,22 +7,30 @@ use serde::{Deserialize, Serialize};
 use super::message::{Message, Role};
 use crate::error::{Error, ErrorKind, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ContextPolicy {
-    /// Never drop anything; a prompt that does not fit is an error.
-    #[default]
-    KeepAll,
+    /// Never drop anything; a prompt that does not fit is an error. A struct variant with no
+    /// fields, so that a stray field such as `{"type":"keep_all","max_turns":3}` is refused
+    /// instead of being silently ignored (serde ignores extra fields on unit variants). The
+    /// default.
+    KeepAll {},
     /// Keep at most `max_turns` turns (then drop more if still too long).
     KeepLastNTurns { max_turns: u32 },
     /// Keep the newest turns that fit in `max_tokens`.
     SlidingWindow { max_tokens: u32 },
 }
 
+impl Default for ContextPolicy {
+    fn default() -> Self {
+        Self::KeepAll {}
+    }
+}
+
 impl ContextPolicy {
     pub fn name(&self) -> &'static str {
         match self {
-            Self::KeepAll => "keep_all",
+            Self::KeepAll {} => "keep_all",
             Self::KeepLastNTurns { .. } => "keep_last_n_turns",
             Self::SlidingWindow { .. } => "sliding_window",
         }
@@ -95,7 +103,7 @@ pub fn apply_policy(
         ContextPolicy::SlidingWindow { max_tokens } => budget.min(*max_tokens),
         _ => budget,
     };
-    if let ContextPolicy::KeepAll = policy {
+    if let ContextPolicy::KeepAll {} = policy {
         if tokens_before > budget {
             return Err(overflow(
                 tokens_before,
@@ -192,7 +200,7 @@ mod tests {
     fn keep_all_keeps_everything_or_names_both_sizes() {
         let mut calls = 0;
         let out = apply_policy(
-            &ContextPolicy::KeepAll,
+            &ContextPolicy::KeepAll {},
             &conversation(),
             100,
             20,
@@ -201,7 +209,7 @@ mod tests {
         .unwrap();
         assert_eq!(out.kept.len(), 7);
         let err = apply_policy(
-            &ContextPolicy::KeepAll,
+            &ContextPolicy::KeepAll {},
             &conversation(),
             80,
             20,
@@ -249,6 +257,43 @@ mod tests {
         let b = apply_policy(&policy, &conversation(), 1000, 10, &mut count(&mut calls)).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.kept, vec![0, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn policy_json_refuses_fields_that_do_not_belong_to_the_policy() {
+        let parse = |json: &str| serde_json::from_str::<ContextPolicy>(json);
+        assert_eq!(
+            parse(r#"{"type":"keep_all"}"#).unwrap(),
+            ContextPolicy::KeepAll {}
+        );
+        assert_eq!(
+            parse(r#"{"type":"keep_last_n_turns","max_turns":3}"#).unwrap(),
+            ContextPolicy::KeepLastNTurns { max_turns: 3 }
+        );
+        let err = parse(r#"{"type":"keep_all","max_turns":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_turns"), "{err}");
+        let err = parse(r#"{"type":"sliding_window","max_tokens":100,"max_turns":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_turns"), "{err}");
+        assert!(
+            parse(r#"{"type":"sliding_window"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("max_tokens")
+        );
+        assert!(
+            parse(r#"{"type":"keep_everything"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("keep_everything")
+        );
+        assert_eq!(
+            serde_json::to_string(&ContextPolicy::KeepAll {}).unwrap(),
+            r#"{"type":"keep_all"}"#
+        );
     }
 
     #[test]

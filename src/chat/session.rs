@@ -7,13 +7,17 @@ use super::message::{Message, Role};
 use super::policy::{ContextPolicy, apply_policy};
 use super::template::{BuiltinFormat, ChatTemplate, TemplateContext};
 use crate::engine::{Engine, FinishReason, GenerationEvents, GenerationRequest, Usage};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::KvCache;
 use crate::sample::SamplingParams;
 
 /// What a host hears during `send`, beyond the generation events.
 pub trait ChatEvents: GenerationEvents {
+    /// The request passed validation and fits the context; `message_count` is the number of
+    /// messages it carried.
     fn on_request_start(&mut self, _message_count: usize) {}
+    /// The context policy ran (every send): prompt tokens of the whole conversation and of
+    /// what was kept.
     fn on_context_policy_applied(
         &mut self,
         _policy: &str,
@@ -21,7 +25,12 @@ pub trait ChatEvents: GenerationEvents {
         _tokens_after: usize,
     ) {
     }
+    /// The turn finished (also when cancelled) with these measured figures.
+    fn on_request_complete(&mut self, _usage: &Usage) {}
 }
+
+/// A host that listens to nothing.
+impl ChatEvents for crate::engine::NoEvents {}
 
 /// Settings fixed when a session is created.
 #[derive(Debug, Clone)]
@@ -72,6 +81,17 @@ pub struct ContextReport {
     pub dropped_messages: usize,
 }
 
+/// The prompt of a turn, before generation.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    /// Every message of the conversation, before the policy dropped any.
+    pub conversation: Vec<Message>,
+    /// The rendered template, as the tokenizer saw it.
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub context: ContextReport,
+}
+
 /// One turn's result.
 #[derive(Debug, Clone)]
 pub struct TurnOutput {
@@ -101,10 +121,16 @@ impl Session {
                 ChatTemplate::builtin(BuiltinFormat::for_architecture(engine.model.hparams.arch))
             }
         };
-        let max_positions = config
-            .max_kv_tokens
-            .unwrap_or(engine.context_length())
-            .min(engine.context_length());
+        let context_length = engine.context_length();
+        let max_positions = match config.max_kv_tokens {
+            None => context_length,
+            Some(n) if n > context_length => {
+                return Err(Error::invalid_argument(format!(
+                    "max_kv_tokens is {n}, but the engine's context holds {context_length} tokens; lower it or raise the engine's context_length"
+                )));
+            }
+            Some(n) => n,
+        };
         let cache = engine.model.new_cache(engine.kv_type(), max_positions);
         Ok(Self {
             engine,
@@ -146,7 +172,8 @@ impl Session {
     }
 
     /// Renders `messages` with the template and tokenizes the result, special tokens parsed.
-    fn prompt_tokens(&self, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+    /// Returns the prompt as text (with the BOS when one was added) and as token ids.
+    fn render_prompt(&self, messages: &[Message]) -> Result<(String, Vec<u32>)> {
         let tokenizer = &self.engine.tokenizer;
         let bos = tokenizer
             .bos_id()
@@ -156,26 +183,27 @@ impl Session {
             .eos_id()
             .and_then(|id| tokenizer.token_text(id))
             .unwrap_or("");
-        let text = self.template.render(&TemplateContext {
+        let mut text = self.template.render(&TemplateContext {
             messages,
             tools: None,
-            add_generation_prompt,
+            add_generation_prompt: true,
             bos_token: bos,
             eos_token: eos,
         })?;
+        let mut ids = tokenizer.encode(&text, false, true);
         // Templates that write the BOS themselves must not get a second one.
         let add_bos = tokenizer.add_bos() && (bos.is_empty() || !text.starts_with(bos));
-        let mut ids = tokenizer.encode(&text, false, true);
         if add_bos && let Some(bos_id) = tokenizer.bos_id() {
             ids.insert(0, bos_id);
+            text.insert_str(0, bos);
         }
-        Ok(ids)
+        Ok((text, ids))
     }
 
-    /// Runs one turn: builds the conversation, applies the context policy, generates the reply
-    /// reusing the cached prefix, and records the reply in the history.
-    pub fn send(&mut self, turn: Turn, events: &mut dyn ChatEvents) -> Result<TurnOutput> {
-        events.on_request_start(turn.messages.len());
+    /// Builds the prompt `turn` would give the model: the conversation (history and the new
+    /// messages, or the new messages alone with history "replace"), the system prompt when the
+    /// conversation has none, and the context policy applied. Changes nothing.
+    pub fn prepare(&self, turn: &Turn) -> Result<PreparedPrompt> {
         let mut conversation = match turn.history {
             HistoryMode::Append => {
                 let mut all = self.history.clone();
@@ -193,39 +221,56 @@ impl Session {
             .context_policy
             .clone()
             .unwrap_or_else(|| self.config.context_policy.clone());
-        let context_length = self.context_length();
         let outcome = {
             let mut count = |indices: &[usize]| -> Result<u32> {
                 let subset: Vec<Message> =
                     indices.iter().map(|&i| conversation[i].clone()).collect();
-                Ok(self.prompt_tokens(&subset, true)?.len() as u32)
+                Ok(u32::try_from(self.render_prompt(&subset)?.1.len()).unwrap_or(u32::MAX))
             };
-            apply_policy(
-                &policy,
-                &conversation,
-                context_length as u32,
-                turn.max_tokens as u32,
-                &mut count,
-            )?
+            let context_length = u32::try_from(self.context_length()).unwrap_or(u32::MAX);
+            let reserve = u32::try_from(turn.max_tokens).unwrap_or(u32::MAX);
+            apply_policy(&policy, &conversation, context_length, reserve, &mut count)?
         };
         let kept: Vec<Message> = outcome
             .kept
             .iter()
             .map(|&i| conversation[i].clone())
             .collect();
-        let prompt = self.prompt_tokens(&kept, true)?;
+        let (text, token_ids) = self.render_prompt(&kept)?;
         let context = ContextReport {
             policy: policy.name(),
             tokens_before: outcome.tokens_before as usize,
-            tokens_after: prompt.len(),
+            tokens_after: token_ids.len(),
             dropped_messages: outcome.dropped.len(),
         };
+        Ok(PreparedPrompt {
+            conversation,
+            text,
+            token_ids,
+            context,
+        })
+    }
 
+    /// Runs one turn: builds the prompt (see `prepare`), generates the reply reusing the
+    /// cached prefix, and records the conversation and the reply in the history. A turn that
+    /// was cancelled leaves the history as it was, so the host can send it again.
+    ///
+    /// Events, each once: on_request_start, on_cache_lookup, on_context_policy_applied,
+    /// on_first_token (unless cancelled before it), on_text for every piece,
+    /// on_request_complete. A request that overflows the context hears nothing.
+    pub fn send(&mut self, turn: Turn, events: &mut dyn ChatEvents) -> Result<TurnOutput> {
+        let PreparedPrompt {
+            mut conversation,
+            token_ids,
+            context,
+            ..
+        } = self.prepare(&turn)?;
+        events.on_request_start(turn.messages.len());
         if !self.config.kv_cache {
             self.cache.clear();
         }
         let request = GenerationRequest {
-            prompt,
+            prompt: token_ids,
             sampling: turn.sampling,
             max_tokens: turn.max_tokens,
             stop: turn.stop,
@@ -250,6 +295,7 @@ impl Session {
             conversation.push(reply.clone());
             self.history = conversation;
         }
+        events.on_request_complete(&output.usage);
         Ok(TurnOutput {
             reply,
             finish_reason: output.finish_reason,

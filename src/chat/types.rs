@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::message::Message;
 use super::policy::ContextPolicy;
-use super::session::{ContextReport, HistoryMode, SessionConfig, Turn, TurnOutput};
+use super::session::{ContextReport, HistoryMode, PreparedPrompt, SessionConfig, Turn, TurnOutput};
 use crate::api::{UsageJson, parse, sampling_params};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -343,6 +343,22 @@ pub fn response_json(
         context: ContextJson::from(&out.context),
         seed,
         warnings,
+    })
+}
+
+#[derive(Serialize)]
+struct RenderJson<'a> {
+    prompt: &'a str,
+    prompt_token_ids: &'a [u32],
+    context: ContextJson<'a>,
+}
+
+/// The JSON of `smallmind_chat_render`: the prompt a send would give the model.
+pub fn render_json(prepared: &PreparedPrompt) -> Result<String> {
+    crate::api::to_json(&RenderJson {
+        prompt: &prepared.text,
+        prompt_token_ids: &prepared.token_ids,
+        context: ContextJson::from(&prepared.context),
     })
 }
 

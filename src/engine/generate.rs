@@ -147,20 +147,7 @@ impl Engine {
                 "the prompt is empty: give at least one token",
             ));
         }
-        let needed = prompt.len() + request.max_tokens;
-        if prompt.len() > cache.max_positions()
-            || (request.max_tokens > 0 && needed > cache.max_positions() + 1)
-        {
-            return Err(Error::new(
-                ErrorKind::ContextOverflow,
-                format!(
-                    "the prompt is {} tokens and max_tokens is {}, but the context holds {} tokens; shorten the prompt or lower max_tokens",
-                    prompt.len(),
-                    request.max_tokens,
-                    cache.max_positions()
-                ),
-            ));
-        }
+        check_fits(prompt.len(), request.max_tokens, cache.max_positions())?;
         let mut sampler = Sampler::new(request.sampling.clone())?;
 
         // Reuse the cached prefix, but always evaluate at least the last prompt token: its
@@ -289,7 +276,7 @@ impl Engine {
                 finish = FinishReason::Stop;
                 break;
             }
-            let text = decoder.push(&self.tokenizer.token_to_piece(token, false));
+            let text = decoder.push(self.tokenizer.token_to_piece(token, false));
             let outcome = stops.push(&text);
             if !outcome.emit.is_empty() {
                 output.text.push_str(&outcome.emit);
@@ -333,6 +320,21 @@ impl Engine {
         output.finish_reason = finish;
         Ok(output)
     }
+}
+
+/// Checks that a prompt of `prompt_len` tokens and up to `max_tokens` generated ones fit in
+/// `max_positions` cached positions (the last generated token is never evaluated).
+pub fn check_fits(prompt_len: usize, max_tokens: usize, max_positions: usize) -> Result<()> {
+    if prompt_len > max_positions || (max_tokens > 0 && prompt_len + max_tokens > max_positions + 1)
+    {
+        return Err(Error::new(
+            ErrorKind::ContextOverflow,
+            format!(
+                "the prompt is {prompt_len} tokens and max_tokens is {max_tokens}, but the context holds {max_positions} tokens; shorten the prompt or lower max_tokens"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

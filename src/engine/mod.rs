@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 pub use generate::{
     FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob,
-    Usage,
+    Usage, check_fits,
 };
 
 use crate::error::{Error, ErrorKind, Result};

@@ -2,6 +2,7 @@
 
 use std::ffi::{CString, c_char, c_void};
 
+use crate::chat::ChatEvents;
 use crate::engine::{GenerationEvents, LoadObserver, LogLevel, Usage};
 
 /// Measured figures of one request, as passed to `on_request_complete`.
@@ -38,10 +39,14 @@ impl From<&Usage> for smallmind_usage {
     }
 }
 
-/// Per-request callbacks. Every field may be NULL. They run on the thread that made the
-/// call; strings passed to them are valid only during the callback.
-/// Order per request: on_request_start, on_kv_cache_access, on_context_policy_applied
-/// (chat only, when the policy ran), on_first_token, on_token..., on_request_complete.
+/// Per-request callbacks. Every field may be NULL, and so may the pointer to the struct. They
+/// run on the thread that made the call; strings passed to them are valid only during the
+/// callback. Each fires once per request, in this order: on_request_start,
+/// on_kv_cache_access, on_context_policy_applied (chat sends only; every send, also when
+/// nothing was dropped), on_first_token (not when the request was cancelled before its first
+/// token), on_token for each piece, on_request_complete (also when cancelled). A request that
+/// fails before it starts (bad input, context overflow) calls none of them. Every figure is
+/// measured, and agrees with the response's "usage" and "context".
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct smallmind_chat_callbacks {
@@ -53,15 +58,19 @@ pub struct smallmind_chat_callbacks {
     pub on_token: Option<
         unsafe extern "C" fn(user_data: *mut c_void, text: *const c_char, len: usize) -> i32,
     >,
-    /// The request was accepted. `session_id` is "" for engine completions.
+    /// The request was accepted; `message_count` is the number of messages it carried (0 for
+    /// engine completions). `session_id` is "" for engine completions.
     pub on_request_start: Option<
         unsafe extern "C" fn(user_data: *mut c_void, session_id: *const c_char, message_count: u32),
     >,
-    /// The first token was generated, `elapsed_ms` after the call began.
+    /// The first token was generated, `elapsed_ms` after the call began (the response's
+    /// usage.time_to_first_token_ms).
     pub on_first_token: Option<
         unsafe extern "C" fn(user_data: *mut c_void, session_id: *const c_char, elapsed_ms: f64),
     >,
-    /// The context policy dropped or kept messages (chat only).
+    /// The context policy ran (chat only): `policy` is its name ("keep_all",
+    /// "keep_last_n_turns", "sliding_window"); prompt tokens of the whole conversation and of
+    /// what was kept (equal when nothing was dropped; `tokens_after` is usage.prompt_tokens).
     pub on_context_policy_applied: Option<
         unsafe extern "C" fn(
             user_data: *mut c_void,
@@ -71,7 +80,8 @@ pub struct smallmind_chat_callbacks {
             tokens_after: u32,
         ),
     >,
-    /// The KV cache was consulted: `hit` when `cached_tokens` > 0 prompt tokens were reused.
+    /// The KV cache was consulted: `hit` when `cached_tokens` > 0 prompt tokens were reused
+    /// (usage.prompt_tokens_details.cached_tokens).
     pub on_kv_cache_access: Option<
         unsafe extern "C" fn(
             user_data: *mut c_void,
@@ -139,8 +149,6 @@ impl LoadObserver for LoadCallbacks<'_> {
 pub(crate) struct RequestCallbacks<'a> {
     cb: Option<&'a smallmind_chat_callbacks>,
     session_id: CString,
-    /// Set when on_token asked to stop.
-    pub cancelled_by_host: bool,
     /// Reused buffer holding a NUL-terminated copy of each piece.
     piece: Vec<u8>,
 }
@@ -150,7 +158,6 @@ impl<'a> RequestCallbacks<'a> {
         Self {
             cb,
             session_id: CString::new(session_id.replace('\0', " ")).unwrap_or_default(),
-            cancelled_by_host: false,
             piece: Vec::new(),
         }
     }
@@ -219,9 +226,24 @@ impl GenerationEvents for RequestCallbacks<'_> {
         self.piece.push(0);
         // SAFETY: host-supplied function; the piece buffer is NUL-terminated and outlives the call.
         let verdict = unsafe { f(ud, self.piece.as_ptr().cast(), text.len()) };
-        if verdict != 0 {
-            self.cancelled_by_host = true;
-        }
         verdict == 0
+    }
+}
+
+impl ChatEvents for RequestCallbacks<'_> {
+    fn on_request_start(&mut self, message_count: usize) {
+        self.request_start(u32::try_from(message_count).unwrap_or(u32::MAX));
+    }
+    fn on_context_policy_applied(
+        &mut self,
+        policy: &str,
+        tokens_before: usize,
+        tokens_after: usize,
+    ) {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.context_policy_applied(policy, clamp(tokens_before), clamp(tokens_after));
+    }
+    fn on_request_complete(&mut self, usage: &Usage) {
+        self.request_complete(usage);
     }
 }

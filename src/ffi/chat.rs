@@ -1,73 +1,47 @@
-//! Chat entry points: sessions with history and their own KV cache.
+//! Chat entry points: sessions with history and their own KV cache. Each converts and checks
+//! its arguments and calls `crate::chat::Chat`, where the logic lives.
 
 use std::ffi::c_char;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use parking_lot::Mutex;
 
 use super::boundary::{ffi_call, out_arg, str_arg, string_to_c};
 use super::callbacks::RequestCallbacks;
 use super::engine::engine_ref;
 use super::{smallmind_chat_callbacks, smallmind_engine, smallmind_status};
-use crate::chat::{
-    ChatEvents, ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, Message,
-    Session, response_json,
-};
-use crate::engine::{Engine, GenerationEvents};
-use crate::error::{Error, ErrorKind, Result};
+use crate::chat::Chat;
+use crate::error::{Error, Result};
 
 /// A conversation: its history and its own KV cache, on one engine.
 /// Created by `smallmind_chat_create` / `_import`, freed by `smallmind_chat_free`.
 /// One call at a time; `smallmind_chat_cancel` may be called from any thread.
 pub struct smallmind_chat {
-    engine: Arc<Engine>,
-    options: ChatOptions,
-    session_id: String,
-    session: Mutex<Session>,
-    cancel: AtomicBool,
+    chat: Chat,
 }
 
 /// Borrows a chat handle.
 ///
 /// # Safety
 /// `chat` is NULL or a live handle.
-unsafe fn chat_ref<'a>(chat: *const smallmind_chat) -> Result<&'a smallmind_chat> {
+unsafe fn chat_ref<'a>(chat: *const smallmind_chat) -> Result<&'a Chat> {
     // SAFETY: per the caller's contract.
-    unsafe { chat.as_ref() }.ok_or_else(|| Error::invalid_argument("chat is NULL"))
+    unsafe { chat.as_ref() }
+        .map(|c| &c.chat)
+        .ok_or_else(|| Error::invalid_argument("chat is NULL"))
 }
 
-fn busy() -> Error {
-    Error::new(
-        ErrorKind::Busy,
-        "this chat is busy with a call on another thread; wait for it to return, or use another chat",
-    )
-}
-
-fn new_chat(
-    engine: Arc<Engine>,
-    options: ChatOptions,
-    history: Vec<Message>,
-) -> Result<*mut smallmind_chat> {
-    let config = options.to_config()?;
-    let session_id = config.session_id.clone();
-    let mut session = Session::new(Arc::clone(&engine), config)?;
-    session.set_history(history);
-    Ok(Box::into_raw(Box::new(smallmind_chat {
-        engine,
-        options,
-        session_id,
-        session: Mutex::new(session),
-        cancel: AtomicBool::new(false),
-    })))
+/// Hands a new chat to C; freed by `smallmind_chat_free`.
+fn into_handle(chat: Chat) -> *mut smallmind_chat {
+    Box::into_raw(Box::new(smallmind_chat { chat }))
 }
 
 /// Creates a chat on `engine`. `options_json` may be NULL or
 /// {"session_id", "system_prompt", "context_policy": {"type": "keep_all" | "keep_last_n_turns"
 /// (+"max_turns") | "sliding_window" (+"max_tokens")}, "kv_cache" (default true),
-/// "max_kv_tokens", "max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
-/// "presence_penalty", "frequency_penalty", "seed"} (defaults for every send).
+/// "max_kv_tokens" (at most the engine's context_length), "max_tokens", "temperature",
+/// "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+/// "seed"} (defaults for every send).
 /// On success `*out` receives a chat freed with `smallmind_chat_free`. Thread-safe.
+/// Errors: INVALID_ARGUMENT, INVALID_JSON (syntax, wrong type, unknown field).
 ///
 /// # Safety
 /// Pointers are NULL or valid; strings NUL-terminated.
@@ -87,13 +61,9 @@ pub unsafe extern "C" fn smallmind_chat_create(
             // SAFETY: non-null, NUL-terminated per the contract.
             Some(unsafe { str_arg(options_json, "options_json") }?)
         };
-        let chat = new_chat(
-            Arc::clone(&engine.engine),
-            ChatOptions::parse(options_text)?,
-            Vec::new(),
-        )?;
+        let chat = Chat::create(Arc::clone(&engine.engine), options_text)?;
         // SAFETY: checked non-null.
-        unsafe { *out = chat };
+        unsafe { *out = into_handle(chat) };
         Ok(())
     })
 }
@@ -112,52 +82,26 @@ pub unsafe extern "C" fn smallmind_chat_free(chat: *mut smallmind_chat) {
     }
 }
 
-/// Routes session events to the host's callbacks and polls the chat's cancel flag.
-struct ChatCallbacks<'a> {
-    host: RequestCallbacks<'a>,
-    cancel: &'a AtomicBool,
-}
-
-impl GenerationEvents for ChatCallbacks<'_> {
-    fn on_cache_lookup(&mut self, cached_tokens: usize) {
-        self.host.on_cache_lookup(cached_tokens);
-    }
-    fn on_first_token(&mut self, elapsed_ms: f64) {
-        self.host.on_first_token(elapsed_ms);
-    }
-    fn on_text(&mut self, text: &str) -> bool {
-        self.host.on_text(text)
-    }
-    fn cancelled(&mut self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
-    }
-}
-
-impl ChatEvents for ChatCallbacks<'_> {
-    fn on_request_start(&mut self, message_count: usize) {
-        self.host
-            .request_start(u32::try_from(message_count).unwrap_or(u32::MAX));
-    }
-    fn on_context_policy_applied(
-        &mut self,
-        policy: &str,
-        tokens_before: usize,
-        tokens_after: usize,
-    ) {
-        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        self.host
-            .context_policy_applied(policy, clamp(tokens_before), clamp(tokens_after));
-    }
-}
-
-/// Sends messages and generates the reply. Request: {"messages": [{"role", "content", ...}],
-/// "history": "append" (default: messages extend the session's history) | "replace",
-/// "max_tokens", sampling fields, "stop", "stop_token_ids", "context_policy"}.
+/// Sends messages and generates the reply. Request: {"messages": [{"role": "system" | "user"
+/// | "assistant" | "tool", "content", "name"?, "tool_calls"?, "tool_call_id"?}], "history":
+/// "append" (default: messages extend the session's history) | "replace" (they are the whole
+/// conversation), "max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+/// "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids",
+/// "context_policy"}. "tools", "tool_choice" (other than "none"), "max_tool_calls",
+/// "response_format" (other than {"type": "text"}) and "retrieved_context" are refused with
+/// INVALID_ARGUMENT until smallmind supports them.
 /// Response: {"id", "model", "session_id", "message": {"role", "content"}, "finish_reason":
-/// "stop" | "length" | "cancelled", "usage", "context", "seed", "warnings"}.
-/// `cb` may be NULL; callbacks run on this thread. A second concurrent call on the same chat
-/// returns SMALLMIND_ERR_BUSY at once. Errors: INVALID_ARGUMENT, INVALID_JSON,
-/// CONTEXT_OVERFLOW (keep_all and the conversation does not fit), BUSY.
+/// "stop" | "length" | "cancelled", "usage": {"prompt_tokens", "completion_tokens",
+/// "total_tokens", "prompt_tokens_details": {"cached_tokens"}, "time_to_first_token_ms",
+/// "prefill_ms", "decode_ms", "prefill_tokens_per_second", "decode_tokens_per_second"},
+/// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "seed",
+/// "warnings"}. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
+/// returns SMALLMIND_OK with the text so far and leaves the history as it was.
+/// `cb` may be NULL; callbacks run on this thread, in the order documented at
+/// `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.
+/// A second concurrent call on the same chat returns SMALLMIND_ERR_BUSY at once.
+/// Errors: INVALID_ARGUMENT, INVALID_JSON, CONTEXT_OVERFLOW (keep_all and the conversation
+/// does not fit, naming both sizes), BUSY.
 ///
 /// # Safety
 /// Pointers are NULL or valid; strings NUL-terminated.
@@ -175,39 +119,47 @@ pub unsafe extern "C" fn smallmind_chat_send(
         // SAFETY: per the function's contract.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_response_json, "out_response_json")?;
-        let mut session = chat.session.try_lock().ok_or_else(busy)?;
-        chat.cancel.store(false, Ordering::Relaxed);
-        let turn =
-            ChatRequest::parse(json)?.into_turn(session.config(), &chat.engine, started_at)?;
-        let seed = turn.sampling.seed;
         // SAFETY: cb is NULL or valid for the call.
-        let mut events = ChatCallbacks {
-            host: RequestCallbacks::new(unsafe { cb.as_ref() }, &chat.session_id),
-            cancel: &chat.cancel,
-        };
-        let output = session.send(turn, &mut events)?;
-        events.host.request_complete(&output.usage);
-        let model = chat
-            .engine
-            .model
-            .file
-            .get_str("general.name")
-            .unwrap_or("model");
-        let response = string_to_c(response_json(
-            &output,
-            model,
-            &chat.session_id,
-            session.turns(),
-            seed,
-        )?)?;
+        let mut events = RequestCallbacks::new(unsafe { cb.as_ref() }, chat.session_id());
+        let (response, _usage) = chat.send(json, started_at, &mut events)?;
+        let response = string_to_c(response)?;
         // SAFETY: checked non-null.
         unsafe { *out_response_json = response };
         Ok(())
     })
 }
 
+/// Renders the prompt that `smallmind_chat_send` with the same request would give the model
+/// now (the history, the messages, the system prompt and the context policy applied), without
+/// generating or changing anything: {"prompt": the template's text, "prompt_token_ids": [...],
+/// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}}. For checking
+/// templates and policies. `*out_json` is freed with `smallmind_string_free`. BUSY while a
+/// send runs. Errors as for `smallmind_chat_send`.
+///
+/// # Safety
+/// Pointers are NULL or valid; strings NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_chat_render(
+    chat: *const smallmind_chat,
+    request_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let chat = unsafe { chat_ref(chat) }?;
+        // SAFETY: per the function's contract.
+        let json = unsafe { str_arg(request_json, "request_json") }?;
+        out_arg(out_json, "out_json")?;
+        let text = string_to_c(chat.render(json)?)?;
+        // SAFETY: checked non-null.
+        unsafe { *out_json = text };
+        Ok(())
+    })
+}
+
 /// Asks the chat's running send (if any) to stop within one token or one prefill chunk; it
-/// then returns SMALLMIND_OK with `finish_reason: "cancelled"`. Any thread; never blocks.
+/// then returns SMALLMIND_OK with `finish_reason: "cancelled"`. A cancel with no send running
+/// has no effect on later sends. Any thread; never blocks.
 ///
 /// # Safety
 /// `chat` is NULL or a live handle.
@@ -216,7 +168,7 @@ pub unsafe extern "C" fn smallmind_chat_cancel(chat: *mut smallmind_chat) -> sma
     ffi_call(|| {
         // SAFETY: per the function's contract.
         let chat = unsafe { chat_ref(chat) }?;
-        chat.cancel.store(true, Ordering::Relaxed);
+        chat.cancel();
         Ok(())
     })
 }
@@ -230,8 +182,7 @@ pub unsafe extern "C" fn smallmind_chat_reset(chat: *mut smallmind_chat) -> smal
     ffi_call(|| {
         // SAFETY: per the function's contract.
         let chat = unsafe { chat_ref(chat) }?;
-        chat.session.try_lock().ok_or_else(busy)?.reset();
-        Ok(())
+        chat.reset()
     })
 }
 
@@ -249,11 +200,7 @@ pub unsafe extern "C" fn smallmind_chat_history(
         // SAFETY: per the function's contract.
         let chat = unsafe { chat_ref(chat) }?;
         out_arg(out_json, "out_json")?;
-        let session = chat.session.try_lock().ok_or_else(busy)?;
-        let json = crate::api::to_json(
-            &serde_json::json!({ "session_id": chat.session_id, "messages": session.history() }),
-        )?;
-        let text = string_to_c(json)?;
+        let text = string_to_c(chat.history_json()?)?;
         // SAFETY: checked non-null.
         unsafe { *out_json = text };
         Ok(())
@@ -262,7 +209,8 @@ pub unsafe extern "C" fn smallmind_chat_history(
 
 /// The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 1,
 /// "session_id", "options", "history"} for hosts that store it themselves; restore it with
-/// `smallmind_chat_import`. `*out_json` is freed with `smallmind_string_free`.
+/// `smallmind_chat_import`. `*out_json` is freed with `smallmind_string_free`. BUSY while a
+/// send runs.
 ///
 /// # Safety
 /// Pointers are NULL or valid.
@@ -275,17 +223,7 @@ pub unsafe extern "C" fn smallmind_chat_export(
         // SAFETY: per the function's contract.
         let chat = unsafe { chat_ref(chat) }?;
         out_arg(out_json, "out_json")?;
-        let session = chat.session.try_lock().ok_or_else(busy)?;
-        let mut options = chat.options.clone();
-        options.session_id = Some(chat.session_id.clone());
-        let envelope = ExportEnvelope {
-            format: EXPORT_FORMAT.to_string(),
-            version: EXPORT_VERSION,
-            session_id: chat.session_id.clone(),
-            options,
-            history: session.history().to_vec(),
-        };
-        let text = string_to_c(crate::api::to_json(&envelope)?)?;
+        let text = string_to_c(chat.export_json()?)?;
         // SAFETY: checked non-null.
         unsafe { *out_json = text };
         Ok(())
@@ -293,7 +231,8 @@ pub unsafe extern "C" fn smallmind_chat_export(
 }
 
 /// Restores a chat from `smallmind_chat_export`'s JSON onto `engine` (its KV cache is
-/// rebuilt on the first send). Envelopes from newer versions are refused.
+/// rebuilt on the first send). Envelopes from newer versions are refused (INVALID_JSON).
+/// On success `*out` receives a chat freed with `smallmind_chat_free`.
 ///
 /// # Safety
 /// Pointers are NULL or valid; strings NUL-terminated.
@@ -309,12 +248,9 @@ pub unsafe extern "C" fn smallmind_chat_import(
         // SAFETY: per the function's contract.
         let text = unsafe { str_arg(json, "json") }?;
         out_arg(out, "out")?;
-        let envelope = ExportEnvelope::parse(text)?;
-        let mut options = envelope.options;
-        options.session_id = Some(envelope.session_id);
-        let chat = new_chat(Arc::clone(&engine.engine), options, envelope.history)?;
+        let chat = Chat::import(Arc::clone(&engine.engine), text)?;
         // SAFETY: checked non-null.
-        unsafe { *out = chat };
+        unsafe { *out = into_handle(chat) };
         Ok(())
     })
 }

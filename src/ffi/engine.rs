@@ -199,16 +199,18 @@ pub unsafe extern "C" fn smallmind_engine_complete(
     cb: *const smallmind_chat_callbacks,
     out_json: *mut *mut c_char,
 ) -> smallmind_status {
+    let started_at = std::time::Instant::now();
     ffi_call(|| {
         // SAFETY: per the function's contract.
         let engine = unsafe { engine_ref(engine) }?;
         // SAFETY: per the function's contract.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_json, "out_json")?;
+        let request = api::completion_request(&engine.engine, json, started_at)?;
         // SAFETY: cb is NULL or valid for the call.
         let mut events = RequestCallbacks::new(unsafe { cb.as_ref() }, "");
         events.request_start(0);
-        let (response, usage) = api::complete(&engine.engine, json, &mut events)?;
+        let (response, usage) = api::complete(&engine.engine, &request, &mut events)?;
         events.request_complete(&usage);
         let result = string_to_c(response)?;
         // SAFETY: checked non-null.

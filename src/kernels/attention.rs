@@ -236,7 +236,7 @@ fn fast_head(
     out: &mut [f32],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if q.len() % 8 == 0 && super::simd_x86::available() {
+    if q.len().is_multiple_of(8) && super::simd_x86::available() {
         use super::simd_x86::{attention_scores, attention_weighted_sum};
         let Span {
             kv_dim,

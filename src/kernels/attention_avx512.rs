@@ -162,7 +162,9 @@ pub unsafe fn group<T: KvElement16>(
         first,
         len,
     } = rows;
-    debug_assert!(head_dim % 64 == 0 && q.len() == out.len() && q.len() % head_dim == 0);
+    debug_assert!(
+        head_dim.is_multiple_of(64) && q.len() == out.len() && q.len().is_multiple_of(head_dim)
+    );
     let heads = q.len() / head_dim;
     scores.clear();
     scores.resize(heads * len, 0.0);

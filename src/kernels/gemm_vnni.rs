@@ -73,7 +73,7 @@ impl Format {
             GgmlType::Q6_K => Self::Q6K,
             _ => return None,
         };
-        (cols % 64 == 0 && cols % ty.block_elements() == 0).then_some(format)
+        (cols.is_multiple_of(64) && cols.is_multiple_of(ty.block_elements())).then_some(format)
     }
 
     fn block_bytes(self) -> usize {

@@ -123,7 +123,7 @@ impl GgmlType {
     /// blocks or the size overflows.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         let per_block = self.block_elements() as u64;
-        if n % per_block != 0 {
+        if !n.is_multiple_of(per_block) {
             return None;
         }
         (n / per_block).checked_mul(self.block_bytes() as u64)

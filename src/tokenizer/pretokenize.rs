@@ -52,7 +52,7 @@ impl PreTokenizer {
     }
 
     /// The pieces of `text`, in order; their concatenation is `text`.
-    pub fn split<'t>(self, text: &'t str) -> Vec<&'t str> {
+    pub fn split(self, text: &str) -> Vec<&str> {
         let mut pieces = vec![text];
         for stage in self.stages() {
             let mut next = Vec::with_capacity(pieces.len() * 2);

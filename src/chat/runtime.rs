@@ -1,0 +1,204 @@
+//! A chat as hosts drive it: JSON in, JSON out, one call at a time, cancellable from any
+//! thread. The C API's `smallmind_chat` is a thin wrapper around [`Chat`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::message::Message;
+use super::session::{ChatEvents, Session};
+use super::types::{
+    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, render_json,
+    response_json,
+};
+use crate::engine::{Engine, GenerationEvents, Usage};
+use crate::error::{Error, ErrorKind, Result};
+
+/// A conversation on one engine: its options, its history and its own KV cache.
+pub struct Chat {
+    engine: Arc<Engine>,
+    /// As given at creation (or import), for export.
+    options: ChatOptions,
+    session_id: String,
+    session: Mutex<Session>,
+    /// Set by `cancel` from any thread; polled by the running send between forward passes.
+    cancel: AtomicBool,
+}
+
+fn busy() -> Error {
+    Error::new(
+        ErrorKind::Busy,
+        "this chat is busy with a call on another thread; wait for it to return, or use another chat",
+    )
+}
+
+/// The host's events, with the chat's cancel flag polled alongside the host's own.
+struct CancellableEvents<'a> {
+    host: &'a mut dyn ChatEvents,
+    cancel: &'a AtomicBool,
+}
+
+impl GenerationEvents for CancellableEvents<'_> {
+    fn on_cache_lookup(&mut self, cached_tokens: usize) {
+        self.host.on_cache_lookup(cached_tokens);
+    }
+    fn on_first_token(&mut self, elapsed_ms: f64) {
+        self.host.on_first_token(elapsed_ms);
+    }
+    fn on_text(&mut self, text: &str) -> bool {
+        self.host.on_text(text)
+    }
+    fn cancelled(&mut self) -> bool {
+        self.cancel.load(Ordering::Acquire) || self.host.cancelled()
+    }
+}
+
+impl ChatEvents for CancellableEvents<'_> {
+    fn on_request_start(&mut self, message_count: usize) {
+        self.host.on_request_start(message_count);
+    }
+    fn on_context_policy_applied(
+        &mut self,
+        policy: &str,
+        tokens_before: usize,
+        tokens_after: usize,
+    ) {
+        self.host
+            .on_context_policy_applied(policy, tokens_before, tokens_after);
+    }
+    fn on_request_complete(&mut self, usage: &Usage) {
+        self.host.on_request_complete(usage);
+    }
+}
+
+impl Chat {
+    /// A new chat; `options_json` is `None` or the chat options (see `ChatOptions`).
+    pub fn create(engine: Arc<Engine>, options_json: Option<&str>) -> Result<Self> {
+        Self::with_history(engine, ChatOptions::parse(options_json)?, Vec::new())
+    }
+
+    /// Restores a chat from [`Chat::export_json`]'s envelope; the KV cache is rebuilt by the
+    /// first send.
+    pub fn import(engine: Arc<Engine>, json: &str) -> Result<Self> {
+        let envelope = ExportEnvelope::parse(json)?;
+        let mut options = envelope.options;
+        options.session_id = Some(envelope.session_id);
+        Self::with_history(engine, options, envelope.history)
+    }
+
+    fn with_history(
+        engine: Arc<Engine>,
+        options: ChatOptions,
+        history: Vec<Message>,
+    ) -> Result<Self> {
+        let config = options.to_config()?;
+        let session_id = config.session_id.clone();
+        let mut session = Session::new(Arc::clone(&engine), config)?;
+        session.set_history(history);
+        Ok(Self {
+            engine,
+            options,
+            session_id,
+            session: Mutex::new(session),
+            cancel: AtomicBool::new(false),
+        })
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The session, or BUSY at once when another call holds it.
+    fn lock(&self) -> Result<MutexGuard<'_, Session>> {
+        self.session.try_lock().ok_or_else(busy)
+    }
+
+    /// Runs one turn of a chat request (JSON) and returns the response JSON and the measured
+    /// usage. `started_at` is when the host's call began: time to first token counts from it.
+    /// BUSY at once while another call runs on this chat.
+    pub fn send(
+        &self,
+        request_json: &str,
+        started_at: Instant,
+        events: &mut dyn ChatEvents,
+    ) -> Result<(String, Usage)> {
+        let mut session = self.lock()?;
+        // A cancel that arrives before this point was meant for an earlier send.
+        self.cancel.store(false, Ordering::Release);
+        let turn = ChatRequest::parse(request_json)?.into_turn(
+            session.config(),
+            &self.engine,
+            started_at,
+        )?;
+        let seed = turn.sampling.seed;
+        let mut events = CancellableEvents {
+            host: events,
+            cancel: &self.cancel,
+        };
+        let output = session.send(turn, &mut events)?;
+        let response = response_json(
+            &output,
+            self.model_name(),
+            &self.session_id,
+            session.turns(),
+            seed,
+        )?;
+        Ok((response, output.usage))
+    }
+
+    /// The prompt a send of `request_json` would give the model now, as JSON
+    /// {"prompt", "prompt_token_ids", "context"}; nothing is generated or recorded.
+    pub fn render(&self, request_json: &str) -> Result<String> {
+        let session = self.lock()?;
+        let turn = ChatRequest::parse(request_json)?.into_turn(
+            session.config(),
+            &self.engine,
+            Instant::now(),
+        )?;
+        render_json(&session.prepare(&turn)?)
+    }
+
+    /// Asks the running send, if any, to stop within one token or one prefill chunk. Any
+    /// thread; never blocks.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// Forgets the history and the KV cache.
+    pub fn reset(&self) -> Result<()> {
+        self.lock()?.reset();
+        Ok(())
+    }
+
+    /// {"session_id", "messages": [...]}.
+    pub fn history_json(&self) -> Result<String> {
+        let session = self.lock()?;
+        crate::api::to_json(
+            &serde_json::json!({ "session_id": self.session_id, "messages": session.history() }),
+        )
+    }
+
+    /// The versioned envelope {"format", "version", "session_id", "options", "history"}.
+    pub fn export_json(&self) -> Result<String> {
+        let session = self.lock()?;
+        let mut options = self.options.clone();
+        options.session_id = Some(self.session_id.clone());
+        crate::api::to_json(&ExportEnvelope {
+            format: EXPORT_FORMAT.to_string(),
+            version: EXPORT_VERSION,
+            session_id: self.session_id.clone(),
+            options,
+            history: session.history().to_vec(),
+        })
+    }
+
+    fn model_name(&self) -> &str {
+        self.engine
+            .model
+            .file
+            .get_str("general.name")
+            .unwrap_or("model")
+    }
+}
