@@ -1,12 +1,16 @@
-//! Measures prefill and decode speed in llama-bench's form (pp512, tg128), plus load time
-//! and peak resident memory.
+//! Measures prefill and decode speed in llama-bench's form (pp512, tg128), load time, peak
+//! resident memory and, with `--turns N`, the time to first token of turn 1 and turn N of a
+//! scripted chat through the chat runtime, with the KV cache on and off.
 //!
-//!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 1,2 -p 512 -n 128 -r 5
+//!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 1,2 -p 512 -n 128 -r 5 --turns 20
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use smallmind::engine::{Engine, EngineOptions, SilentLoad};
+use std::sync::Arc;
+
+use smallmind::chat::Chat;
+use smallmind::engine::{Engine, EngineOptions, NoEvents, SilentLoad};
 use smallmind::model::{ForwardScratch, KvType, Logits};
 
 struct Args {
@@ -16,10 +20,11 @@ struct Args {
     gen_tokens: usize,
     repetitions: usize,
     kv_type: KvType,
+    chat_turns: usize,
 }
 
 fn usage() -> &'static str {
-    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32]"
+    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -30,6 +35,7 @@ fn parse_args() -> Result<Args, String> {
         gen_tokens: 128,
         repetitions: 5,
         kv_type: KvType::F16,
+        chat_turns: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--kv: '{other}' is not f16 or f32")),
                 }
             }
+            "--turns" => args.chat_turns = number(value()?)?,
             "-h" | "--help" => return Err(usage().to_string()),
             other => return Err(format!("unknown argument '{other}'\n{}", usage())),
         }
@@ -147,6 +154,25 @@ fn decode_rate(engine: &Engine, n: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Time to first token (ms) of every turn of a scripted conversation: short user questions,
+/// 16-token greedy replies, the chat runtime's own template and KV reuse.
+fn chat_ttft(engine: &Arc<Engine>, turns: usize, kv_cache: bool) -> Result<Vec<(f64, usize, usize)>, String> {
+    let options = format!(r#"{{"kv_cache": {kv_cache}, "system_prompt": "You are a concise assistant."}}"#);
+    let chat = Chat::create(Arc::clone(engine), Some(&options)).map_err(|e| e.to_string())?;
+    let topics = ["the sun", "rivers", "bread", "bicycles", "the moon", "glass", "owls", "tea", "bridges", "snow"];
+    (0..turns)
+        .map(|t| {
+            let request = format!(
+                r#"{{"messages": [{{"role": "user", "content": "Question {}: tell me one fact about {}."}}], "max_tokens": 16, "temperature": 0}}"#,
+                t + 1,
+                topics[t % topics.len()]
+            );
+            let (_, usage) = chat.send(&request, Instant::now(), &mut NoEvents).map_err(|e| e.to_string())?;
+            Ok((usage.time_to_first_token_ms, usage.prompt_tokens, usage.cached_tokens))
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -199,6 +225,29 @@ fn main() -> ExitCode {
             );
         }
         eprintln!("threads {threads}: load {load_ms:.0} ms");
+        if args.chat_turns > 0 {
+            for kv_cache in [true, false] {
+                match chat_ttft(&engine, args.chat_turns, kv_cache) {
+                    Ok(turns) => {
+                        let (first, last) = (turns[0], turns[turns.len() - 1]);
+                        println!(
+                            "| {name} | {threads} | chat ttft, kv cache {} | turn 1: {:.1} ms ({} prompt tokens) | turn {}: {:.1} ms ({} prompt tokens, {} cached) |",
+                            if kv_cache { "on" } else { "off" },
+                            first.0,
+                            first.1,
+                            turns.len(),
+                            last.0,
+                            last.1,
+                            last.2
+                        );
+                    }
+                    Err(e) => {
+                        eprintln!("chat: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        }
     }
     if let Some(rss) = peak_rss_mib() {
         println!("\npeak RSS: {rss:.1} MiB");
