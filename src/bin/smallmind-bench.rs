@@ -156,10 +156,18 @@ fn decode_rate(engine: &Engine, n: usize) -> f64 {
 
 /// Time to first token (ms) of every turn of a scripted conversation: short user questions,
 /// 16-token greedy replies, the chat runtime's own template and KV reuse.
-fn chat_ttft(engine: &Arc<Engine>, turns: usize, kv_cache: bool) -> Result<Vec<(f64, usize, usize)>, String> {
-    let options = format!(r#"{{"kv_cache": {kv_cache}, "system_prompt": "You are a concise assistant."}}"#);
+fn chat_ttft(
+    engine: &Arc<Engine>,
+    turns: usize,
+    kv_cache: bool,
+) -> Result<Vec<(f64, usize, usize)>, String> {
+    let options =
+        format!(r#"{{"kv_cache": {kv_cache}, "system_prompt": "You are a concise assistant."}}"#);
     let chat = Chat::create(Arc::clone(engine), Some(&options)).map_err(|e| e.to_string())?;
-    let topics = ["the sun", "rivers", "bread", "bicycles", "the moon", "glass", "owls", "tea", "bridges", "snow"];
+    let topics = [
+        "the sun", "rivers", "bread", "bicycles", "the moon", "glass", "owls", "tea", "bridges",
+        "snow",
+    ];
     (0..turns)
         .map(|t| {
             let request = format!(

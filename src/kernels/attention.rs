@@ -99,7 +99,7 @@ pub fn attention(
             let out_ptr = &out_ptr;
             let mut scores = Vec::new();
             for task in tasks {
-                let (b, g) = (task / n_head_kv, task % n_head_kv);
+                let (b, g) = (balanced_row(task / n_head_kv, batch), task % n_head_kv);
                 let pos = first_pos + b;
                 let first_key = window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 let span = Span {
@@ -134,7 +134,7 @@ pub fn attention(
         let out_ptr = &out_ptr;
         let mut scores = Vec::new();
         for task in tasks {
-            let (b, h) = (task / n_head, task % n_head);
+            let (b, h) = (balanced_row(task / n_head, batch), task % n_head);
             let pos = first_pos + b;
             let first_key = window.map_or(0, |w| (pos + 1).saturating_sub(w));
             let kv_offset = (h / group) * head_dim;
@@ -156,6 +156,13 @@ pub fn attention(
             }
         }
     });
+}
+
+/// The query row of the `i`-th task row: 0, last, 1, last − 1, … Causal rows cost in
+/// proportion to their position, so contiguous task ranges taken in this order carry about
+/// equal work.
+fn balanced_row(i: usize, batch: usize) -> usize {
+    if i % 2 == 0 { i / 2 } else { batch - 1 - i / 2 }
 }
 
 /// The keys and values one query head attends to: rows first..first + len of the cache,
@@ -327,6 +334,15 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn balanced_order_visits_every_row_once() {
+        for batch in 1..9 {
+            let mut rows: Vec<usize> = (0..batch).map(|i| balanced_row(i, batch)).collect();
+            rows.sort();
+            assert_eq!(rows, (0..batch).collect::<Vec<_>>());
         }
     }
 

@@ -73,6 +73,62 @@ unsafe fn exp16(x: __m512) -> __m512 {
     }
 }
 
+/// gate[i] = silu(gate[i]) · up[i] (SwiGLU), 16 lanes at a time.
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    debug_assert_eq!(gate.len(), up.len());
+    // SAFETY: masked loads and stores stay inside both slices; features enabled.
+    unsafe {
+        let one = _mm512_set1_ps(1.0);
+        for i in (0..gate.len()).step_by(16) {
+            let mask: __mmask16 = if gate.len() - i >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (gate.len() - i)) - 1) as __mmask16
+            };
+            let g = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(i));
+            let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(i));
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
+            _mm512_mask_storeu_ps(gate.as_mut_ptr().add(i), mask, _mm512_mul_ps(silu, u));
+        }
+    }
+}
+
+/// gate[i] = gelu_tanh(gate[i]) · up[i] (GeGLU), with tanh(y) = 1 − 2 / (e^{2y} + 1).
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+pub unsafe fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    debug_assert_eq!(gate.len(), up.len());
+    // SAFETY: masked loads and stores stay inside both slices; features enabled.
+    unsafe {
+        let one = _mm512_set1_ps(1.0);
+        let two = _mm512_set1_ps(2.0);
+        for i in (0..gate.len()).step_by(16) {
+            let mask: __mmask16 = if gate.len() - i >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (gate.len() - i)) - 1) as __mmask16
+            };
+            let x = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(i));
+            let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(i));
+            let inner = _mm512_mul_ps(
+                _mm512_set1_ps(0.797_884_6),
+                _mm512_mul_ps(
+                    x,
+                    _mm512_fmadd_ps(_mm512_set1_ps(0.044_715), _mm512_mul_ps(x, x), one),
+                ),
+            );
+            let e = exp16(_mm512_mul_ps(two, inner));
+            let tanh = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
+            let gelu = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_set1_ps(0.5), x),
+                _mm512_add_ps(one, tanh),
+            );
+            _mm512_mask_storeu_ps(gate.as_mut_ptr().add(i), mask, _mm512_mul_ps(gelu, u));
+        }
+    }
+}
+
 /// In-place softmax of `x` with the vector exp.
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 pub unsafe fn softmax(x: &mut [f32]) {
@@ -273,6 +329,39 @@ mod tests {
                     ulp <= 2 || (want < 1e-37 && g < 1e-37),
                     "exp({xi}) = {g}, libm {want}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn gated_activations_match_the_scalar_ones() {
+        if !available() {
+            return;
+        }
+        for n in [1usize, 17, 2048] {
+            let gate: Vec<f32> = (0..n)
+                .map(|i| (i as f32 * 0.37).sin() * 12.0 - 1.0)
+                .collect();
+            let up: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() * 3.0).collect();
+            for (fast_fn, scalar) in [
+                (
+                    silu_mul as unsafe fn(&mut [f32], &[f32]),
+                    crate::kernels::silu as fn(f32) -> f32,
+                ),
+                (gelu_mul, crate::kernels::gelu_tanh),
+            ] {
+                let mut fast = gate.clone();
+                // SAFETY: features checked above.
+                unsafe { fast_fn(&mut fast, &up) };
+                for i in 0..n {
+                    let want = scalar(gate[i]) * up[i];
+                    assert!(
+                        (fast[i] - want).abs() <= 2e-6 * (1.0 + want.abs()),
+                        "x={}: {} vs {want}",
+                        gate[i],
+                        fast[i]
+                    );
+                }
             }
         }
     }

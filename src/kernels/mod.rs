@@ -17,6 +17,7 @@ mod simd_x86;
 pub use attention::{AttentionShape, KvSlice, attention};
 pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many};
 pub use ops::{
-    RopeStyle, add_in_place, gelu_tanh, rms_norm, rms_norm_in_place, rope, silu, softmax_in_place,
+    RopeStyle, add_in_place, gated_activation, gelu_tanh, rms_norm, rms_norm_in_place, rope,
+    rope_table, rope_with_table, silu, softmax_in_place,
 };
 pub use pool::ThreadPool;

@@ -77,21 +77,81 @@ pub fn rope(
     style: RopeStyle,
     freq_factors: Option<&[f32]>,
 ) {
+    let mut table = Vec::new();
+    rope_table(pos, rope_dims, freq_base, freq_factors, &mut table);
+    rope_with_table(x, &table, style);
+}
+
+/// (sin, cos) of every rotated pair at `pos`, shared by all heads of that position.
+pub fn rope_table(
+    pos: usize,
+    rope_dims: usize,
+    freq_base: f32,
+    freq_factors: Option<&[f32]>,
+    table: &mut Vec<(f32, f32)>,
+) {
+    table.clear();
     let theta_scale = freq_base.powf(-2.0 / rope_dims as f32);
     let mut theta = pos as f32;
     for pair in 0..rope_dims / 2 {
         let factor = freq_factors.map_or(1.0, |f| f[pair]);
-        let angle = theta / factor;
-        let (sin, cos) = angle.sin_cos();
+        table.push((theta / factor).sin_cos());
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates one head `x` by a table from [`rope_table`] (its length is rope_dims / 2).
+pub fn rope_with_table(x: &mut [f32], table: &[(f32, f32)], style: RopeStyle) {
+    let half = table.len();
+    for (pair, &(sin, cos)) in table.iter().enumerate() {
         let (i0, i1) = match style {
             RopeStyle::Normal => (2 * pair, 2 * pair + 1),
-            RopeStyle::Neox => (pair, pair + rope_dims / 2),
+            RopeStyle::Neox => (pair, pair + half),
         };
         let (a, b) = (x[i0], x[i1]);
         x[i0] = a * cos - b * sin;
         x[i1] = a * sin + b * cos;
-        theta *= theta_scale;
     }
+}
+
+/// gate = act(gate) · up over a batch of (n_ff)-long rows, rows in parallel, with the
+/// AVX-512 forms of SiLU and GELU where the CPU has them.
+pub fn gated_activation(
+    pool: &super::ThreadPool,
+    gelu: bool,
+    gate: &mut [f32],
+    up: &[f32],
+    n_ff: usize,
+) {
+    struct Rows(*mut f32);
+    // SAFETY: each task writes only its own rows of `gate`, which outlives the call.
+    unsafe impl Sync for Rows {}
+    let rows = gate.len() / n_ff.max(1);
+    let gate_ptr = Rows(gate.as_mut_ptr());
+    pool.for_ranges(rows, 8, |range| {
+        let gate_ptr = &gate_ptr;
+        // SAFETY: rows `range` of gate belong to this task alone and lie inside it.
+        let g = unsafe {
+            std::slice::from_raw_parts_mut(gate_ptr.0.add(range.start * n_ff), range.len() * n_ff)
+        };
+        let u = &up[range.start * n_ff..range.end * n_ff];
+        #[cfg(target_arch = "x86_64")]
+        if super::attention_avx512::available() {
+            // SAFETY: the CPU has the features.
+            unsafe {
+                if gelu {
+                    super::attention_avx512::gelu_mul(g, u)
+                } else {
+                    super::attention_avx512::silu_mul(g, u)
+                }
+            }
+            return;
+        }
+        let act = if gelu { gelu_tanh } else { silu };
+        for (g, &u) in g.iter_mut().zip(u) {
+            *g = act(*g) * u;
+        }
+    });
 }
 
 #[cfg(test)]

@@ -143,6 +143,8 @@ pub struct ForwardScratch {
     gate: Vec<f32>,
     /// (batch, n_ff)
     up: Vec<f32>,
+    /// (rope_dims / 2) (sin, cos) of the position being rotated
+    rope: Vec<(f32, f32)>,
     matmul: MatmulScratch,
 }
 
@@ -278,25 +280,13 @@ impl Model {
             let freq_factors = w.rope_freqs.as_deref();
             for b in 0..batch {
                 let pos = first_pos + b;
+                // One (sin, cos) table per position serves every query and key head.
+                kernels::rope_table(pos, hp.rope_dims, freq_base, freq_factors, &mut s.rope);
                 for head in s.q[b * q_dim..(b + 1) * q_dim].chunks_exact_mut(head_dim) {
-                    kernels::rope(
-                        head,
-                        pos,
-                        hp.rope_dims,
-                        freq_base,
-                        hp.rope_style,
-                        freq_factors,
-                    );
+                    kernels::rope_with_table(head, &s.rope, hp.rope_style);
                 }
                 for head in s.k[b * kv_dim..(b + 1) * kv_dim].chunks_exact_mut(head_dim) {
-                    kernels::rope(
-                        head,
-                        pos,
-                        hp.rope_dims,
-                        freq_base,
-                        hp.rope_style,
-                        freq_factors,
-                    );
+                    kernels::rope_with_table(head, &s.rope, hp.rope_style);
                 }
             }
             cache.append_layer(il, &s.k, &s.v);
@@ -339,13 +329,8 @@ impl Model {
                 &mut s.matmul,
             )
             .map_err(quant_err)?;
-            let activation = match hp.arch {
-                Architecture::Gemma3 => kernels::gelu_tanh,
-                _ => kernels::silu,
-            };
-            for (g, &u) in s.gate.iter_mut().zip(&s.up) {
-                *g = activation(*g) * u;
-            }
+            let gelu = hp.arch == Architecture::Gemma3;
+            kernels::gated_activation(pool, gelu, &mut s.gate, &s.up, n_ff);
             kernels::matmul(
                 pool,
                 layer.w_down.view(),
