@@ -51,7 +51,7 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
     let threads = match raw.threads {
         Some(0) => {
             return Err(Error::invalid_argument(
-                "threads must be at least 1 (omit it to use every core)",
+                "threads must be at least 1 (omit it to use one per physical core)",
             ));
         }
         t => t.map(|t| t as usize),

@@ -24,7 +24,7 @@ use crate::tokenizer::Tokenizer;
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineOptions {
     pub model_path: PathBuf,
-    /// Worker threads; `None` = every core.
+    /// Worker threads; `None` = one per physical core.
     pub threads: Option<usize>,
     /// Positions a sequence may hold; `None` = the model's training context.
     pub context_length: Option<usize>,
@@ -88,12 +88,42 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Physical cores this process may use: hardware threads that share a core (SMT siblings,
+/// from Linux's CPU topology) count once; elsewhere, or when the topology is unreadable,
+/// every available hardware thread counts. The default thread count: a second thread on a
+/// core only contends for the same vector units and memory bandwidth.
+pub fn physical_cores() -> usize {
+    let logical = available_cores();
+    let siblings: Option<std::collections::BTreeSet<String>> =
+        std::fs::read_dir("/sys/devices/system/cpu")
+            .ok()
+            .map(|dir| {
+                dir.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        let name = e.file_name();
+                        let name = name.to_string_lossy();
+                        name.starts_with("cpu")
+                            && name[3..].chars().all(|c| c.is_ascii_digit())
+                            && name.len() > 3
+                    })
+                    .filter_map(|e| {
+                        std::fs::read_to_string(e.path().join("topology/thread_siblings_list")).ok()
+                    })
+                    .map(|s| s.trim().to_string())
+                    .collect()
+            });
+    match siblings {
+        Some(cores) if !cores.is_empty() => cores.len().min(logical),
+        _ => logical,
+    }
+}
+
 impl Engine {
     /// Opens, validates and prepares the model at `options.model_path`.
     pub fn load(options: &EngineOptions, observer: &mut dyn LoadObserver) -> Result<Arc<Engine>> {
         let start = Instant::now();
         let cores = available_cores();
-        let threads = options.threads.unwrap_or(cores);
+        let threads = options.threads.unwrap_or_else(physical_cores);
         if threads == 0 || threads > cores {
             return Err(Error::invalid_argument(format!(
                 "threads is {threads}; it must be between 1 and the {cores} cores this machine has"
