@@ -97,7 +97,7 @@ pub fn attention(
         // One task per (query row, KV head): the group's query heads share each K/V row read.
         pool.for_ranges(batch * n_head_kv, 2, |tasks| {
             let out_ptr = &out_ptr;
-            let mut scores = Vec::new();
+            let mut scores = SCORES.take();
             for task in tasks {
                 let (b, g) = (balanced_row(task / n_head_kv, batch), task % n_head_kv);
                 let pos = first_pos + b;
@@ -126,13 +126,14 @@ pub fn attention(
                     out_heads,
                 );
             }
+            SCORES.set(scores);
         });
         return;
     }
 
     pool.for_ranges(batch * n_head, 4, |tasks| {
         let out_ptr = &out_ptr;
-        let mut scores = Vec::new();
+        let mut scores = SCORES.take();
         for task in tasks {
             let (b, h) = (balanced_row(task / n_head, batch), task % n_head);
             let pos = first_pos + b;
@@ -155,7 +156,13 @@ pub fn attention(
                 reference_head(k, v, span, qh, scale, &mut scores, oh);
             }
         }
+        SCORES.set(scores);
     });
+}
+
+thread_local! {
+    /// Each thread's attention-score buffer, kept between calls so decoding does not allocate.
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The query row of the `i`-th task row: 0, last, 1, last − 1, … Causal rows cost in
