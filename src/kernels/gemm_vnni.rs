@@ -116,8 +116,17 @@ pub struct Panel {
     pairs: usize,
     /// The activation format the panel was filled from.
     act_ty: Option<GgmlType>,
+    /// (rows, offset_stride): the activation side of the offset term, one value per 32
+    /// elements, zero-padded to a multiple of 16 (the prefill kernel's compact form).
+    offsets: Vec<f32>,
+    offset_stride: usize,
     /// (rows, pairs)
     slots: Vec<PanelSlot>,
+}
+
+/// Values per row of the compact offset vectors: two per pair, padded to whole vectors.
+fn offset_stride(pairs: usize) -> usize {
+    (2 * pairs).div_ceil(16) * 16
 }
 
 fn f16(bytes: [u8; 2]) -> f32 {
@@ -152,6 +161,9 @@ impl Panel {
         self.act_ty = Some(act_ty);
         self.slots.clear();
         self.slots.resize(rows * pairs, ZERO_PANEL_SLOT);
+        self.offset_stride = offset_stride(pairs);
+        self.offsets.clear();
+        self.offsets.resize(rows * self.offset_stride, 0.0);
         let row_bytes = blocks.len() / rows.max(1);
         for (r, row) in blocks.chunks_exact(row_bytes).enumerate() {
             for p in 0..pairs {
@@ -188,6 +200,9 @@ impl Panel {
                         fill_legacy_pair(slot, [&b[2 * p], &b[2 * p + 1]].map(|x| (x.d, &x.qs)));
                     }
                 }
+                let lanes: &[f32] = bytemuck::cast_slice(&slot.offset.0);
+                let dense = &mut self.offsets[r * self.offset_stride + 2 * p..][..2];
+                dense.copy_from_slice(&[lanes[0], lanes[8]]);
             }
         }
     }
@@ -246,14 +261,11 @@ struct TileSlot {
     q: Lanes,
     /// f32 lanes: the weight scale of each lane's block (or sub-block).
     scale: Lanes,
-    /// f32 lanes: the weight offset (min), for formats with one.
-    offset: Lanes,
 }
 
 const ZERO_TILE_SLOT: TileSlot = TileSlot {
     q: ZERO_LANES,
     scale: ZERO_LANES,
-    offset: ZERO_LANES,
 };
 
 /// A tile of weight rows unpacked to unsigned bytes, with per-lane scales and offsets.
@@ -261,6 +273,9 @@ const ZERO_TILE_SLOT: TileSlot = TileSlot {
 struct WeightTile {
     /// (TILE_ROWS, pairs)
     slots: Vec<TileSlot>,
+    /// (TILE_ROWS, offset_stride): the weight side of the offset term, one value per 32
+    /// elements, zero-padded like the panel's.
+    offsets: Vec<f32>,
 }
 
 thread_local! {
@@ -326,6 +341,8 @@ unsafe fn gemm_rows<const FMT: u8>(
     let pairs = panel.pairs;
     TILE.with_borrow_mut(|tile| {
         tile.slots.resize(TILE_ROWS * pairs, ZERO_TILE_SLOT);
+        tile.offsets.clear();
+        tile.offsets.resize(TILE_ROWS * offset_stride(pairs), 0.0);
         for col_start in (0..panel.rows).step_by(COLUMN_BLOCK) {
             let col_end = (col_start + COLUMN_BLOCK).min(panel.rows);
             let mut r0 = rows.start;
@@ -430,12 +447,22 @@ unsafe fn kernel<const FMT: u8, const R: usize, const C: usize>(
                         _mm512_dpbusd_epi32(init, _mm512_load_si512(w.q.0.as_ptr().cast()), qs);
                     let scale = _mm512_mul_ps(_mm512_load_ps(w.scale.0.as_ptr().cast()), a_scale);
                     acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r][c]);
-                    if has_offset(FMT) {
-                        let w_offset = _mm512_load_ps(w.offset.0.as_ptr().cast());
-                        acc[r][c] = _mm512_fmadd_ps(
-                            w_offset,
-                            _mm512_load_ps(a.offset.0.as_ptr().cast()),
-                            acc[r][c],
+                }
+            }
+        }
+        if has_offset(FMT) {
+            // The min term, Σ_blocks weight offset · activation offset, from the compact
+            // per-block vectors: 16 blocks per FMA instead of one FMA per pair.
+            let stride = panel.offset_stride;
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let w_off = &tile.offsets[r * stride..(r + 1) * stride];
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let a_off = &panel.offsets[(c0 + c) * stride..(c0 + c + 1) * stride];
+                    for j in (0..stride).step_by(16) {
+                        *acc = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(w_off.as_ptr().add(j)),
+                            _mm512_loadu_ps(a_off.as_ptr().add(j)),
+                            *acc,
                         );
                     }
                 }
@@ -720,7 +747,13 @@ unsafe fn unpack_row<const FMT: u8>(row: &[u8], pairs: usize, tile: &mut WeightT
             let slot = &mut tile.slots[first + p];
             store(&mut slot.q, q);
             store_ps(&mut slot.scale, scale);
-            store_ps(&mut slot.offset, offset);
+            if has_offset(FMT) {
+                let mut lanes = [0.0f32; 16];
+                _mm512_storeu_ps(lanes.as_mut_ptr(), offset);
+                let row = first / pairs;
+                let dense = &mut tile.offsets[row * offset_stride(pairs) + 2 * p..][..2];
+                dense.copy_from_slice(&[lanes[0], lanes[8]]);
+            }
         }
     }
 }
