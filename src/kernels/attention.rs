@@ -169,7 +169,11 @@ thread_local! {
 /// proportion to their position, so contiguous task ranges taken in this order carry about
 /// equal work.
 fn balanced_row(i: usize, batch: usize) -> usize {
-    if i % 2 == 0 { i / 2 } else { batch - 1 - i / 2 }
+    if i.is_multiple_of(2) {
+        i / 2
+    } else {
+        batch - 1 - i / 2
+    }
 }
 
 /// The keys and values one query head attends to: rows first..first + len of the cache,
