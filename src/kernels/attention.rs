@@ -95,7 +95,7 @@ pub fn attention(
     #[cfg(target_arch = "x86_64")]
     if head_dim % 64 == 0 && super::attention_avx512::available() {
         // One task per (query row, KV head): the group's query heads share each K/V row read.
-        pool.for_ranges(batch * n_head_kv, 2, |tasks| {
+        pool.for_ranges(batch * n_head_kv, 1, |tasks| {
             let out_ptr = &out_ptr;
             let mut scores = SCORES.take();
             for task in tasks {

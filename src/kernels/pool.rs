@@ -21,6 +21,10 @@ const SPINS_BEFORE_SLEEP: u32 = 1 << 15;
 /// parts are balanced, so the last one is usually that close; a yield costs a system call).
 const SPINS_BEFORE_YIELD: u32 = 1 << 14;
 
+/// Parts a job is cut into per thread: threads that start late or run slow (the OS, the
+/// memory bus) take fewer parts instead of holding everyone up at the end of the job.
+const PARTS_PER_THREAD: usize = 4;
+
 /// A job: called once per part index.
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
@@ -145,13 +149,18 @@ impl ThreadPool {
     }
 
     /// Calls `work(range)` over disjoint ranges covering `0..n_items`, in parallel.
-    /// Ranges are at least `min_items_per_thread` long so tiny jobs stay on one thread.
+    /// Ranges are at least `min_items_per_thread` long so tiny jobs stay on one thread; their
+    /// bounds depend only on `n_items` and the pool's thread count, never on timing.
     pub fn for_ranges<F>(&self, n_items: usize, min_items_per_thread: usize, work: F)
     where
         F: Fn(std::ops::Range<usize>) + Sync,
     {
         let max_useful = n_items.div_ceil(min_items_per_thread.max(1)).max(1);
-        let n_parts = self.n_threads.min(max_useful);
+        let n_parts = if self.n_threads == 1 {
+            1
+        } else {
+            (self.n_threads * PARTS_PER_THREAD).min(max_useful)
+        };
         if n_parts == 1 {
             work(0..n_items);
             return;
