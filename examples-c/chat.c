@@ -130,6 +130,7 @@ static int chat_turn(smallmind_chat *chat, const char *prompt) {
     int cancelled = strstr(response, "\"finish_reason\":\"cancelled\"") != NULL;
     smallmind_string_free(response);
     printf("%s\n", cancelled ? " [stopped]" : "");
+    fflush(stdout); /* the reply's last line before the usage line on stderr */
     fprintf(stderr, "[prompt %u tokens, %u cached | completion %u tokens | first token %.0f ms | %.1f tokens/s]\n",
             usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.time_to_first_token_ms,
             usage.decode_tokens_per_second);
