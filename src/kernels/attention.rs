@@ -179,11 +179,11 @@ fn balanced_row(i: usize, batch: usize) -> usize {
 /// The keys and values one query head attends to: rows first..first + len of the cache,
 /// columns offset..offset + head_dim of each kv_dim-wide row.
 #[derive(Debug, Clone, Copy)]
-struct Span {
-    kv_dim: usize,
-    offset: usize,
-    first: usize,
-    len: usize,
+pub(super) struct Span {
+    pub kv_dim: usize,
+    pub offset: usize,
+    pub first: usize,
+    pub len: usize,
 }
 
 /// One query head's attention, the plain way: the reference for the SIMD path.
@@ -221,22 +221,16 @@ fn group_head_avx512(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    use super::attention_avx512::{KvRows, group};
-    let rows = KvRows {
-        kv_dim: span.kv_dim,
-        offset: span.offset,
-        first: span.first,
-        len: span.len,
-    };
+    use super::attention_avx512::group;
     // SAFETY: the caller checked the CPU features and head size; the cache holds the span's
     // rows (the causal span of a committed sequence).
     unsafe {
         match (k, v) {
             (KvSlice::F32(keys), KvSlice::F32(values)) => {
-                group(keys, values, rows, head_dim, q, scale, scores, out)
+                group(keys, values, span, head_dim, q, scale, scores, out)
             }
             (KvSlice::F16(keys), KvSlice::F16(values)) => {
-                group(keys, values, rows, head_dim, q, scale, scores, out)
+                group(keys, values, span, head_dim, q, scale, scores, out)
             }
             _ => unreachable!("keys and values share the cache's storage type"),
         }
@@ -293,18 +287,7 @@ fn fast_head(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect()
-    }
+    use crate::kernels::test_data::values;
 
     #[test]
     fn simd_heads_match_the_reference_heads() {

@@ -9,6 +9,8 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
+use super::attention::Span;
+
 /// Whether the running CPU has what these kernels need (checked once).
 pub fn available() -> bool {
     static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
@@ -73,44 +75,46 @@ unsafe fn exp16(x: __m512) -> __m512 {
     }
 }
 
-/// gate[i] = silu(gate[i]) · up[i] (SwiGLU), 16 lanes at a time.
-#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+/// gate[i] = act(gate[i]) · up[i], 16 lanes at a time (a masked tail for the rest).
+#[inline(always)]
+unsafe fn gated(gate: &mut [f32], up: &[f32], act: impl Fn(__m512) -> __m512) {
     debug_assert_eq!(gate.len(), up.len());
-    // SAFETY: masked loads and stores stay inside both slices; features enabled.
+    // SAFETY: masked loads and stores stay inside both slices; the caller enabled the features.
     unsafe {
-        let one = _mm512_set1_ps(1.0);
         for i in (0..gate.len()).step_by(16) {
-            let mask: __mmask16 = if gate.len() - i >= 16 {
+            let left = gate.len() - i;
+            let mask: __mmask16 = if left >= 16 {
                 0xffff
             } else {
-                ((1u32 << (gate.len() - i)) - 1) as __mmask16
+                ((1u32 << left) - 1) as __mmask16
             };
             let g = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(i));
             let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(i));
-            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
-            let silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
-            _mm512_mask_storeu_ps(gate.as_mut_ptr().add(i), mask, _mm512_mul_ps(silu, u));
+            _mm512_mask_storeu_ps(gate.as_mut_ptr().add(i), mask, _mm512_mul_ps(act(g), u));
         }
+    }
+}
+
+/// gate[i] = silu(gate[i]) · up[i] (SwiGLU).
+#[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
+pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: features enabled here; register-only arithmetic inside the closure.
+    unsafe {
+        gated(gate, up, |x| {
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+            _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+        })
     }
 }
 
 /// gate[i] = gelu_tanh(gate[i]) · up[i] (GeGLU), with tanh(y) = 1 − 2 / (e^{2y} + 1).
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 pub unsafe fn gelu_mul(gate: &mut [f32], up: &[f32]) {
-    debug_assert_eq!(gate.len(), up.len());
-    // SAFETY: masked loads and stores stay inside both slices; features enabled.
+    // SAFETY: features enabled here; register-only arithmetic inside the closure.
     unsafe {
-        let one = _mm512_set1_ps(1.0);
-        let two = _mm512_set1_ps(2.0);
-        for i in (0..gate.len()).step_by(16) {
-            let mask: __mmask16 = if gate.len() - i >= 16 {
-                0xffff
-            } else {
-                ((1u32 << (gate.len() - i)) - 1) as __mmask16
-            };
-            let x = _mm512_maskz_loadu_ps(mask, gate.as_ptr().add(i));
-            let u = _mm512_maskz_loadu_ps(mask, up.as_ptr().add(i));
+        gated(gate, up, |x| {
+            let one = _mm512_set1_ps(1.0);
+            let two = _mm512_set1_ps(2.0);
             let inner = _mm512_mul_ps(
                 _mm512_set1_ps(0.797_884_6),
                 _mm512_mul_ps(
@@ -120,12 +124,11 @@ pub unsafe fn gelu_mul(gate: &mut [f32], up: &[f32]) {
             );
             let e = exp16(_mm512_mul_ps(two, inner));
             let tanh = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
-            let gelu = _mm512_mul_ps(
+            _mm512_mul_ps(
                 _mm512_mul_ps(_mm512_set1_ps(0.5), x),
                 _mm512_add_ps(one, tanh),
-            );
-            _mm512_mask_storeu_ps(gate.as_mut_ptr().add(i), mask, _mm512_mul_ps(gelu, u));
-        }
+            )
+        })
     }
 }
 
@@ -188,16 +191,6 @@ pub unsafe fn softmax(x: &mut [f32]) {
     }
 }
 
-/// The rows one query row attends to: cache rows first..first + len, columns
-/// offset..offset + head_dim of each kv_dim-wide row.
-#[derive(Debug, Clone, Copy)]
-pub struct KvRows {
-    pub kv_dim: usize,
-    pub offset: usize,
-    pub first: usize,
-    pub len: usize,
-}
-
 /// Attention of the query heads in `q` (and `out`), both (heads, head_dim) with head_dim a
 /// multiple of 64, over one KV head's rows; `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
@@ -205,14 +198,14 @@ pub struct KvRows {
 pub unsafe fn group<T: KvElement16>(
     keys: &[T],
     values: &[T],
-    rows: KvRows,
+    rows: Span,
     head_dim: usize,
     q: &[f32],
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let KvRows {
+    let Span {
         kv_dim,
         offset,
         first,
@@ -264,12 +257,12 @@ pub unsafe fn group<T: KvElement16>(
 #[inline(always)]
 unsafe fn weighted_sum<T: KvElement16, const H: usize>(
     values: &[T],
-    rows: KvRows,
+    rows: Span,
     head_dim: usize,
     weights: &[f32],
     out: &mut [f32],
 ) {
-    let KvRows {
+    let Span {
         kv_dim,
         offset,
         first,

@@ -759,7 +759,8 @@ unsafe fn unpack_row<const FMT: u8>(row: &[u8], pairs: usize, tile: &mut WeightT
 }
 
 /// Decode-sized products (fewer than `TILE_COLS` activation rows): each weight pair is
-/// unpacked in registers and used at once, two weight rows at a time.
+/// unpacked in registers and used at once, one weight row at a time with its rows ahead
+/// prefetched.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,fma,f16c")]
 unsafe fn gemv_rows<const FMT: u8, const C: usize>(
     weights: &[u8],
@@ -809,40 +810,8 @@ unsafe fn gemv_rows<const FMT: u8, const C: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_data::{random_k_rows, values};
     use crate::quant;
-
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect()
-    }
-
-    /// Random K-quant weight bytes with sane f16 scales at `scale_offsets` of each block.
-    fn random_k_rows(
-        ty: GgmlType,
-        rows: usize,
-        n: usize,
-        seed: u64,
-        scale_offsets: &[usize],
-    ) -> Vec<u8> {
-        let bytes_len = rows * ty.row_bytes(n as u64).unwrap() as usize;
-        let mut bytes: Vec<u8> = values(bytes_len, seed, 1.0)
-            .iter()
-            .map(|v| (v.to_bits() >> 9) as u8)
-            .collect();
-        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
-            for &o in scale_offsets {
-                block[o..o + 2].copy_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
-            }
-        }
-        bytes
-    }
 
     fn weights(ty: GgmlType, rows: usize, n: usize, seed: u64) -> Vec<u8> {
         match ty {

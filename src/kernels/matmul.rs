@@ -264,16 +264,9 @@ fn dot(ty: GgmlType, w_row: &[u8], a_row: &[u8], n: usize) -> Result<f32, QuantE
 mod tests {
     use super::*;
 
+    /// Values in [−0.5, 0.5).
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
+        crate::kernels::test_data::values(n, seed, 0.5)
     }
 
     fn matrix(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {

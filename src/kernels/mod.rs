@@ -13,6 +13,8 @@ mod ops;
 mod pool;
 #[cfg(target_arch = "x86_64")]
 mod simd_x86;
+#[cfg(test)]
+mod test_data;
 
 pub use attention::{AttentionShape, KvSlice, attention};
 pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many};

@@ -538,34 +538,8 @@ pub fn vec_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_data::{random_k_rows, values};
     use crate::quant;
-
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect()
-    }
-
-    /// Random weight bytes of `ty` with sane f16 scales at `scale_offsets` of each block.
-    fn random_k_row(ty: GgmlType, n: usize, seed: u64, scale_offsets: &[usize]) -> Vec<u8> {
-        let bytes_len = ty.row_bytes(n as u64).unwrap() as usize;
-        let mut bytes: Vec<u8> = values(bytes_len, seed, 1.0)
-            .iter()
-            .map(|v| (v.to_bits() >> 9) as u8)
-            .collect();
-        for block in bytes.chunks_exact_mut(ty.block_bytes()) {
-            for &o in scale_offsets {
-                block[o..o + 2].copy_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
-            }
-        }
-        bytes
-    }
 
     #[test]
     fn simd_activation_quantization_is_bit_exact() {
@@ -615,7 +589,7 @@ mod tests {
                     quant::quantize_row(ty, &values(n, seed, 1.0), &mut out).unwrap();
                     out
                 } else {
-                    random_k_row(ty, n, seed, scale_offsets)
+                    random_k_rows(ty, 1, n, seed, scale_offsets)
                 };
                 let mut a = Vec::new();
                 quant::quantize_activations(ty.vec_dot_type(), &values(n, seed * 7, scale), &mut a)

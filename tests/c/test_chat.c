@@ -877,18 +877,24 @@ static void held_send_destroy(struct held_send *h) {
     pthread_cond_destroy(&h->changed);
 }
 
+/* Starts `request` on `chat` in another thread and returns once its first token is held. */
+static bool start_held_send(struct held_send *h, smallmind_chat *chat, const char *request, pthread_t *thread) {
+    held_send_init(h, chat, request);
+    memset(&held_callbacks, 0, sizeof held_callbacks);
+    held_callbacks.user_data = h;
+    held_callbacks.on_token = hold_at_first_token;
+    if (pthread_create(thread, NULL, run_held_send, h) != 0) return false;
+    wait_until_held(h);
+    return true;
+}
+
 static void test_second_send_on_a_busy_chat_is_refused(smallmind_engine *engine) {
     smallmind_chat *chat = new_chat(engine, NULL);
     if (chat == NULL) return;
     const char *request = "{\"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}], \"temperature\": 0, \"max_tokens\": 4}";
     struct held_send first;
-    held_send_init(&first, chat, request);
-    memset(&held_callbacks, 0, sizeof held_callbacks);
-    held_callbacks.user_data = &first;
-    held_callbacks.on_token = hold_at_first_token;
     pthread_t thread;
-    CHECK(pthread_create(&thread, NULL, run_held_send, &first) == 0, "start the first send");
-    wait_until_held(&first);
+    CHECK(start_held_send(&first, chat, request, &thread), "start the first send");
 
     int busy = 0;
     char *response = SENTINEL;
@@ -918,13 +924,8 @@ static void test_cancellation(smallmind_engine *engine) {
 
     /* From another thread while decoding: the send stops after the token being delivered. */
     struct held_send h;
-    held_send_init(&h, chat, long_request);
-    memset(&held_callbacks, 0, sizeof held_callbacks);
-    held_callbacks.user_data = &h;
-    held_callbacks.on_token = hold_at_first_token;
     pthread_t thread;
-    CHECK(pthread_create(&thread, NULL, run_held_send, &h) == 0, "start the send");
-    wait_until_held(&h);
+    CHECK(start_held_send(&h, chat, long_request, &thread), "start the send");
     CHECK_STATUS(smallmind_chat_cancel(chat), SMALLMIND_OK);
     release(&h);
     pthread_join(thread, NULL);
