@@ -1,4 +1,4 @@
-//! SmolLM2-135M-Instruct Q4_1 against llama.cpp (../shared/oracle/llamacpp-greedy.json,
+//! SmolLM2-135M-Instruct Q4_1 against llama.cpp (tests/oracle/llamacpp-greedy.json,
 //! logits/, llamacpp-perplexity.json): tokens, last-position logits, greedy text, perplexity.
 
 #[path = "support/models.rs"]

@@ -1,4 +1,4 @@
-//! The 22 synthetic models of ../shared/oracle/synthetic against llama.cpp's outputs on them:
+//! The 22 synthetic models of tests/oracle/synthetic against llama.cpp's outputs on them:
 //! every architecture and tensor type. Token ids exact; last-position top-20 log-probabilities
 //! within 0.02 (F32 weights) or 0.1 (other types); greedy equal up to the first near-tie.
 

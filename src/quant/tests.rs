@@ -3,10 +3,10 @@ use super::*;
 fn oracle() -> serde_json::Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/oracle/quant-blocks.json"
+        "/tests/oracle/quant-blocks.json"
     );
     serde_json::from_str(
-        &std::fs::read_to_string(path).expect("../shared/oracle/quant-blocks.json"),
+        &std::fs::read_to_string(path).expect("tests/oracle/quant-blocks.json"),
     )
     .unwrap()
 }

@@ -2,7 +2,7 @@
  *   test_chat MODEL.gguf NOT_A_GGUF_FILE ORACLE_IDS ORACLE_USER ORACLE_REPLY
  * ORACLE_IDS, ORACLE_USER and ORACLE_REPLY are llama.cpp's chat case "c" (the prompt ids its
  * run of the model's own template gave, the user message, the greedy reply), passed in by
- * tests/c_api.rs from ../shared/oracle/llamacpp-greedy.json.
+ * tests/c_api.rs from tests/oracle/llamacpp-greedy.json.
  *
  * Covers: bad input (every status, a message naming what to fix, no crash), the oracle chat
  * case, the order and values of every telemetry callback, a 20-turn conversation with and

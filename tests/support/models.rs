@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-/// `../shared/oracle` beside the repository.
+/// `tests/oracle`: llama.cpp's reference outputs, kept inside the repository so a plain
+/// clone passes its own tests (tests/oracle/README.md says what each file is).
 pub fn oracle_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/oracle"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracle"))
 }
 
 fn cache_dir() -> PathBuf {
