@@ -1,6 +1,7 @@
 // The seed's usage examples 1-4 (LEVEL3_FINAL_REPORT.md, "Usage Examples"), as they are written
-// there, with three changes: the model path is a parameter, `messages` in example 4 is declared
-// (the report leaves it out), and example 4 asks for 16 new tokens instead of 512 to keep the test short.
+// there, with four changes that keep the tests short or fill what the report leaves out: the
+// model path is a parameter, example 1 asks for at most 16 new tokens, example 4 for 16 instead
+// of 512, and `messages` in example 4 is declared.
 using System;
 using System.Collections.Generic;
 using SmallMind.Public;
@@ -38,7 +39,8 @@ namespace SmallMind.Tests
                         Role = ChatRole.User,
                         Content = "What is AI?"
                     }
-                }
+                },
+                Options = new GenerationOptions { MaxNewTokens = 16 }
             };
 
             var response = client.SendChat(request);
