@@ -17,6 +17,6 @@ pub use session::{
 };
 pub use template::{BuiltinFormat, ChatTemplate, TemplateContext, TemplateError};
 pub use types::{
-    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, render_json,
-    response_json,
+    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, random_session_id,
+    render_json, response_json,
 };

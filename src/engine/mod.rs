@@ -1,6 +1,7 @@
 //! The engine: a loaded model with its tokenizer and worker threads, and the generation loop
 //! every higher layer (raw completion, chat sessions) runs on.
 
+mod budget;
 mod fingerprint;
 mod generate;
 
@@ -8,6 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use budget::{
+    BudgetExceeded, BudgetLimits, BudgetStats, CacheSlot, Eviction, KvBudget,
+};
 pub use generate::{
     FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob,
     Usage, check_fits,
@@ -31,6 +35,8 @@ pub struct EngineOptions {
     pub kv_type: KvType,
     /// Map the file (default) or read it into memory.
     pub use_mmap: bool,
+    /// The KV budget shared by every chat of the engine.
+    pub budget: BudgetLimits,
 }
 
 impl EngineOptions {
@@ -41,6 +47,7 @@ impl EngineOptions {
             context_length: None,
             kv_type: KvType::F16,
             use_mmap: true,
+            budget: BudgetLimits::default(),
         }
     }
 }
@@ -81,6 +88,7 @@ pub struct Engine {
     kv_type: KvType,
     fingerprint: String,
     load_time: Duration,
+    kv_budget: KvBudget,
 }
 
 /// Number of cores this process may use.
@@ -200,6 +208,7 @@ impl Engine {
             kv_type: options.kv_type,
             fingerprint,
             load_time,
+            kv_budget: KvBudget::new(options.budget),
         }))
     }
 
@@ -222,6 +231,11 @@ impl Engine {
 
     pub fn load_time(&self) -> Duration {
         self.load_time
+    }
+
+    /// The KV budget every chat of this engine shares.
+    pub fn kv_budget(&self) -> &KvBudget {
+        &self.kv_budget
     }
 
     /// An empty KV cache for one sequence of this engine.
