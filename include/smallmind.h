@@ -15,6 +15,17 @@
 #define SMALLMIND_ABI_VERSION 1
 
 /*
+ Positions the cache grows by: its buffers hold a whole number of chunks (at most the
+ cache's limit), so what a chat holds is its length rounded up to one chunk, never a
+ doubling of it and never the whole context up front.
+ */
+#define KV_CHUNK_POSITIONS 64
+
+#define FILE_VERSION 1
+
+#define KV_VERSION 1
+
+/*
  The result of every smallmind call. 0 is success; each error has its own code, and
  `smallmind_last_error()` gives the message. Values are stable: retired codes are never reused.
  */
@@ -285,8 +296,9 @@ smallmind_status smallmind_chat_reset(struct smallmind_chat *chat);
 smallmind_status smallmind_chat_history(const struct smallmind_chat *chat, char **out_json);
 
 /*
- The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 1,
- "session_id", "options", "history"} for hosts that store it themselves; restore it with
+ The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 2,
+ "session_id", "options", "history"} for hosts that store it themselves, without its KV
+ cache (`smallmind_chat_export_with_options` adds it); restore it with
  `smallmind_chat_import`. `*out_json` is freed with `smallmind_string_free`. BUSY while a
  send runs.
 
@@ -296,8 +308,11 @@ smallmind_status smallmind_chat_history(const struct smallmind_chat *chat, char 
 smallmind_status smallmind_chat_export(const struct smallmind_chat *chat, char **out_json);
 
 /*
- Restores a chat from `smallmind_chat_export`'s JSON onto `engine` (its KV cache is
- rebuilt on the first send). Envelopes from newer versions are refused (INVALID_JSON).
+ Restores a chat from `smallmind_chat_export`'s JSON onto `engine`: its options, history
+ and, when the envelope carries "kv_snapshot" that fits this engine, its KV cache (when
+ it does not fit — another model, kv_type or context — the history loads, the snapshot
+ is dropped and the next response's "warnings" says why; the next turn recomputes).
+ Version 1 envelopes migrate; newer versions are refused (INVALID_JSON, naming both).
  On success `*out` receives a chat freed with `smallmind_chat_free`.
 
  # Safety
@@ -306,6 +321,70 @@ smallmind_status smallmind_chat_export(const struct smallmind_chat *chat, char *
 smallmind_status smallmind_chat_import(struct smallmind_engine *engine,
                                        const char *json,
                                        struct smallmind_chat **out);
+
+/*
+ Like `smallmind_chat_export`, with `options_json` NULL or {"include_kv": bool} (default
+ false). With the KV cache the envelope carries "kv_snapshot": the KV section of a saved
+ file (README "Saving chats" gives its layout) encoded as base64 (RFC 4648 standard
+ alphabet, padded), about 1.33 times its size. `*out_json` is freed with
+ `smallmind_string_free`. BUSY while a send runs. Errors: INVALID_JSON (options).
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_export_with_options(const struct smallmind_chat *chat,
+                                                    const char *options_json,
+                                                    char **out_json);
+
+/*
+ Like `smallmind_chat_import`, with `options_json` NULL or chat options (as for
+ `smallmind_chat_create`) that replace the exported ones, e.g. a new "session_id".
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_import_with_options(struct smallmind_engine *engine,
+                                                    const char *json,
+                                                    const char *options_json,
+                                                    struct smallmind_chat **out);
+
+/*
+ Saves the chat to the file at `path` (UTF-8): its options and history, and with
+ `options_json` {"include_kv": true} its KV cache too, so a loaded chat's next turn skips
+ recomputing the prompt. `options_json` may be NULL (= {"include_kv": false}).
+ Atomic: the bytes go to a temporary file in the same directory, which is flushed, renamed
+ over `path`, and the directory flushed; a crash at any instant leaves the old file or the
+ new one. When this call returns no temporary file is left (a save killed part-way may
+ leave `.<name>.smallmind-tmp.<pid>.<n>`, which the next save to `path` removes).
+ BUSY while a send runs on the chat. Errors: INVALID_ARGUMENT, INVALID_JSON (options),
+ IO (the message names the path and the system's reason).
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_save(const struct smallmind_chat *chat,
+                                     const char *path,
+                                     const char *options_json);
+
+/*
+ Loads a chat saved by `smallmind_chat_save` (or a file holding an exported JSON
+ envelope) onto `engine`. `options_json` may be NULL or chat options (as for
+ `smallmind_chat_create`) that replace the saved ones, e.g. a new "session_id".
+ A saved KV cache is used when it was made by this model (fingerprint) with the same
+ kv_type, context_length and KV limit; otherwise the history loads, the cache is dropped,
+ the next response's "warnings" says why and its turn recomputes the prompt. Older
+ versions migrate; newer ones are refused naming both versions.
+ On success `*out` receives a chat freed with `smallmind_chat_free`.
+ Errors: INVALID_ARGUMENT, IO (missing, unreadable, truncated or corrupt file: the message
+ gives the byte offset), INVALID_JSON (a bad envelope: the message gives the JSON path).
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_load(struct smallmind_engine *engine,
+                                     const char *path,
+                                     const char *options_json,
+                                     struct smallmind_chat **out);
 
 /*
  The library version, e.g. "0.1.0". Static: do not free.

@@ -193,11 +193,7 @@ impl Session {
     /// Installs a restored KV cache (a snapshot that matches this engine and session: the
     /// caller checked its model, type and limits). It counts against the engine's budget
     /// like any other; when it does not fit the error says why and the cache stays empty.
-    pub fn restore_cache(
-        &mut self,
-        restored: KvCache,
-        events: &mut dyn ChatEvents,
-    ) -> Result<()> {
+    pub fn restore_cache(&mut self, restored: KvCache, events: &mut dyn ChatEvents) -> Result<()> {
         let mut cache = self.cache.lock();
         let budget = self.engine.kv_budget();
         match budget.reserve(self.budget_id, restored.bytes()) {

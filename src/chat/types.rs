@@ -142,10 +142,7 @@ impl ChatOptions {
             self.seed,
         )?;
         Ok(SessionConfig {
-            session_id: self
-                .session_id
-                .clone()
-                .unwrap_or_else(random_session_id),
+            session_id: self.session_id.clone().unwrap_or_else(random_session_id),
             system_prompt: self.system_prompt.clone(),
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),

@@ -153,10 +153,7 @@ impl KvBudget {
         }
         if let Some(max) = self.limits.max_sessions {
             loop {
-                let resident = entries
-                    .iter()
-                    .filter(|e| e.id != id && e.held > 0)
-                    .count();
+                let resident = entries.iter().filter(|e| e.id != id && e.held > 0).count();
                 if resident < max {
                     break;
                 }
@@ -303,6 +300,8 @@ mod tests {
         budget.settle(ia, &a.lock());
         budget.settle(ib, &b.lock());
         assert_eq!(budget.stats().used_bytes, 4096);
+        // A chat reserves while it holds its own cache's lock, for its whole turn.
+        let _c_running = c.lock();
         let evicted = budget.reserve(ic, 2048).unwrap();
         assert_eq!(
             evicted,
@@ -316,14 +315,22 @@ mod tests {
         assert_eq!(budget.stats().used_bytes, 4096);
         assert_eq!(budget.stats().evictions, 1);
 
-        // b is busy (its lock is held) and c holds its reservation: nothing can go.
+        // b is busy (its lock is held) and c is running: nothing can go.
         let _busy = b.lock();
         let err = budget.reserve(ia, 2048).unwrap_err();
         assert_eq!(err.error.kind, ErrorKind::BudgetExceeded);
         assert_eq!((err.requested_bytes, err.budget_bytes), (2048, 4096));
-        assert!(err.error.message.contains("'a' needs 2048 bytes"), "{}", err.error.message);
+        assert!(
+            err.error.message.contains("'a' needs 2048 bytes"),
+            "{}",
+            err.error.message
+        );
         let err = budget.reserve(ia, 8192).unwrap_err();
-        assert!(err.error.message.contains("more than the whole"), "{}", err.error.message);
+        assert!(
+            err.error.message.contains("more than the whole"),
+            "{}",
+            err.error.message
+        );
         budget.unregister(ic);
         assert_eq!(budget.stats().sessions, 2);
     }

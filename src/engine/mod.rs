@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use budget::{
-    BudgetExceeded, BudgetLimits, BudgetStats, CacheSlot, Eviction, KvBudget,
-};
+pub use budget::{BudgetExceeded, BudgetLimits, BudgetStats, CacheSlot, Eviction, KvBudget};
 pub use generate::{
     FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob,
     Usage, check_fits,

@@ -384,7 +384,11 @@ pub unsafe extern "C" fn smallmind_chat_load(
         // SAFETY: per the function's contract.
         let options = unsafe { optional_str(options_json, "options_json") }?;
         out_arg(out, "out")?;
-        let chat = store::load(Arc::clone(&engine.engine), std::path::Path::new(path), options)?;
+        let chat = store::load(
+            Arc::clone(&engine.engine),
+            std::path::Path::new(path),
+            options,
+        )?;
         // SAFETY: checked non-null.
         unsafe { *out = into_handle(chat) };
         Ok(())

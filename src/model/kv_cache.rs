@@ -309,3 +309,73 @@ impl KvCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(cache: &mut KvCache, positions: usize) {
+        let values = vec![0.5f32; positions * cache.kv_dim()];
+        for layer in 0..cache.n_layer() {
+            cache.append_layer(layer, &values, &values);
+        }
+        cache.commit_tokens(&vec![3; positions]);
+    }
+
+    #[test]
+    fn the_cache_grows_in_whole_chunks_up_to_its_limit() {
+        let mut cache = KvCache::new(KvType::F16, 2, 8, 150);
+        let per_position = cache.bytes_per_position();
+        assert_eq!(per_position, 2 * 2 * 8 * 2);
+        assert_eq!(cache.bytes(), 0, "nothing is reserved up front");
+        append(&mut cache, 1);
+        assert_eq!(cache.bytes(), 64 * per_position);
+        append(&mut cache, 63);
+        assert_eq!(
+            cache.bytes(),
+            64 * per_position,
+            "64 positions fit one chunk"
+        );
+        append(&mut cache, 1);
+        assert_eq!(cache.bytes(), 128 * per_position);
+        assert_eq!(cache.bytes_for(100), 128 * per_position);
+        append(&mut cache, 70);
+        assert_eq!(
+            cache.bytes(),
+            150 * per_position,
+            "the last chunk stops at the limit"
+        );
+        assert_eq!(
+            cache.bytes_for(10),
+            150 * per_position,
+            "what it already holds counts"
+        );
+        cache.release();
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn rows_written_and_read_back_give_the_same_cache() {
+        for ty in [KvType::F16, KvType::F32] {
+            let mut cache = KvCache::new(ty, 3, 4, 100);
+            for i in 0..5 {
+                let k: Vec<f32> = (0..4).map(|j| (i * 4 + j) as f32 * 0.25).collect();
+                let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                for layer in 0..3 {
+                    cache.append_layer(layer, &k, &v);
+                }
+                cache.commit_tokens(&[i as u32]);
+            }
+            let mut rows = Vec::new();
+            cache.write_rows(&mut rows);
+            assert_eq!(rows.len(), 5 * cache.bytes_per_position());
+            let back = KvCache::from_rows(ty, 3, 4, 100, cache.tokens().to_vec(), &rows).unwrap();
+            let mut again = Vec::new();
+            back.write_rows(&mut again);
+            assert_eq!(again, rows);
+            assert_eq!(back.tokens(), cache.tokens());
+            assert!(KvCache::from_rows(ty, 3, 4, 100, vec![1], &rows).is_err());
+            assert!(KvCache::from_rows(ty, 3, 4, 2, cache.tokens().to_vec(), &rows).is_err());
+        }
+    }
+}

@@ -133,7 +133,8 @@ mod tests {
     use super::*;
 
     fn dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("smallmind-atomic-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("smallmind-atomic-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         d
@@ -146,7 +147,11 @@ mod tests {
         write_atomic(&target, b"old").unwrap();
         write_atomic(&target, b"new").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
-        let names: Vec<_> = fs::read_dir(&d).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("chat.smc")]);
         fs::remove_dir_all(&d).unwrap();
     }
@@ -160,7 +165,11 @@ mod tests {
         // Renaming a file over a non-empty directory fails after the temp file was written.
         let err = write_atomic(&target, b"new").unwrap_err();
         assert_eq!(err.kind, ErrorKind::Io);
-        let names: Vec<_> = fs::read_dir(&d).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("sub")]);
         fs::remove_dir_all(&d).unwrap();
     }

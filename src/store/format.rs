@@ -163,7 +163,10 @@ impl KvSnapshot {
         if r.pos != bytes.len() {
             return Err(r.error_at(
                 r.pos,
-                &format!("{} unexpected bytes follow the KV section", bytes.len() - r.pos),
+                &format!(
+                    "{} unexpected bytes follow the KV section",
+                    bytes.len() - r.pos
+                ),
             ));
         }
         if fnv1a64(&bytes[..sum_at]) != stored {
@@ -172,15 +175,8 @@ impl KvSnapshot {
                 "the KV section's checksum does not match its contents: the file is corrupt",
             ));
         }
-        let cache = KvCache::from_rows(
-            ty,
-            n_layer,
-            kv_dim,
-            max_positions as usize,
-            tokens,
-            rows,
-        )
-        .map_err(|m| r.error_at(n_at, &m))?;
+        let cache = KvCache::from_rows(ty, n_layer, kv_dim, max_positions as usize, tokens, rows)
+            .map_err(|m| r.error_at(n_at, &m))?;
         Ok(Self {
             fingerprint,
             context_length: context_length as usize,
