@@ -8,7 +8,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::message::Message;
-use super::session::{ChatEvents, Session};
+use super::session::{ChatEvents, HostReply, Session};
 use super::types::{
     ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, render_json,
     response_json,
@@ -70,6 +70,15 @@ impl ChatEvents for CancellableEvents<'_> {
     }
     fn on_request_complete(&mut self, usage: &Usage) {
         self.host.on_request_complete(usage);
+    }
+    fn execute_tool(&mut self, call_json: &str) -> Option<Result<HostReply>> {
+        self.host.execute_tool(call_json)
+    }
+    fn on_tool_call(&mut self, name: &str, elapsed_ms: f64) {
+        self.host.on_tool_call(name, elapsed_ms);
+    }
+    fn retrieve(&mut self, query: &str) -> Option<Result<HostReply>> {
+        self.host.retrieve(query)
     }
 }
 

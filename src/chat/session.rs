@@ -27,6 +27,25 @@ pub trait ChatEvents: GenerationEvents {
     }
     /// The turn finished (also when cancelled) with these measured figures.
     fn on_request_complete(&mut self, _usage: &Usage) {}
+    /// Runs a tool call, `call_json` = {"id", "name", "arguments"}; `None` when the host runs
+    /// no tools itself (the turn then ends with the calls for the host).
+    fn execute_tool(&mut self, _call_json: &str) -> Option<Result<HostReply>> {
+        None
+    }
+    /// A call run through `execute_tool` took `elapsed_ms`.
+    fn on_tool_call(&mut self, _name: &str, _elapsed_ms: f64) {}
+    /// Retrieved chunks for `query` as a JSON array; `None` when the host has no retriever.
+    fn retrieve(&mut self, _query: &str) -> Option<Result<HostReply>> {
+        None
+    }
+}
+
+/// What a host callback that supplies data answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostReply {
+    Content(String),
+    /// The host asked to cancel the send.
+    Cancel,
 }
 
 /// A host that listens to nothing.
