@@ -10,9 +10,10 @@
 
 /*
  The ABI version of this header: bumped whenever a struct layout or function signature
- changes incompatibly.
+ changes incompatibly. 2: `smallmind_chat_callbacks` starts with `struct_size`
+ (and grows at its end only from then on).
  */
-#define SMALLMIND_ABI_VERSION 1
+#define SMALLMIND_ABI_VERSION 2
 
 /*
  Positions the cache grows by: its buffers hold a whole number of chunks (at most the
@@ -98,6 +99,12 @@ typedef struct smallmind_chat smallmind_chat;
 typedef struct smallmind_engine smallmind_engine;
 
 /*
+ The host's answer to a callback that asks for data (`execute_tool`, `retrieve`). Owned by
+ the library and valid only during that callback; fill it with `smallmind_host_result_set`.
+ */
+typedef struct smallmind_host_result smallmind_host_result;
+
+/*
  Measured figures of one request, as passed to `on_request_complete`.
  */
 typedef struct smallmind_usage {
@@ -127,8 +134,18 @@ typedef struct smallmind_usage {
  token), on_token for each piece, on_request_complete (also when cancelled). A request that
  fails before it starts (bad input, context overflow) calls none of them. Every figure is
  measured, and agrees with the response's "usage" and "context".
+
+ The struct grows at its end only. `struct_size` says which fields the host knows: 0 (a
+ zero-initialised struct) means `user_data` and the six callbacks from `on_token` to
+ `on_request_complete`; any other value is the host's `sizeof(smallmind_chat_callbacks)`, and
+ fields that do not lie wholly within it count as NULL. Initialise with
+ `SMALLMIND_CHAT_CALLBACKS_INIT` and set the fields you use.
  */
 typedef struct smallmind_chat_callbacks {
+  /*
+   0 or `sizeof(smallmind_chat_callbacks)` as the host compiled it (see above).
+   */
+  uint32_t struct_size;
   /*
    Passed back as the first argument of every callback.
    */
@@ -173,6 +190,33 @@ typedef struct smallmind_chat_callbacks {
   void (*on_request_complete)(void *user_data,
                               const char *session_id,
                               const struct smallmind_usage *usage);
+  /*
+   Runs a tool call the model made (requests with "tools"). `call_json` is
+   {"id", "name", "arguments"} (arguments a JSON object). Answer with
+   `smallmind_host_result_set(result, content)` (the text the model reads as the tool's
+   result; the library copies it) and return 0; the send then continues the conversation
+   with that result. Return non-zero to cancel the send (finish_reason "cancelled"). Without
+   this callback a send that calls tools returns finish_reason "tool_calls" for the host to
+   run them.
+   */
+  int32_t (*execute_tool)(void *user_data,
+                          const char *session_id,
+                          const char *call_json,
+                          struct smallmind_host_result *result);
+  /*
+   A tool call ran through `execute_tool`, taking `elapsed_ms`.
+   */
+  void (*on_tool_call)(void *user_data, const char *session_id, const char *name, double elapsed_ms);
+  /*
+   Supplies retrieved chunks for this send: `query` is the last user message. Answer with
+   `smallmind_host_result_set(result, json)`, `json` an array of {"id", "content", "source"?,
+   "title"?, "score"?}, and return 0; they join the request's "retrieved_context". Return
+   non-zero to cancel the send.
+   */
+  int32_t (*retrieve)(void *user_data,
+                      const char *session_id,
+                      const char *query,
+                      struct smallmind_host_result *result);
 } smallmind_chat_callbacks;
 
 /*
@@ -197,6 +241,18 @@ typedef struct smallmind_engine_callbacks {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/*
+ Answers the callback that passed `result`: copies `content` (UTF-8, NUL-terminated) into it.
+ A second call replaces the first answer. Only during that callback, on its thread.
+ Errors: INVALID_ARGUMENT (NULL pointers; `content` not UTF-8, which also fails the send
+ with the same message).
+
+ # Safety
+ `result` is NULL or the pointer the callback received; `content` is NULL or NUL-terminated.
+ */
+smallmind_status smallmind_host_result_set(struct smallmind_host_result *result,
+                                           const char *content);
 
 /*
  Creates a chat on `engine`. `options_json` may be NULL or
@@ -490,3 +546,13 @@ smallmind_status smallmind_engine_complete(struct smallmind_engine *engine,
 #endif  // __cplusplus
 
 #endif  /* SMALLMIND_H */
+
+/* Initialises a smallmind_chat_callbacks with its struct_size set and every callback NULL:
+ *   smallmind_chat_callbacks cb = SMALLMIND_CHAT_CALLBACKS_INIT;
+ *   cb.on_token = my_on_token; */
+#ifdef __cplusplus
+#define SMALLMIND_CHAT_CALLBACKS_INIT \
+    ([] { smallmind_chat_callbacks cb{}; cb.struct_size = static_cast<uint32_t>(sizeof cb); return cb; }())
+#else
+#define SMALLMIND_CHAT_CALLBACKS_INIT {.struct_size = (uint32_t)sizeof(smallmind_chat_callbacks)}
+#endif

@@ -246,6 +246,25 @@ fn c_chat_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
     ));
 }
 
+/// A host built against the header from before the tool fields (a smaller struct_size).
+#[test]
+fn a_host_compiled_against_the_header_before_the_tool_fields_works() {
+    let _alone = exclusive();
+    for (name, flags) in [
+        ("test_old_header", &[][..]),
+        ("test_old_header_asan", SANITIZERS),
+    ] {
+        let program = compile(name, &["tests/c/test_old_header.c"], flags);
+        let out = run(&program, &[&smollm2()]);
+        assert!(
+            out.stdout.contains(" 0 failed"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 /// Every program in examples-c/, built and run as a user would (short replies).
 fn run_examples(suffix: &str, flags: &[&str]) {
     let model = smollm2();

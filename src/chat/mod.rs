@@ -12,8 +12,8 @@ pub use message::{FunctionCall, Message, Role, ToolCall};
 pub use policy::{ContextPolicy, PolicyOutcome, apply_policy};
 pub use runtime::Chat;
 pub use session::{
-    ChatEvents, ContextReport, HistoryMode, PreparedPrompt, Session, SessionConfig, Turn,
-    TurnOutput,
+    ChatEvents, ContextReport, HistoryMode, HostReply, PreparedPrompt, Session, SessionConfig,
+    Turn, TurnOutput,
 };
 pub use template::{BuiltinFormat, ChatTemplate, TemplateContext, TemplateError};
 pub use types::{

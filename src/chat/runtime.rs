@@ -8,7 +8,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::message::Message;
-use super::session::{ChatEvents, Session};
+use super::session::{ChatEvents, HostReply, Session};
 use super::types::{
     ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, render_json,
     response_json,
@@ -77,6 +77,15 @@ impl ChatEvents for CancellableEvents<'_> {
     fn on_kv_budget_exceeded(&mut self, requested_bytes: usize, budget_bytes: usize) {
         self.host
             .on_kv_budget_exceeded(requested_bytes, budget_bytes);
+    }
+    fn execute_tool(&mut self, call_json: &str) -> Option<Result<HostReply>> {
+        self.host.execute_tool(call_json)
+    }
+    fn on_tool_call(&mut self, name: &str, elapsed_ms: f64) {
+        self.host.on_tool_call(name, elapsed_ms);
+    }
+    fn retrieve(&mut self, query: &str) -> Option<Result<HostReply>> {
+        self.host.retrieve(query)
     }
 }
 

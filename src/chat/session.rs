@@ -38,6 +38,25 @@ pub trait ChatEvents: GenerationEvents {
     /// This turn needs `requested_bytes` of KV cache and nothing more can be evicted under
     /// the engine's `budget_bytes`; the send fails with BUDGET_EXCEEDED.
     fn on_kv_budget_exceeded(&mut self, _requested_bytes: usize, _budget_bytes: usize) {}
+    /// Runs a tool call, `call_json` = {"id", "name", "arguments"}; `None` when the host runs
+    /// no tools itself (the turn then ends with the calls for the host).
+    fn execute_tool(&mut self, _call_json: &str) -> Option<Result<HostReply>> {
+        None
+    }
+    /// A call run through `execute_tool` took `elapsed_ms`.
+    fn on_tool_call(&mut self, _name: &str, _elapsed_ms: f64) {}
+    /// Retrieved chunks for `query` as a JSON array; `None` when the host has no retriever.
+    fn retrieve(&mut self, _query: &str) -> Option<Result<HostReply>> {
+        None
+    }
+}
+
+/// What a host callback that supplies data answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostReply {
+    Content(String),
+    /// The host asked to cancel the send.
+    Cancel,
 }
 
 /// A host that listens to nothing.

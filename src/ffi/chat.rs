@@ -133,8 +133,9 @@ pub unsafe extern "C" fn smallmind_chat_send(
         // SAFETY: per the function's contract.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_response_json, "out_response_json")?;
-        // SAFETY: cb is NULL or valid for the call.
-        let mut events = RequestCallbacks::new(unsafe { cb.as_ref() }, chat.session_id());
+        // SAFETY: cb is NULL or a table of its struct_size, valid for the call.
+        let table = unsafe { smallmind_chat_callbacks::read(cb) }?;
+        let mut events = RequestCallbacks::new(table, chat.session_id());
         let (response, _usage) = chat.send(json, started_at, &mut events)?;
         let response = string_to_c(response)?;
         // SAFETY: checked non-null.
