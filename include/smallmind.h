@@ -9,11 +9,55 @@
 #include <stdint.h>
 
 /*
+ Work one render may do, in minijinja fuel (about one instruction, or 64 bytes of data
+ created): a hostile template can neither hang the caller nor exhaust its memory. A
+ thousand-message conversation through a real template takes well under 1% of it.
+ */
+#define MAX_TEMPLATE_FUEL 4000000
+
+/*
+ Nesting of macro calls, includes and recursive loops in one render, kept low enough that
+ the deepest stays within a small thread stack.
+ */
+#define MAX_TEMPLATE_RECURSION 64
+
+/*
+ Size of a rendered prompt (16 MiB: more text than any model's context can hold).
+ */
+#define MAX_RENDERED_BYTES (16 << 20)
+
+/*
  The ABI version of this header: bumped whenever a struct layout or function signature
  changes incompatibly. 2: `smallmind_chat_callbacks` starts with `struct_size`
  (and grows at its end only from then on).
  */
 #define SMALLMIND_ABI_VERSION 2
+
+/*
+ Transformer blocks (the largest released models have under 200).
+ */
+#define MAX_LAYERS 1024
+
+/*
+ Width of the residual stream, of the FFN, and of the concatenated heads.
+ */
+#define MAX_WIDTH (1 << 20)
+
+/*
+ Attention heads (query or key/value).
+ */
+#define MAX_HEADS 4096
+
+/*
+ Positions of the training context, and of the context an engine may be given
+ (16,777,216; the longest released contexts are 10M).
+ */
+#define MAX_CONTEXT (1 << 24)
+
+/*
+ The tensors one transformer block needs at least (norms, q, k, v, o, gate, up, down).
+ */
+#define TENSORS_PER_LAYER 9
 
 /*
  Positions the cache grows by: its buffers hold a whole number of chunks (at most the
@@ -217,6 +261,27 @@ typedef struct smallmind_chat_callbacks {
                       const char *session_id,
                       const char *query,
                       struct smallmind_host_result *result);
+  /*
+   This send needs `requested_bytes` of KV cache (the most its turn can hold) and the
+   engine's `kv_budget_bytes` (`budget_bytes`) cannot make room: every other chat holding
+   a cache is busy, or this one alone is over the budget. The send then returns
+   SMALLMIND_ERR_BUDGET_EXCEEDED (no other callback of this send runs). With only
+   `max_sessions` set, `budget_bytes` is UINT64_MAX.
+   */
+  void (*on_kv_budget_exceeded)(void *user_data,
+                                const char *session_id,
+                                uint64_t requested_bytes,
+                                uint64_t budget_bytes);
+  /*
+   To make room for this send, the KV cache of the idle chat `evicted_session_id` (least
+   recently used) was released: `tokens` positions, `bytes` bytes. Its next send
+   recomputes its prompt and replies the same. Called before on_request_start, once per
+   evicted chat.
+   */
+  void (*on_kv_eviction)(void *user_data,
+                         const char *evicted_session_id,
+                         uint32_t tokens,
+                         uint64_t bytes);
 } smallmind_chat_callbacks;
 
 /*

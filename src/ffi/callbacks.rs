@@ -6,7 +6,7 @@ use super::boundary::{ffi_call, str_arg};
 use super::smallmind_status;
 use crate::chat::ChatEvents;
 use crate::chat::HostReply;
-use crate::engine::{GenerationEvents, LoadObserver, LogLevel, Usage};
+use crate::engine::{Eviction, GenerationEvents, LoadObserver, LogLevel, Usage};
 use crate::error::{Error, Result};
 
 /// Measured figures of one request, as passed to `on_request_complete`.
@@ -145,6 +145,31 @@ pub struct smallmind_chat_callbacks {
             query: *const c_char,
             result: *mut smallmind_host_result,
         ) -> i32,
+    >,
+    /// This send needs `requested_bytes` of KV cache (the most its turn can hold) and the
+    /// engine's `kv_budget_bytes` (`budget_bytes`) cannot make room: every other chat holding
+    /// a cache is busy, or this one alone is over the budget. The send then returns
+    /// SMALLMIND_ERR_BUDGET_EXCEEDED (no other callback of this send runs). With only
+    /// `max_sessions` set, `budget_bytes` is UINT64_MAX.
+    pub on_kv_budget_exceeded: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            session_id: *const c_char,
+            requested_bytes: u64,
+            budget_bytes: u64,
+        ),
+    >,
+    /// To make room for this send, the KV cache of the idle chat `evicted_session_id` (least
+    /// recently used) was released: `tokens` positions, `bytes` bytes. Its next send
+    /// recomputes its prompt and replies the same. Called before on_request_start, once per
+    /// evicted chat.
+    pub on_kv_eviction: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            evicted_session_id: *const c_char,
+            tokens: u32,
+            bytes: u64,
+        ),
     >,
 }
 
@@ -471,5 +496,36 @@ impl ChatEvents for RequestCallbacks {
     }
     fn on_request_complete(&mut self, usage: &Usage) {
         self.request_complete(usage);
+    }
+    fn on_kv_budget_exceeded(&mut self, requested_bytes: usize, budget_bytes: usize) {
+        if let Some((f, ud)) = self
+            .cb
+            .as_ref()
+            .and_then(|c| c.on_kv_budget_exceeded.map(|f| (f, c.user_data)))
+        {
+            let wide = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+            // SAFETY: host-supplied function; session_id outlives the call.
+            unsafe {
+                f(
+                    ud,
+                    self.session_id.as_ptr(),
+                    wide(requested_bytes),
+                    wide(budget_bytes),
+                )
+            };
+        }
+    }
+    fn on_kv_eviction(&mut self, eviction: &Eviction) {
+        if let Some((f, ud)) = self
+            .cb
+            .as_ref()
+            .and_then(|c| c.on_kv_eviction.map(|f| (f, c.user_data)))
+        {
+            let id = CString::new(eviction.session_id.replace('\0', " ")).unwrap_or_default();
+            let tokens = u32::try_from(eviction.tokens).unwrap_or(u32::MAX);
+            let bytes = u64::try_from(eviction.bytes).unwrap_or(u64::MAX);
+            // SAFETY: host-supplied function; the id outlives the call.
+            unsafe { f(ud, id.as_ptr(), tokens, bytes) };
+        }
     }
 }
