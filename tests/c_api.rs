@@ -246,6 +246,60 @@ fn c_chat_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
     ));
 }
 
+fn fixture_v1() -> String {
+    path_arg(&repo().join("tests/fixtures/chat-export-v1.json")).to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = out_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_persist_tests(name: &str, flags: &[&str]) {
+    let program = compile(name, &["tests/c/test_persist.c"], flags);
+    let dir = scratch(&format!("{name}-files"));
+    let out = run(&program, &[&smollm2(), &fixture_v1(), path_arg(&dir)]);
+    assert!(
+        out.stdout.contains("test_persist: ") && out.stdout.contains(" 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn c_persistence_and_budget_tests_pass() {
+    let _alone = exclusive();
+    run_persist_tests("test_persist", &[]);
+}
+
+#[test]
+fn c_persistence_and_budget_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
+    let _alone = exclusive();
+    run_persist_tests("test_persist_asan", SANITIZERS);
+}
+
+/// A host built against the header from before the tool fields (a smaller struct_size).
+#[test]
+fn a_host_compiled_against_the_header_before_the_tool_fields_works() {
+    let _alone = exclusive();
+    for (name, flags) in [
+        ("test_old_header", &[][..]),
+        ("test_old_header_asan", SANITIZERS),
+    ] {
+        let program = compile(name, &["tests/c/test_old_header.c"], flags);
+        let out = run(&program, &[&smollm2()]);
+        assert!(
+            out.stdout.contains(" 0 failed"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 /// Every program in examples-c/, built and run as a user would (short replies).
 fn run_examples(suffix: &str, flags: &[&str]) {
     let model = smollm2();
@@ -355,6 +409,47 @@ fn run_examples(suffix: &str, flags: &[&str]) {
             telemetry.stdout
         );
     }
+
+    // A chat that survives restarts: the second run resumes the first's conversation and
+    // its KV cache from the file.
+    let persist = build("persist");
+    let dir = scratch(&format!("persist{suffix}-state"));
+    let state = dir.join("chat.smchat");
+    let first = run(
+        &persist,
+        &[&model, path_arg(&state), "What is the capital of France?"],
+    );
+    assert!(
+        first.stderr.contains("[new conversation]"),
+        "{}",
+        first.stderr
+    );
+    assert!(first.stderr.contains("[saved to "), "{}", first.stderr);
+    let second = run(&persist, &[&model, path_arg(&state), "And of Italy?"]);
+    assert!(
+        second.stderr.contains("[resumed ") && second.stderr.contains(": 3 messages]"),
+        "system, user, assistant: {}",
+        second.stderr
+    );
+    let usage = second
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("[prompt "))
+        .expect("a usage line");
+    assert!(
+        !usage.contains(" 0 cached"),
+        "the saved KV cache is reused: {usage}"
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("chat.smchat")],
+        "no temporary file"
+    );
 
     let threads = run(&build("threads"), &[&model]);
     for thread in ["[thread 1] ", "[thread 2] "] {
