@@ -38,7 +38,7 @@ fn library_dir() -> PathBuf {
         deps.clone(),
         deps.parent().expect("target/<profile>").to_path_buf(),
     ];
-    candidates
+    let dir = candidates
         .iter()
         .find(|dir| dir.join("libsmallmind.so").exists())
         .cloned()
@@ -47,7 +47,16 @@ fn library_dir() -> PathBuf {
                 "{} has no libsmallmind.so; build the library first (`cargo build --release`)",
                 deps.display()
             )
-        })
+        });
+    // The library's soname is libsmallmind.so.0 (build.rs): a program linked with -lsmallmind
+    // loads that name, which cargo does not lay out, so a link to the build's copy stands in.
+    let soname = dir.join("libsmallmind.so.0");
+    match std::os::unix::fs::symlink("libsmallmind.so", &soname) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("cannot link {}: {e}", soname.display()),
+    }
+    dir
 }
 
 fn repo() -> PathBuf {

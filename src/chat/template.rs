@@ -15,12 +15,24 @@ use crate::error::{Error, ErrorKind};
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Work one render may do, in minijinja fuel (about one instruction, or 64 bytes of data
+/// created): a hostile template can neither hang the caller nor exhaust its memory. A
+/// thousand-message conversation through a real template takes well under 1% of it.
+pub const MAX_TEMPLATE_FUEL: u64 = 4_000_000;
+/// Nesting of macro calls, includes and recursive loops in one render, kept low enough that
+/// the deepest stays within a small thread stack.
+pub const MAX_TEMPLATE_RECURSION: usize = 64;
+/// Size of a rendered prompt (16 MiB: more text than any model's context can hold).
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum TemplateError {
     /// The template does not compile.
     Syntax(String),
     /// Rendering failed, e.g. the template raised an exception about the messages.
     Render(String),
+    /// Rendering did more work, nested deeper or wrote more than the limits allow.
+    Limit(String),
 }
 
 impl fmt::Display for TemplateError {
@@ -28,6 +40,7 @@ impl fmt::Display for TemplateError {
         match self {
             Self::Syntax(m) => write!(f, "the model's chat template does not compile: {m}"),
             Self::Render(m) => write!(f, "the chat template rejected the conversation: {m}"),
+            Self::Limit(m) => write!(f, "the chat template was stopped: {m}"),
         }
     }
 }
@@ -38,7 +51,7 @@ impl From<TemplateError> for Error {
     fn from(e: TemplateError) -> Self {
         let kind = match e {
             TemplateError::Syntax(_) => ErrorKind::UnsupportedModel,
-            TemplateError::Render(_) => ErrorKind::InvalidArgument,
+            TemplateError::Render(_) | TemplateError::Limit(_) => ErrorKind::InvalidArgument,
         };
         Error::new(kind, e.to_string())
     }
@@ -270,6 +283,8 @@ impl ChatTemplate {
             .build()
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(MAX_TEMPLATE_FUEL));
+        env.set_recursion_limit(MAX_TEMPLATE_RECURSION);
         env.set_unknown_method_callback(content_aware_methods);
         env.add_filter("trim", content_aware_trim);
         env.add_function("raise_exception", raise_exception);
@@ -297,9 +312,27 @@ impl ChatTemplate {
             bos_token => ctx.bos_token,
             eos_token => ctx.eos_token,
         };
-        template
-            .render(context)
-            .map_err(|e| TemplateError::Render(describe(&e)))
+        let mut out = CappedWriter::default();
+        match template.render_captured_to(context, &mut out) {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| TemplateError::Render("the output is not valid UTF-8".into())),
+            Err(_) if out.full => Err(TemplateError::Limit(format!(
+                "the rendered prompt would exceed {MAX_RENDERED_BYTES} bytes"
+            ))),
+            Err(e) if e.kind() == JinjaErrorKind::OutOfFuel => Err(TemplateError::Limit(format!(
+                "rendering needed more than the {MAX_TEMPLATE_FUEL} steps a render may take (a runaway loop?)"
+            ))),
+            Err(e)
+                if e.kind() == JinjaErrorKind::InvalidOperation
+                    && e.to_string().contains("recursion") =>
+            {
+                Err(TemplateError::Limit(format!(
+                    "templates nest at most {MAX_TEMPLATE_RECURSION} levels deep: {}",
+                    describe(&e)
+                )))
+            }
+            Err(e) => Err(TemplateError::Render(describe(&e))),
+        }
     }
 
     /// Renders like [`ChatTemplate::render`] and also says which bytes of the text came from
@@ -345,6 +378,28 @@ impl ChatTemplate {
             text,
             content_spans: content_spans.map(|(_, spans)| spans),
         })
+    }
+}
+
+/// Collects the rendered text, refusing to grow past `MAX_RENDERED_BYTES`.
+#[derive(Default)]
+struct CappedWriter {
+    bytes: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.full = true;
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -619,5 +674,45 @@ mod tests {
         let msgs = [Message::new(Role::User, "  padded  ")];
         let out = render("{{ messages[0]['content'].strip() }}|{{ {'a': [1, 'é']} | tojson }}|{{ strftime_now('%Y') | length }}", &msgs).unwrap();
         assert_eq!(out, "padded|{\"a\": [1, \"é\"]}|4");
+    }
+
+    fn limit_err(source: &str) -> String {
+        match render(source, &[Message::new(Role::User, "hi")]) {
+            Err(e @ TemplateError::Limit(_)) => e.to_string(),
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_template_that_loops_a_billion_times_runs_out_of_fuel() {
+        let err = limit_err(
+            "{% for a in range(100000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}",
+        );
+        assert!(err.contains("steps"), "{err}");
+    }
+
+    #[test]
+    fn unbounded_macro_recursion_stops_at_the_limit_even_on_a_small_stack() {
+        let source = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let err = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || limit_err(source))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(err.contains("64 levels"), "{err}");
+    }
+
+    #[test]
+    fn a_rendered_prompt_past_the_size_cap_is_refused() {
+        let err = limit_err("{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}");
+        assert!(err.contains("16777216 bytes"), "{err}");
+        // Just under the cap renders.
+        let ok = render(
+            "{% for i in range(16) %}{{ 'x' * 1000000 }}{% endfor %}",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 16_000_000);
     }
 }

@@ -183,6 +183,12 @@ impl Engine {
         let context_length = match options.context_length {
             None => model.hparams.n_ctx_train,
             Some(0) => return Err(Error::invalid_argument("context_length must be at least 1")),
+            Some(n) if n > crate::model::limits::MAX_CONTEXT => {
+                return Err(Error::invalid_argument(format!(
+                    "context_length is {n}; smallmind holds at most {} positions",
+                    crate::model::limits::MAX_CONTEXT
+                )));
+            }
             Some(n) => n,
         };
         let mut warnings = Vec::new();
