@@ -9,10 +9,54 @@
 #include <stdint.h>
 
 /*
+ Work one render may do, in minijinja fuel (about one instruction, or 64 bytes of data
+ created): a hostile template can neither hang the caller nor exhaust its memory. A
+ thousand-message conversation through a real template takes well under 1% of it.
+ */
+#define MAX_TEMPLATE_FUEL 4000000
+
+/*
+ Nesting of macro calls, includes and recursive loops in one render, kept low enough that
+ the deepest stays within a small thread stack.
+ */
+#define MAX_TEMPLATE_RECURSION 64
+
+/*
+ Size of a rendered prompt (16 MiB: more text than any model's context can hold).
+ */
+#define MAX_RENDERED_BYTES (16 << 20)
+
+/*
  The ABI version of this header: bumped whenever a struct layout or function signature
  changes incompatibly.
  */
 #define SMALLMIND_ABI_VERSION 1
+
+/*
+ Transformer blocks (the largest released models have under 200).
+ */
+#define MAX_LAYERS 1024
+
+/*
+ Width of the residual stream, of the FFN, and of the concatenated heads.
+ */
+#define MAX_WIDTH (1 << 20)
+
+/*
+ Attention heads (query or key/value).
+ */
+#define MAX_HEADS 4096
+
+/*
+ Positions of the training context, and of the context an engine may be given
+ (16,777,216; the longest released contexts are 10M).
+ */
+#define MAX_CONTEXT (1 << 24)
+
+/*
+ The tensors one transformer block needs at least (norms, q, k, v, o, gate, up, down).
+ */
+#define TENSORS_PER_LAYER 9
 
 /*
  The result of every smallmind call. 0 is success; each error has its own code, and
