@@ -147,7 +147,7 @@ def _json_arg(value: Dict[str, Any]) -> bytes:
 
 def _missing(name: str) -> Error:
     return InvalidArgumentError(
-        f"this libsmallmind ({version()}) has no {name}; use a library that has it"
+        f"this libsmallmind ({version()}, ABI {abi_version()}) lacks {name}; use a newer library"
     )
 
 
@@ -170,13 +170,19 @@ class _Callbacks:
     generation (the token callback returns non-zero) and is re-raised on the caller once the C
     call has returned: it never unwinds through C frames."""
 
-    def __init__(self, on_token: Optional[OnToken]) -> None:
+    def __init__(self, on_token: Optional[OnToken], execute_tool: Optional[ExecuteTool] = None) -> None:
         self.error: Optional[BaseException] = None
         self._on_token = on_token
+        self._execute_tool = execute_tool
         self.struct = _native.new_chat_callbacks()
         if on_token is not None:
             self._token_fn = _native.ON_TOKEN(self._token)
             self.struct.on_token = self._token_fn
+        if execute_tool is not None:
+            if not hasattr(self.struct, "execute_tool") or not _native.has("smallmind_host_result_set"):
+                raise _missing("the execute_tool callback (ABI 2)")
+            self._tool_fn = _native.EXECUTE_TOOL(self._tool)
+            self.struct.execute_tool = self._tool_fn
 
     def _token(self, _user_data: Any, text: int, length: int) -> int:
         if self.error is not None:
@@ -185,6 +191,20 @@ class _Callbacks:
             piece = ctypes.string_at(text, length).decode("utf-8") if length else ""
             assert self._on_token is not None
             return 1 if self._on_token(piece) is False else 0
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller
+            self.error = e
+            return 1
+
+    def _tool(self, _user_data: Any, _session_id: bytes, call_json: bytes, result: int) -> int:
+        if self.error is not None:
+            return 1
+        try:
+            call = json.loads(call_json.decode("utf-8"))
+            assert self._execute_tool is not None
+            value = self._execute_tool(call.get("name", ""), call.get("arguments") or {})
+            content = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            _check(_native.lib().smallmind_host_result_set(result, content.encode("utf-8")))
+            return 0
         except BaseException as e:  # noqa: BLE001 - re-raised on the caller
             self.error = e
             return 1
@@ -394,19 +414,6 @@ class Chat:
             raise InvalidArgumentError("the chat is closed")
         return ChatP(self._handle)
 
-    def _send_once(self, body: Dict[str, Any], on_token: Optional[OnToken]) -> Dict[str, Any]:
-        callbacks = _Callbacks(on_token)
-        out = ctypes.c_void_p()
-        status = _native.lib().smallmind_chat_send(
-            self._h(), _json_arg(body), callbacks.pointer(), ctypes.byref(out)
-        )
-        exc = _error(status) if status != 0 else None
-        text = _take_string(out) if status == 0 else ""
-        callbacks.raise_pending()
-        if exc is not None:
-            raise exc
-        return json.loads(text)
-
     def send(
         self,
         content: Content,
@@ -418,38 +425,25 @@ class Chat:
         """Sends `content` (a string is one user message; else a list of message dicts) with
         the other request fields in `request`, and returns the response dict.
 
-        `on_token(piece)` may return False to stop (finish_reason "cancelled").
-        `execute_tool(name, arguments)` runs the tool calls of a reply that finishes with
-        "tool_calls": its return value (a string, or anything JSON-serialisable) is sent back
-        as the tool message and the chat continues, at most `max_tool_calls` (default 10)
-        rounds."""
+        `on_token(piece)` may return False to stop (finish_reason "cancelled"); any other
+        return value goes on. `execute_tool(name, arguments)` runs the tool calls the model
+        makes (requests with `tools`): its return value, a string or anything
+        JSON-serialisable, is the tool's result, and the library continues the reply with it
+        (at most `max_tool_calls` calls). It needs a library with ABI 2; without it a reply
+        that calls tools ends with finish_reason "tool_calls" for the caller to run them."""
         body = dict(request)
         body["messages"] = _messages(content)
-        response = self._send_once(body, on_token)
-        if execute_tool is None:
-            return response
-        rounds = int(request.get("max_tool_calls", 10))
-        follow = {k: v for k, v in request.items() if k != "history"}
-        while response.get("finish_reason") == "tool_calls" and rounds > 0:
-            rounds -= 1
-            results = []
-            for call in response["message"].get("tool_calls") or []:
-                function = call.get("function", {})
-                arguments = function.get("arguments") or "{}"
-                if isinstance(arguments, str):
-                    arguments = json.loads(arguments)
-                result = execute_tool(function.get("name", ""), arguments)
-                results.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": call.get("id"),
-                        "content": result if isinstance(result, str) else json.dumps(result),
-                    }
-                )
-            body = dict(follow)
-            body["messages"] = results
-            response = self._send_once(body, on_token)
-        return response
+        callbacks = _Callbacks(on_token, execute_tool)
+        out = ctypes.c_void_p()
+        status = _native.lib().smallmind_chat_send(
+            self._h(), _json_arg(body), callbacks.pointer(), ctypes.byref(out)
+        )
+        exc = _error(status) if status != 0 else None
+        text = _take_string(out) if status == 0 else ""
+        callbacks.raise_pending()
+        if exc is not None:
+            raise exc
+        return json.loads(text)
 
     def stream(self, content: Content, **request: Any) -> "Stream":
         """Like `send`, as an iterator of text pieces; `.response` holds the response dict once
