@@ -120,6 +120,25 @@ def test_on_token_returning_false_stops_and_none_goes_on(engine):
     assert response["usage"]["completion_tokens"] == 2
 
 
+def test_load_progress_rises_to_one_and_false_aborts_the_load():
+    seen = []
+    with smallmind.Engine(_model_path(), context_length=256, on_progress=seen.append):
+        pass
+    assert seen and seen[-1] == 1.0
+    assert seen == sorted(seen)
+    with pytest.raises(smallmind.CancelledError) as info:
+        smallmind.Engine(_model_path(), on_progress=lambda fraction: False)
+    assert info.value.status == 6
+
+
+def test_an_exception_in_the_progress_callback_aborts_and_is_raised():
+    def explode(fraction):
+        raise KeyError("from on_progress")
+
+    with pytest.raises(KeyError, match="from on_progress"):
+        smallmind.Engine(_model_path(), on_progress=explode)
+
+
 # Errors ------------------------------------------------------------------------------------
 
 
