@@ -93,6 +93,7 @@ struct InfoJson<'a> {
     fingerprint: &'a str,
     load_ms: f64,
     smallmind_version: &'static str,
+    warnings: &'a [String],
 }
 
 /// `smallmind_engine_info` output.
@@ -128,5 +129,6 @@ pub fn info_json(engine: &Engine) -> Result<String> {
         fingerprint: &info.fingerprint,
         load_ms: info.load_ms,
         smallmind_version: env!("CARGO_PKG_VERSION"),
+        warnings: &info.warnings,
     })
 }

@@ -27,6 +27,30 @@ pub struct Chat {
     cancel: AtomicBool,
 }
 
+/// A response id unique in this process and, by its random part, across processes and
+/// restarts: "chatcmpl-" + 16 hex digits drawn once per process + a per-process counter.
+/// Never derived from the session id or the turn number, which an import or a second chat
+/// with the same session_id repeats.
+fn response_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static PROCESS_RANDOM: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let random = *PROCESS_RANDOM.get_or_init(|| {
+        // RandomState is seeded from the operating system's random source.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        hasher.write_u128(now);
+        hasher.finish()
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("chatcmpl-{random:016x}{n:06x}")
+}
+
 fn busy() -> Error {
     Error::new(
         ErrorKind::Busy,
@@ -142,7 +166,7 @@ impl Chat {
             &output,
             self.model_name(),
             &self.session_id,
-            session.turns(),
+            &response_id(),
             seed,
         )?;
         Ok((response, output.usage))

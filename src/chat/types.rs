@@ -31,6 +31,8 @@ pub struct ChatOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_special_in_content: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_policy: Option<ContextPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache: Option<bool>,
@@ -114,6 +116,7 @@ impl ChatOptions {
                 .clone()
                 .unwrap_or_else(|| format!("session-{}", session_counter())),
             system_prompt: self.system_prompt.clone(),
+            parse_special_in_content: self.parse_special_in_content.unwrap_or(false),
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),
             max_kv_tokens: self.max_kv_tokens.map(|n| n as usize),
@@ -320,7 +323,7 @@ pub fn response_json(
     out: &TurnOutput,
     model: &str,
     session_id: &str,
-    turn_number: u64,
+    id: &str,
     seed: u64,
 ) -> Result<String> {
     let mut warnings = Vec::new();
@@ -330,8 +333,9 @@ pub fn response_json(
             out.context.policy, out.context.dropped_messages
         ));
     }
+    warnings.extend(out.warnings.iter().cloned());
     crate::api::to_json(&ChatResponseJson {
-        id: format!("chatcmpl-{session_id}-{turn_number}"),
+        id: id.to_string(),
         model,
         session_id,
         message: ReplyJson {
@@ -351,6 +355,7 @@ struct RenderJson<'a> {
     prompt: &'a str,
     prompt_token_ids: &'a [u32],
     context: ContextJson<'a>,
+    warnings: &'a [String],
 }
 
 /// The JSON of `smallmind_chat_render`: the prompt a send would give the model.
@@ -359,6 +364,7 @@ pub fn render_json(prepared: &PreparedPrompt) -> Result<String> {
         prompt: &prepared.text,
         prompt_token_ids: &prepared.token_ids,
         context: ContextJson::from(&prepared.context),
+        warnings: &prepared.warnings,
     })
 }
 

@@ -81,6 +81,8 @@ pub struct Engine {
     kv_type: KvType,
     fingerprint: String,
     load_time: Duration,
+    /// What the host should know about how the model was loaded (also sent to `on_log`).
+    warnings: Vec<String>,
 }
 
 /// Number of cores this process may use.
@@ -138,6 +140,15 @@ impl Engine {
                 ),
             ));
         }
+        if options.model_path.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "model_path '{}' is a directory; give the path of a .gguf file (for example one inside it)",
+                    options.model_path.display()
+                ),
+            ));
+        }
         observer.log(
             LogLevel::Info,
             &format!("loading {}", options.model_path.display()),
@@ -172,8 +183,23 @@ impl Engine {
         let context_length = match options.context_length {
             None => model.hparams.n_ctx_train,
             Some(0) => return Err(Error::invalid_argument("context_length must be at least 1")),
+            Some(n) if n > crate::model::limits::MAX_CONTEXT => {
+                return Err(Error::invalid_argument(format!(
+                    "context_length is {n}; smallmind holds at most {} positions",
+                    crate::model::limits::MAX_CONTEXT
+                )));
+            }
             Some(n) => n,
         };
+        let mut warnings = Vec::new();
+        if context_length > model.hparams.n_ctx_train {
+            let warning = format!(
+                "context_length {context_length} is above the {} tokens this model was trained on; past that, its output usually degrades (omit context_length to use the training context)",
+                model.hparams.n_ctx_train
+            );
+            observer.log(LogLevel::Warn, &warning);
+            warnings.push(warning);
+        }
         let fingerprint = fingerprint::of_file(&file);
         if !observer.progress(1.0) {
             return Err(Error::new(
@@ -200,6 +226,7 @@ impl Engine {
             kv_type: options.kv_type,
             fingerprint,
             load_time,
+            warnings,
         }))
     }
 
@@ -222,6 +249,11 @@ impl Engine {
 
     pub fn load_time(&self) -> Duration {
         self.load_time
+    }
+
+    /// Warnings of the load (e.g. a context longer than the model's training context).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// An empty KV cache for one sequence of this engine.
@@ -268,6 +300,7 @@ impl Engine {
             threads: self.pool.n_threads(),
             fingerprint: self.fingerprint.clone(),
             load_ms: self.load_time.as_secs_f64() * 1000.0,
+            warnings: self.warnings.clone(),
         }
     }
 }
@@ -297,4 +330,5 @@ pub struct ModelInfo {
     pub threads: usize,
     pub fingerprint: String,
     pub load_ms: f64,
+    pub warnings: Vec<String>,
 }

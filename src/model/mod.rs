@@ -10,7 +10,7 @@ mod weights;
 use std::fmt;
 use std::sync::Arc;
 
-pub use hparams::{Architecture, Hyperparams};
+pub use hparams::{Architecture, Hyperparams, limits};
 pub use kv_cache::{KvCache, KvType};
 pub use weights::{LayerWeights, Matrix, Weights};
 
