@@ -202,9 +202,10 @@ def test_send_returns_the_response_and_extends_the_history(chat):
     assert response["message"]["content"] == "".join(pieces)
     assert response["usage"]["completion_tokens"] >= len(pieces) >= 1
     history = chat.history()["messages"]
-    assert [m["role"] for m in history] == ["system", "user", "assistant"]
-    assert history[0]["content"] == "You are a helpful assistant."
-    assert history[2]["content"] == response["message"]["content"]
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[1]["content"] == response["message"]["content"]
+    # The chat's system_prompt is rendered into each prompt, not recorded in the history.
+    assert "You are a helpful assistant." in chat.render("And then?")["prompt"]
     chat.reset()
     assert chat.history()["messages"] == []
 
