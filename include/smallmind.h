@@ -9,10 +9,54 @@
 #include <stdint.h>
 
 /*
+ Work one render may do, in minijinja fuel (about one instruction, or 64 bytes of data
+ created): a hostile template can neither hang the caller nor exhaust its memory. A
+ thousand-message conversation through a real template takes well under 1% of it.
+ */
+#define MAX_TEMPLATE_FUEL 4000000
+
+/*
+ Nesting of macro calls, includes and recursive loops in one render, kept low enough that
+ the deepest stays within a small thread stack.
+ */
+#define MAX_TEMPLATE_RECURSION 64
+
+/*
+ Size of a rendered prompt (16 MiB: more text than any model's context can hold).
+ */
+#define MAX_RENDERED_BYTES (16 << 20)
+
+/*
  The ABI version of this header: bumped whenever a struct layout or function signature
  changes incompatibly.
  */
 #define SMALLMIND_ABI_VERSION 1
+
+/*
+ Transformer blocks (the largest released models have under 200).
+ */
+#define MAX_LAYERS 1024
+
+/*
+ Width of the residual stream, of the FFN, and of the concatenated heads.
+ */
+#define MAX_WIDTH (1 << 20)
+
+/*
+ Attention heads (query or key/value).
+ */
+#define MAX_HEADS 4096
+
+/*
+ Positions of the training context, and of the context an engine may be given
+ (16,777,216; the longest released contexts are 10M).
+ */
+#define MAX_CONTEXT (1 << 24)
+
+/*
+ The tensors one transformer block needs at least (norms, q, k, v, o, gate, up, down).
+ */
+#define TENSORS_PER_LAYER 9
 
 /*
  The result of every smallmind call. 0 is success; each error has its own code, and
@@ -332,8 +376,10 @@ const char *smallmind_last_error(void);
 void smallmind_string_free(char *s);
 
 /*
- Loads a model. `options_json`: {"model_path" (required), "threads", "context_length",
- "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
+ Loads a model. `options_json`: {"model_path" (required; UTF-8 like all JSON text, so a
+ path that is not UTF-8 is reached through a symbolic link with a UTF-8 name), "threads",
+ "context_length" (above the model's training context loads with a warning, sent to on_log
+ and listed in `smallmind_engine_info`'s "warnings"), "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
  engine the caller frees with `smallmind_engine_free`; on failure `*out` is untouched.
  Errors: INVALID_ARGUMENT, INVALID_JSON, IO (file missing), MODEL_LOAD (malformed file),
  UNSUPPORTED_MODEL, CANCELLED (the progress callback returned non-zero).
@@ -356,7 +402,8 @@ void smallmind_engine_free(struct smallmind_engine *engine);
 
 /*
  Model facts as JSON: architecture, sizes, context length, tensor types, chat template,
- fingerprint, threads, load time. `*out_json` is freed with `smallmind_string_free`.
+ fingerprint, threads, load time, "warnings" (the load's, e.g. a context_length above the
+ training context). `*out_json` is freed with `smallmind_string_free`.
  Thread-safe.
 
  # Safety

@@ -545,7 +545,9 @@ static void test_telemetry_and_history(smallmind_engine *engine) {
     CHECK(contains(response, "left out 4 older message(s)"), "a warning says that messages were left out");
     CHECK(t.hit, "the pinned system message is still reused from the cache");
     smallmind_string_free(response);
-    CHECK(history_length(chat) == 7, "the history keeps every message (system, 3 turns): policies only shape the prompt");
+    CHECK(history_length(chat) == 6,
+          "the history keeps every message (3 turns; the system_prompt option is applied at render time, not recorded): "
+          "policies only shape the prompt");
 
     /* No callbacks: a NULL pointer, and a struct whose fields are all NULL. */
     response = send_ok(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a bird.\"}], \"max_tokens\": 2}", NULL);
@@ -554,7 +556,7 @@ static void test_telemetry_and_history(smallmind_engine *engine) {
     memset(&empty, 0, sizeof empty);
     response = send_ok(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a fish.\"}], \"max_tokens\": 2}", &empty);
     smallmind_string_free(response);
-    CHECK(history_length(chat) == 11, "both sends were recorded");
+    CHECK(history_length(chat) == 10, "both sends were recorded");
 
     /* Export and import: the restored chat has the same history and renders the same prompt. */
     char *exported = NULL, *history = NULL, *imported_history = NULL, *rendered = NULL, *imported_rendered = NULL;

@@ -26,6 +26,7 @@ void chat_tests(smallmind::Engine &engine) {
     CHECK(check::contains(response, "\"role\":\"assistant\""));
     CHECK(!streamed.empty());
     std::string history = chat.history();
+    CHECK(!check::contains(history, "\"role\":\"system\""));
     CHECK(check::contains(history, R"({"content":"Hi","role":"user"})"));
     // The system prompt is rendered into each prompt, not recorded in the history.
     CHECK(check::contains(chat.render(kHi), "Be brief."));
