@@ -57,6 +57,7 @@ ON_CONTEXT_POLICY_APPLIED = CFUNCTYPE(None, c_void_p, c_char_p, c_char_p, c_uint
 ON_KV_CACHE_ACCESS = CFUNCTYPE(None, c_void_p, c_char_p, c_bool, c_uint32)
 ON_REQUEST_COMPLETE = CFUNCTYPE(None, c_void_p, c_char_p, POINTER(Usage))
 EXECUTE_TOOL = CFUNCTYPE(c_int32, c_void_p, c_char_p, c_char_p, c_void_p)
+ON_TOOL_CALL = CFUNCTYPE(None, c_void_p, c_char_p, c_char_p, c_double)
 ON_LOAD_PROGRESS = CFUNCTYPE(c_int32, c_void_p, c_float)
 ON_LOG = CFUNCTYPE(None, c_void_p, c_int32, c_char_p)
 
@@ -85,7 +86,7 @@ class ChatCallbacksV2(Structure):
     _fields_ = (
         [("struct_size", c_uint32)]
         + _V1_CALLBACK_FIELDS
-        + [("execute_tool", EXECUTE_TOOL), ("on_tool_call", c_void_p), ("retrieve", c_void_p)]
+        + [("execute_tool", EXECUTE_TOOL), ("on_tool_call", ON_TOOL_CALL), ("retrieve", c_void_p)]
     )
 
 

@@ -300,6 +300,58 @@ def test_an_exception_in_a_callback_stops_and_is_raised_on_the_caller(chat):
     assert chat.send("Hi")["finish_reason"] in ("stop", "length")
 
 
+class Recorder:
+    def __init__(self):
+        self.events = []
+        self.usage = None
+
+    def on_request_start(self, session_id, message_count):
+        self.events.append(("start", session_id, message_count))
+
+    def on_kv_cache_access(self, session_id, hit, cached_tokens):
+        self.events.append(("kv", hit, cached_tokens))
+
+    def on_context_policy_applied(self, session_id, policy, before, after):
+        self.events.append(("policy", policy, before == after))
+
+    def on_first_token(self, session_id, elapsed_ms):
+        self.events.append(("first",))
+
+    def on_request_complete(self, session_id, usage):
+        self.usage = usage
+        self.events.append(("complete",))
+
+
+def test_telemetry_methods_are_the_c_callbacks_in_order_with_the_responses_figures(engine):
+    with engine.chat(session_id="py-telemetry", temperature=0, max_tokens=4) as chat:
+        recorder = Recorder()
+        response = chat.send("Hello", telemetry=recorder)
+        assert recorder.events == [
+            ("start", "py-telemetry", 1),
+            ("kv", False, 0),
+            ("policy", "keep_all", True),
+            ("first",),
+            ("complete",),
+        ]
+        assert recorder.usage["prompt_tokens"] == response["usage"]["prompt_tokens"]
+        assert recorder.usage["completion_tokens"] == response["usage"]["completion_tokens"]
+        assert recorder.usage["time_to_first_token_ms"] == response["usage"]["time_to_first_token_ms"]
+        recorder = Recorder()
+        response = chat.send("Again", telemetry=recorder)
+        cached = response["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert cached > 0 and recorder.events[1] == ("kv", True, cached)
+
+
+def test_an_exception_in_telemetry_stops_and_is_raised(chat):
+    class Failing:
+        def on_first_token(self, session_id, elapsed_ms):
+            raise LookupError("from telemetry")
+
+    with pytest.raises(LookupError, match="from telemetry"):
+        chat.send("Hi", telemetry=Failing(), max_tokens=32)
+    assert chat.history()["messages"] == []
+
+
 def test_export_then_import_restores_the_conversation(engine, chat):
     chat.send("My name is Ada.")
     text = chat.export()
