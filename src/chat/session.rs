@@ -115,13 +115,20 @@ impl Session {
     /// A new, empty session. The template is the model's own (`tokenizer.chat_template`) or,
     /// when the file has none, ChatML.
     pub fn new(engine: Arc<Engine>, config: SessionConfig) -> Result<Self> {
-        let template = match engine.model.file.get_str("tokenizer.chat_template") {
+        let template = match engine.file().get_str("tokenizer.chat_template") {
             Some(source) => ChatTemplate::new(source)?,
-            None => {
-                ChatTemplate::builtin(BuiltinFormat::for_architecture(engine.model.hparams.arch))
-            }
+            None => ChatTemplate::builtin(
+                engine
+                    .architecture()
+                    .map_or(BuiltinFormat::ChatMl, BuiltinFormat::for_architecture),
+            ),
         };
         let context_length = engine.context_length();
+        if context_length == 0 {
+            return Err(Error::invalid_argument(
+                "the model file gives no context length; set the engine's context_length",
+            ));
+        }
         let max_positions = match config.max_kv_tokens {
             None => context_length,
             Some(n) if n > context_length => {
@@ -131,7 +138,7 @@ impl Session {
             }
             Some(n) => n,
         };
-        let cache = engine.model.new_cache(engine.kv_type(), max_positions);
+        let cache = engine.new_cache_of(max_positions);
         Ok(Self {
             engine,
             template,
@@ -259,6 +266,7 @@ impl Session {
     /// on_first_token (unless cancelled before it), on_text for every piece,
     /// on_request_complete. A request that overflows the context hears nothing.
     pub fn send(&mut self, turn: Turn, events: &mut dyn ChatEvents) -> Result<TurnOutput> {
+        self.engine.model()?;
         let PreparedPrompt {
             mut conversation,
             token_ids,
