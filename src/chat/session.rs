@@ -287,7 +287,7 @@ impl Session {
         };
         let output = self
             .engine
-            .generate(&mut self.cache, &request, &mut ordered)?;
+            .generate(&mut self.cache, &request, None, &mut ordered)?;
         self.turns += 1;
 
         let reply = Message::new(Role::Assistant, output.text.clone());

@@ -5,10 +5,8 @@ fn oracle() -> serde_json::Value {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/oracle/quant-blocks.json"
     );
-    serde_json::from_str(
-        &std::fs::read_to_string(path).expect("tests/oracle/quant-blocks.json"),
-    )
-    .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(path).expect("tests/oracle/quant-blocks.json"))
+        .unwrap()
 }
 
 fn hex(s: &str) -> Vec<u8> {
