@@ -311,10 +311,13 @@ namespace SmallMind.Public
                     return new KeyValuePair<uint, IntPtr>(status, json);
                 }
             });
+            var parsed = Responses.Parse(response);
+            // .NET's convention: an operation stopped by its token throws. A reply that finished
+            // before the token fired is returned (and, like any finished turn, kept).
+            if (parsed.FinishReason == "cancelled" && cancellationToken.IsCancellationRequested)
+                throw new OperationCanceledException(cancellationToken);
             lock (pendingSystem) pendingSystem.RemoveRange(0, system.Count);
-            // .NET's convention: an operation whose token was cancelled throws.
-            cancellationToken.ThrowIfCancellationRequested();
-            return Responses.Parse(response);
+            return parsed;
         }
 
         public void AddSystemMessage(string content)
