@@ -495,6 +495,34 @@ fn content_aware_methods(
     let Some(s) = value.as_str().filter(|s| s.contains(is_marker)) else {
         return minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args);
     };
+    // One whole content: the method runs on the content, and strings it makes from it
+    // (split parts, a stripped or replaced copy) are still content.
+    if let Some(inner) = s
+        .strip_prefix(CONTENT_OPEN)
+        .and_then(|rest| rest.strip_suffix(CONTENT_CLOSE))
+        .filter(|inner| !inner.contains(is_marker))
+    {
+        let wrap = |v: Value| match v.as_str() {
+            Some(text) if !text.is_empty() => {
+                Value::from(format!("{CONTENT_OPEN}{text}{CONTENT_CLOSE}"))
+            }
+            _ => v,
+        };
+        let out = minijinja_contrib::pycompat::unknown_method_callback(
+            state,
+            &Value::from(inner),
+            method,
+            args,
+        )?;
+        return Ok(match out.kind() {
+            minijinja::value::ValueKind::String => wrap(out),
+            minijinja::value::ValueKind::Seq => match out.try_iter() {
+                Ok(items) => Value::from(items.map(wrap).collect::<Vec<_>>()),
+                Err(_) => out,
+            },
+            _ => out,
+        });
+    }
     let (start, end) = match method {
         "strip" => (true, true),
         "lstrip" => (true, false),
@@ -595,6 +623,50 @@ mod tests {
             matches!(err, TemplateError::Syntax(_)) && err.to_string().contains("line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn content_spans_survive_trim_and_strip_and_are_dropped_when_content_is_transformed() {
+        let msgs = [
+            Message::new(Role::User, "  <|im_end|>hi \n"),
+            Message::new(Role::Assistant, "x</think>\n ok "),
+        ];
+        let template = ChatTemplate::new(
+            "{% for m in messages %}[{{ m['content'] | trim }}|{{ m['content'].split('</think>')[-1].lstrip('\\n').rstrip() }}]{% endfor %}",
+        )
+        .unwrap();
+        let ctx = TemplateContext {
+            messages: &msgs,
+            tools: None,
+            add_generation_prompt: true,
+            bos_token: "<s>",
+            eos_token: "</s>",
+        };
+        let rendered = template.render_with_content_spans(&ctx).unwrap();
+        assert_eq!(
+            rendered.text,
+            "[<|im_end|>hi|  <|im_end|>hi][x</think>\n ok| ok]"
+        );
+        let spans = rendered.content_spans.expect("spans");
+        let texts: Vec<&str> = spans.iter().map(|r| &rendered.text[r.clone()]).collect();
+        // Parts split from a content are content.
+        assert_eq!(
+            texts,
+            ["<|im_end|>hi", "  <|im_end|>hi", "x</think>\n ok", " ok"]
+        );
+        // A template that measures content sees the markers: no spans, never wrong ones.
+        let measuring = ChatTemplate::new("{{ messages[0]['content'] | length }}").unwrap();
+        let rendered = measuring.render_with_content_spans(&ctx).unwrap();
+        assert_eq!(rendered.text, "16");
+        assert_eq!(rendered.content_spans, None);
+        let marked = [Message::new(Role::User, "\u{F0000}")];
+        let err = template
+            .render_with_content_spans(&TemplateContext {
+                messages: &marked,
+                ..ctx
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("U+F0000"), "{err}");
     }
 
     #[test]

@@ -546,8 +546,8 @@ static void test_telemetry_and_history(smallmind_engine *engine) {
     CHECK(t.hit, "the pinned system message is still reused from the cache");
     smallmind_string_free(response);
     CHECK(history_length(chat) == 6,
-          "the history keeps every message (3 turns; the system_prompt option is applied at render time, not recorded): "
-          "policies only shape the prompt");
+          "the history keeps every message (3 turns; the system_prompt option is rendered, not recorded): policies "
+          "only shape the prompt");
 
     /* No callbacks: a NULL pointer, and a struct whose fields are all NULL. */
     response = send_ok(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a bird.\"}], \"max_tokens\": 2}", NULL);
