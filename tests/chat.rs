@@ -280,7 +280,7 @@ fn export_then_import_restores_the_options_and_the_history() {
     let exported = original.export_json().unwrap();
     let envelope: Value = serde_json::from_str(&exported).unwrap();
     assert_eq!(envelope["format"], "smallmind.chat");
-    assert_eq!(envelope["version"], 1);
+    assert_eq!(envelope["version"], 2);
 
     let restored = Chat::import(engine(), &exported).unwrap();
     assert_eq!(restored.session_id(), "round-trip");
@@ -310,13 +310,13 @@ fn export_then_import_restores_the_options_and_the_history() {
         "two turns: the system prompt option is rendered, never recorded"
     );
 
-    let newer = exported.replace("\"version\":1", "\"version\":2");
+    let newer = exported.replace("\"version\":2", "\"version\":3");
     let err = Chat::import(engine(), &newer)
         .err()
         .expect("a newer envelope is refused");
     assert_eq!(err.kind, ErrorKind::InvalidJson);
     assert!(
-        err.message.contains("newer smallmind (format version 2)"),
+        err.message.contains("newer smallmind (format version 3)"),
         "{}",
         err.message
     );

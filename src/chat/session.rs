@@ -6,7 +6,12 @@ use std::sync::Arc;
 use super::message::{Message, Role};
 use super::policy::{ContextLimits, ContextPolicy, apply_policy};
 use super::template::{BuiltinFormat, ChatTemplate, TemplateContext};
-use crate::engine::{Engine, FinishReason, GenerationEvents, GenerationRequest, Usage};
+use parking_lot::Mutex;
+
+use crate::engine::{
+    CacheSlot, Engine, Eviction, FinishReason, GenerationEvents, GenerationRequest, Usage,
+    check_fits,
+};
 use crate::error::{Error, Result};
 use crate::model::KvCache;
 use crate::sample::SamplingParams;
@@ -27,6 +32,31 @@ pub trait ChatEvents: GenerationEvents {
     }
     /// The turn finished (also when cancelled) with these measured figures.
     fn on_request_complete(&mut self, _usage: &Usage) {}
+    /// To make room for this turn, another idle chat's KV cache was released (its next
+    /// turn recomputes its prompt).
+    fn on_kv_eviction(&mut self, _eviction: &Eviction) {}
+    /// This turn needs `requested_bytes` of KV cache and nothing more can be evicted under
+    /// the engine's `budget_bytes`; the send fails with BUDGET_EXCEEDED.
+    fn on_kv_budget_exceeded(&mut self, _requested_bytes: usize, _budget_bytes: usize) {}
+    /// Runs a tool call, `call_json` = {"id", "name", "arguments"}; `None` when the host runs
+    /// no tools itself (the turn then ends with the calls for the host).
+    fn execute_tool(&mut self, _call_json: &str) -> Option<Result<HostReply>> {
+        None
+    }
+    /// A call run through `execute_tool` took `elapsed_ms`.
+    fn on_tool_call(&mut self, _name: &str, _elapsed_ms: f64) {}
+    /// Retrieved chunks for `query` as a JSON array; `None` when the host has no retriever.
+    fn retrieve(&mut self, _query: &str) -> Option<Result<HostReply>> {
+        None
+    }
+}
+
+/// What a host callback that supplies data answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostReply {
+    Content(String),
+    /// The host asked to cancel the send.
+    Cancel,
 }
 
 /// A host that listens to nothing.
@@ -106,6 +136,8 @@ pub struct TurnOutput {
     pub usage: Usage,
     pub context: ContextReport,
     pub token_ids: Vec<u32>,
+    /// Things the host should know about this turn (e.g. a restored KV snapshot that was
+    /// dropped), also reported in the response's "warnings".
     pub warnings: Vec<String>,
 }
 
@@ -120,8 +152,22 @@ pub struct Session {
     markup_tokens: Vec<u32>,
     config: SessionConfig,
     history: Vec<Message>,
-    cache: KvCache,
+    /// Locked by this session for a whole turn; the engine's KV budget may release it
+    /// (try_lock) while the session is idle.
+    cache: CacheSlot,
+    /// This session's registration with the engine's KV budget.
+    budget_id: u64,
+    /// Positions the cache may hold (`max_kv_tokens`, or the engine's context).
+    max_positions: usize,
     turns: u64,
+    /// Reported with the next turn.
+    pending_warnings: Vec<String>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.engine.kv_budget().unregister(self.budget_id);
+    }
 }
 
 impl Session {
@@ -166,7 +212,10 @@ impl Session {
             }
             Some(n) => n,
         };
-        let cache = engine.model.new_cache(engine.kv_type(), max_positions);
+        let cache: CacheSlot = Arc::new(Mutex::new(
+            engine.model.new_cache(engine.kv_type(), max_positions),
+        ));
+        let budget_id = engine.kv_budget().register(&config.session_id, &cache);
         Ok(Self {
             engine,
             template,
@@ -175,7 +224,10 @@ impl Session {
             config,
             history: Vec::new(),
             cache,
+            budget_id,
+            max_positions,
             turns: 0,
+            pending_warnings: Vec::new(),
         })
     }
 
@@ -190,22 +242,58 @@ impl Session {
     /// Replaces the history (import); the cache is rebuilt on the next turn.
     pub fn set_history(&mut self, history: Vec<Message>) {
         self.history = history;
-        self.cache.clear();
+        self.cache.lock().clear();
+    }
+
+    /// Installs a restored KV cache (a snapshot that matches this engine and session: the
+    /// caller checked its model, type and limits). It counts against the engine's budget
+    /// like any other; when it does not fit the error says why and the cache stays empty.
+    pub fn restore_cache(&mut self, restored: KvCache, events: &mut dyn ChatEvents) -> Result<()> {
+        let mut cache = self.cache.lock();
+        let budget = self.engine.kv_budget();
+        match budget.reserve(self.budget_id, restored.bytes()) {
+            Ok(evictions) => evictions.iter().for_each(|e| events.on_kv_eviction(e)),
+            Err(e) => {
+                events.on_kv_budget_exceeded(e.requested_bytes, e.budget_bytes);
+                budget.settle(self.budget_id, &cache);
+                return Err(e.error);
+            }
+        }
+        *cache = restored;
+        budget.settle(self.budget_id, &cache);
+        Ok(())
+    }
+
+    /// Runs `f` on the KV cache (export).
+    pub fn with_cache<R>(&self, f: impl FnOnce(&KvCache) -> R) -> R {
+        f(&self.cache.lock())
+    }
+
+    /// A warning reported with the next turn's response.
+    pub fn add_warning(&mut self, warning: String) {
+        self.pending_warnings.push(warning);
     }
 
     /// Forgets the conversation and the cache.
     pub fn reset(&mut self) {
         self.history.clear();
-        self.cache.release();
+        let mut cache = self.cache.lock();
+        cache.release();
+        self.engine.kv_budget().settle(self.budget_id, &cache);
     }
 
     /// Bytes held by this session's KV cache.
     pub fn kv_bytes(&self) -> usize {
-        self.cache.bytes()
+        self.cache.lock().bytes()
+    }
+
+    /// Positions this session's cache may hold (`max_kv_tokens`, or the engine's context).
+    pub fn max_kv_positions(&self) -> usize {
+        self.max_positions
     }
 
     fn context_length(&self) -> usize {
-        self.cache.max_positions()
+        self.max_kv_positions()
     }
 
     /// Renders `messages` with the template and tokenizes the result: the template's markup
@@ -338,9 +426,23 @@ impl Session {
             warnings,
             ..
         } = self.prepare(&turn)?;
+        let slot = Arc::clone(&self.cache);
+        let mut cache = slot.lock();
+        // Make room in the engine's KV budget for the most this turn can hold.
+        check_fits(token_ids.len(), turn.max_tokens, cache.max_positions())?;
+        let budget = self.engine.kv_budget();
+        let needed = cache.bytes_for(token_ids.len() + turn.max_tokens);
+        match budget.reserve(self.budget_id, needed) {
+            Ok(evictions) => evictions.iter().for_each(|e| events.on_kv_eviction(e)),
+            Err(e) => {
+                events.on_kv_budget_exceeded(e.requested_bytes, e.budget_bytes);
+                budget.settle(self.budget_id, &cache);
+                return Err(e.error);
+            }
+        }
         events.on_request_start(turn.messages.len());
         if !self.config.kv_cache {
-            self.cache.clear();
+            cache.clear();
         }
         let request = GenerationRequest {
             prompt: token_ids,
@@ -358,9 +460,10 @@ impl Session {
             context: &context,
             announced: false,
         };
-        let output = self
-            .engine
-            .generate(&mut self.cache, &request, &mut ordered)?;
+        let output = self.engine.generate(&mut cache, &request, &mut ordered);
+        budget.settle(self.budget_id, &cache);
+        drop(cache);
+        let output = output?;
         self.turns += 1;
 
         let reply = Message::new(Role::Assistant, output.text.clone());
@@ -375,7 +478,11 @@ impl Session {
             usage: output.usage,
             context,
             token_ids: output.token_ids,
-            warnings,
+            warnings: {
+                let mut all = std::mem::take(&mut self.pending_warnings);
+                all.extend(warnings);
+                all
+            },
         })
     }
 

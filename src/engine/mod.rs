@@ -1,6 +1,7 @@
 //! The engine: a loaded model with its tokenizer and worker threads, and the generation loop
 //! every higher layer (raw completion, chat sessions) runs on.
 
+mod budget;
 mod fingerprint;
 mod generate;
 
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use budget::{BudgetExceeded, BudgetLimits, BudgetStats, CacheSlot, Eviction, KvBudget};
 pub use generate::{
     FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob,
     Usage, check_fits,
@@ -31,6 +33,8 @@ pub struct EngineOptions {
     pub kv_type: KvType,
     /// Map the file (default) or read it into memory.
     pub use_mmap: bool,
+    /// The KV budget shared by every chat of the engine.
+    pub budget: BudgetLimits,
 }
 
 impl EngineOptions {
@@ -41,6 +45,7 @@ impl EngineOptions {
             context_length: None,
             kv_type: KvType::F16,
             use_mmap: true,
+            budget: BudgetLimits::default(),
         }
     }
 }
@@ -83,6 +88,7 @@ pub struct Engine {
     load_time: Duration,
     /// What the host should know about how the model was loaded (also sent to `on_log`).
     warnings: Vec<String>,
+    kv_budget: KvBudget,
 }
 
 /// Number of cores this process may use.
@@ -227,6 +233,7 @@ impl Engine {
             fingerprint,
             load_time,
             warnings,
+            kv_budget: KvBudget::new(options.budget),
         }))
     }
 
@@ -254,6 +261,11 @@ impl Engine {
     /// Warnings of the load (e.g. a context longer than the model's training context).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// The KV budget every chat of this engine shares.
+    pub fn kv_budget(&self) -> &KvBudget {
+        &self.kv_budget
     }
 
     /// An empty KV cache for one sequence of this engine.

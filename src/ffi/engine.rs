@@ -11,8 +11,9 @@ use crate::engine::Engine;
 use crate::error::Error;
 
 /// The ABI version of this header: bumped whenever a struct layout or function signature
-/// changes incompatibly.
-pub const SMALLMIND_ABI_VERSION: u32 = 1;
+/// changes incompatibly. 2: `smallmind_chat_callbacks` starts with `struct_size`
+/// (and grows at its end only from then on).
+pub const SMALLMIND_ABI_VERSION: u32 = 2;
 
 static VERSION: &std::ffi::CStr = c"0.1.0";
 
@@ -221,8 +222,9 @@ pub unsafe extern "C" fn smallmind_engine_complete(
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_json, "out_json")?;
         let request = api::completion_request(&engine.engine, json, started_at)?;
-        // SAFETY: cb is NULL or valid for the call.
-        let mut events = RequestCallbacks::new(unsafe { cb.as_ref() }, "");
+        // SAFETY: cb is NULL or a table of its struct_size, valid for the call.
+        let table = unsafe { smallmind_chat_callbacks::read(cb) }?;
+        let mut events = RequestCallbacks::new(table, "");
         events.request_start(0);
         let (response, usage) = api::complete(&engine.engine, &request, &mut events)?;
         events.request_complete(&usage);
