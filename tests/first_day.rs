@@ -637,6 +637,16 @@ fn gemma_folds_a_leading_system_message_into_the_first_user_turn_and_says_so() {
             .any(|w| w.contains("rendered as a user turn")),
         "{response}"
     );
+    // Said once per conversation: the next turn has the same system message and no warning.
+    let next = send(&c, &json!({"messages": [user("Merci.")], "max_tokens": 2}));
+    assert_eq!(next["warnings"], json!([]), "{next}");
+    assert!(
+        render(&c, &json!({"messages": [user("Encore.")]}))["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("no system role"),
+        "render says it every time"
+    );
     // Without a system message there is nothing to say.
     let rendered = render(&c, &json!({"messages": [user("Hi")], "history": "replace"}));
     assert_eq!(rendered["warnings"], json!([]));
