@@ -140,6 +140,7 @@ impl Engine {
         request: &GenerationRequest,
         events: &mut dyn GenerationEvents,
     ) -> Result<GenerationOutput> {
+        let model = self.model()?;
         let start = request.started_at;
         let prompt = &request.prompt;
         if prompt.is_empty() {
@@ -162,7 +163,7 @@ impl Engine {
 
         let mut scratch = ForwardScratch::default();
         let mut logits = Vec::new();
-        let n_vocab = self.model.hparams.n_vocab;
+        let n_vocab = model.hparams.n_vocab;
         let mut prompt_logprobs = Vec::new();
         let mut logprob_row = Vec::new();
         let prefill_start = Instant::now();
@@ -187,8 +188,7 @@ impl Engine {
             } else {
                 Logits::None
             };
-            self.model
-                .forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
+            model.forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
             if request.prompt_logprobs {
                 if pos == 0 {
                     prompt_logprobs.push(None);
@@ -295,7 +295,7 @@ impl Engine {
             if output.token_ids.len() == request.max_tokens {
                 break;
             }
-            self.model.forward(
+            model.forward(
                 &self.pool,
                 &[token],
                 cache,
