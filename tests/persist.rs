@@ -185,7 +185,17 @@ fn a_snapshot_that_does_not_fit_the_engine_is_dropped_with_a_warning_and_the_his
         let next = send(&loaded, "And of Spain?");
         assert_eq!(reply(&next), reply(&expected), "{why}: the same reply");
         assert_eq!(cached(&next), 0, "{why}: the next turn recomputes");
-        let warnings = next["warnings"].as_array().unwrap();
+        // (Gemma's first turn also says that its format has no system role.)
+        let warnings: Vec<&Value> = next["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| {
+                !w.as_str()
+                    .unwrap()
+                    .starts_with("Gemma's format has no system role")
+            })
+            .collect();
         assert_eq!(warnings.len(), 1, "{next}");
         let warning = warnings[0].as_str().unwrap();
         assert!(

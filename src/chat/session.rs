@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 use crate::model::KvCache;
 use crate::sample::SamplingParams;
 
+/// How the warning about Gemma's missing system role begins.
+const GEMMA_NO_SYSTEM_ROLE: &str = "Gemma's format has no system role";
+
 /// What a host hears during `send`, beyond the generation events.
 pub trait ChatEvents: GenerationEvents {
     /// The request passed validation and fits the context; `message_count` is the number of
@@ -162,6 +165,9 @@ pub struct Session {
     turns: u64,
     /// Reported with the next turn.
     pending_warnings: Vec<String>,
+    /// The Gemma system-role warning was given in a response already (it is given once per
+    /// conversation; `render` gives it every time).
+    gemma_system_warned: bool,
 }
 
 impl Drop for Session {
@@ -230,6 +236,7 @@ impl Session {
             max_positions,
             turns: 0,
             pending_warnings: Vec::new(),
+            gemma_system_warned: false,
         })
     }
 
@@ -279,6 +286,7 @@ impl Session {
     /// Forgets the conversation and the cache.
     pub fn reset(&mut self) {
         self.history.clear();
+        self.gemma_system_warned = false;
         let mut cache = self.cache.lock();
         cache.release();
         self.engine.kv_budget().settle(self.budget_id, &cache);
@@ -349,9 +357,9 @@ impl Session {
             && messages.first().is_some_and(|m| m.role == Role::System)
         {
             warnings.push(if messages.iter().any(|m| m.role == Role::User) {
-                "Gemma's format has no system role: the system message was put at the start of the first user turn, as Gemma's own template does".to_string()
+                format!("{GEMMA_NO_SYSTEM_ROLE}: the system message was put at the start of the first user turn, as Gemma's own template does")
             } else {
-                "Gemma's format has no system role: the system message was rendered as a user turn, since the conversation has none".to_string()
+                format!("{GEMMA_NO_SYSTEM_ROLE}: the system message was rendered as a user turn, since the conversation has none")
             });
         }
         Ok((text, ids, warnings))
@@ -485,7 +493,15 @@ impl Session {
             token_ids: output.token_ids,
             warnings: {
                 let mut all = std::mem::take(&mut self.pending_warnings);
-                all.extend(warnings);
+                for warning in warnings {
+                    if warning.starts_with(GEMMA_NO_SYSTEM_ROLE) {
+                        if self.gemma_system_warned {
+                            continue;
+                        }
+                        self.gemma_system_warned = true;
+                    }
+                    all.push(warning);
+                }
                 all
             },
         })

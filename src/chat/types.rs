@@ -366,7 +366,6 @@ pub fn response_json(
             out.context.policy, out.context.dropped_messages
         ));
     }
-    warnings.extend(out.warnings.iter().cloned());
     crate::api::to_json(&ChatResponseJson {
         id: id.to_string(),
         model,

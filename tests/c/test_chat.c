@@ -435,8 +435,15 @@ static smallmind_chat_callbacks telemetry_callbacks(struct telemetry *t, const c
     snprintf(t->session_id, sizeof t->session_id, "%s", session_id);
     t->session_ids_agree = true;
     t->pieces_are_utf8 = true;
-    smallmind_chat_callbacks cb = {t, telemetry_token, telemetry_start, telemetry_first_token, telemetry_policy,
-                                   telemetry_kv, telemetry_complete};
+    smallmind_chat_callbacks cb;
+    memset(&cb, 0, sizeof cb); /* struct_size 0: the six callbacks of version 1 */
+    cb.user_data = t;
+    cb.on_token = telemetry_token;
+    cb.on_request_start = telemetry_start;
+    cb.on_first_token = telemetry_first_token;
+    cb.on_context_policy_applied = telemetry_policy;
+    cb.on_kv_cache_access = telemetry_kv;
+    cb.on_request_complete = telemetry_complete;
     return cb;
 }
 
@@ -561,7 +568,7 @@ static void test_telemetry_and_history(smallmind_engine *engine) {
     /* Export and import: the restored chat has the same history and renders the same prompt. */
     char *exported = NULL, *history = NULL, *imported_history = NULL, *rendered = NULL, *imported_rendered = NULL;
     CHECK_STATUS(smallmind_chat_export(chat, &exported), SMALLMIND_OK);
-    CHECK(contains(exported, "\"format\":\"smallmind.chat\",\"version\":1,\"session_id\":\"telemetry-test\""),
+    CHECK(contains(exported, "\"format\":\"smallmind.chat\",\"version\":2,\"session_id\":\"telemetry-test\""),
           "the export is a versioned envelope");
     smallmind_chat *restored = NULL;
     CHECK_STATUS(smallmind_chat_import(engine, exported, &restored), SMALLMIND_OK);
