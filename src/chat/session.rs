@@ -38,6 +38,8 @@ pub struct SessionConfig {
     pub session_id: String,
     /// Prepended as a system message when the conversation has none.
     pub system_prompt: Option<String>,
+    /// Overrides the engine's template (its `chat_template` option, else the file's).
+    pub chat_template: Option<String>,
     pub context_policy: ContextPolicy,
     /// Reuse the KV cache across turns (default true).
     pub kv_cache: bool,
@@ -112,10 +114,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new, empty session. The template is the model's own (`tokenizer.chat_template`) or,
-    /// when the file has none, ChatML.
+    /// A new, empty session. The template is the chat's `chat_template` option, else the
+    /// engine's, else the model's own (`tokenizer.chat_template`), else a built-in format.
     pub fn new(engine: Arc<Engine>, config: SessionConfig) -> Result<Self> {
-        let template = match engine.file().get_str("tokenizer.chat_template") {
+        let template = match config
+            .chat_template
+            .as_deref()
+            .or_else(|| engine.chat_template())
+        {
             Some(source) => ChatTemplate::new(source)?,
             None => ChatTemplate::builtin(
                 engine

@@ -30,6 +30,9 @@ pub struct ChatOptions {
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
+    /// A Jinja chat template that replaces the engine's (or the file's) for this chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_policy: Option<ContextPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +88,9 @@ impl ChatOptions {
     pub fn to_config(&self) -> Result<SessionConfig> {
         let policy = self.context_policy.clone().unwrap_or_default();
         policy.validate()?;
+        if let Some(source) = &self.chat_template {
+            crate::api::check_chat_template(source)?;
+        }
         if self.max_kv_tokens == Some(0) {
             return Err(Error::invalid_argument("max_kv_tokens must be at least 1"));
         }
@@ -114,6 +120,7 @@ impl ChatOptions {
                 .clone()
                 .unwrap_or_else(|| format!("session-{}", session_counter())),
             system_prompt: self.system_prompt.clone(),
+            chat_template: self.chat_template.clone(),
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),
             max_kv_tokens: self.max_kv_tokens.map(|n| n as usize),
