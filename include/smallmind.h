@@ -189,7 +189,8 @@ extern "C" {
 
 /*
  Creates a chat on `engine`. `options_json` may be NULL or
- {"session_id", "system_prompt", "context_policy": {"type": "keep_all" | "keep_last_n_turns"
+ {"session_id", "system_prompt", "chat_template" (a Jinja template replacing the engine's),
+ "context_policy": {"type": "keep_all" | "keep_last_n_turns"
  (+"max_turns") | "sliding_window" (+"max_tokens")}, "kv_cache" (default true),
  "max_kv_tokens" (at most the engine's context_length), "max_tokens", "temperature",
  "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
@@ -333,7 +334,10 @@ void smallmind_string_free(char *s);
 
 /*
  Loads a model. `options_json`: {"model_path" (required), "threads", "context_length",
- "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
+ "kv_type": "f16"|"f32", "use_mmap", "vocab_only" (metadata and tokenizer only, any
+ architecture: tokenize, detokenize, info and chat render work, completion and chat sends
+ fail with INVALID_ARGUMENT), "chat_template" (a Jinja template replacing the file's)}.
+ `cb` may be NULL. On success `*out` receives an
  engine the caller frees with `smallmind_engine_free`; on failure `*out` is untouched.
  Errors: INVALID_ARGUMENT, INVALID_JSON, IO (file missing), MODEL_LOAD (malformed file),
  UNSUPPORTED_MODEL, CANCELLED (the progress callback returned non-zero).

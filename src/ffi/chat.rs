@@ -35,7 +35,8 @@ fn into_handle(chat: Chat) -> *mut smallmind_chat {
 }
 
 /// Creates a chat on `engine`. `options_json` may be NULL or
-/// {"session_id", "system_prompt", "context_policy": {"type": "keep_all" | "keep_last_n_turns"
+/// {"session_id", "system_prompt", "chat_template" (a Jinja template replacing the engine's),
+/// "context_policy": {"type": "keep_all" | "keep_last_n_turns"
 /// (+"max_turns") | "sliding_window" (+"max_tokens")}, "kv_cache" (default true),
 /// "max_kv_tokens" (at most the engine's context_length), "max_tokens", "temperature",
 /// "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
