@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{parse, to_json};
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{BudgetLimits, Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::model::KvType;
 
@@ -38,9 +38,14 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
             "model_path is empty: give the path of a GGUF file",
         ));
     }
-    if raw.kv_budget_bytes.is_some() || raw.max_sessions.is_some() {
+    if raw.kv_budget_bytes == Some(0) {
         return Err(Error::invalid_argument(
-            "kv_budget_bytes and max_sessions are not supported yet by this version of smallmind; remove them",
+            "kv_budget_bytes must be at least 1 (omit it for no budget)",
+        ));
+    }
+    if raw.max_sessions == Some(0) {
+        return Err(Error::invalid_argument(
+            "max_sessions must be at least 1 (omit it for no limit)",
         ));
     }
     if let Some(source) = &raw.chat_template {
@@ -73,6 +78,12 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
         context_length,
         kv_type,
         use_mmap: raw.use_mmap.unwrap_or(true),
+        budget: BudgetLimits {
+            kv_budget_bytes: raw
+                .kv_budget_bytes
+                .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
+            max_sessions: raw.max_sessions.map(|n| n as usize),
+        },
         vocab_only: raw.vocab_only.unwrap_or(false),
         chat_template: raw.chat_template,
     })
@@ -88,7 +99,9 @@ pub fn check_chat_template(source: &str) -> Result<()> {
     crate::chat::ChatTemplate::new(source)
         .map(drop)
         .map_err(|e| {
-            let (crate::chat::TemplateError::Syntax(m) | crate::chat::TemplateError::Render(m)) = e;
+            let (crate::chat::TemplateError::Syntax(m)
+            | crate::chat::TemplateError::Render(m)
+            | crate::chat::TemplateError::Limit(m)) = e;
             Error::invalid_argument(format!("the chat_template option does not compile: {m}"))
         })
 }
@@ -118,6 +131,24 @@ struct InfoJson<'a> {
     fingerprint: &'a str,
     load_ms: f64,
     smallmind_version: &'static str,
+    warnings: &'a [String],
+    kv_cache: KvCacheJson,
+}
+
+/// The engine-wide KV budget and what every chat's cache holds now.
+#[derive(Serialize)]
+struct KvCacheJson {
+    /// null: no budget.
+    budget_bytes: Option<usize>,
+    max_sessions: Option<usize>,
+    used_bytes: usize,
+    /// Chats on the engine.
+    sessions: usize,
+    /// Chats holding a KV cache.
+    resident_sessions: usize,
+    evictions: u64,
+    /// Positions a cache grows by.
+    chunk_positions: usize,
 }
 
 /// `smallmind_engine_info` output.
@@ -154,5 +185,18 @@ pub fn info_json(engine: &Engine) -> Result<String> {
         fingerprint: &info.fingerprint,
         load_ms: info.load_ms,
         smallmind_version: env!("CARGO_PKG_VERSION"),
+        warnings: &info.warnings,
+        kv_cache: {
+            let stats = engine.kv_budget().stats();
+            KvCacheJson {
+                budget_bytes: stats.budget_bytes,
+                max_sessions: stats.max_sessions,
+                used_bytes: stats.used_bytes,
+                sessions: stats.sessions,
+                resident_sessions: stats.resident_sessions,
+                evictions: stats.evictions,
+                chunk_positions: crate::model::KV_CHUNK_POSITIONS,
+            }
+        },
     })
 }

@@ -34,6 +34,8 @@ pub struct ChatOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_special_in_content: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_policy: Option<ContextPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache: Option<bool>,
@@ -59,10 +61,23 @@ pub struct ChatOptions {
     pub seed: Option<u64>,
 }
 
-fn session_counter() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+/// A new session id: 128 random bits as hex, "session-<32 hex digits>". Saved chats of
+/// different processes meet in one store, so ids come from the OS-seeded keys of std's
+/// `RandomState` (fresh random keys per process, advanced for every instance), mixed with
+/// the time and the process id, never from a per-process counter.
+pub fn random_session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("session-{:016x}{:016x}", half(1), half(2))
 }
 
 fn max_tokens(value: Option<i64>, default: u32) -> Result<usize> {
@@ -76,6 +91,30 @@ fn max_tokens(value: Option<i64>, default: u32) -> Result<usize> {
 }
 
 impl ChatOptions {
+    /// These options with every field `overrides` sets replaced (load and import options).
+    pub fn overridden_by(self, overrides: ChatOptions) -> ChatOptions {
+        ChatOptions {
+            session_id: overrides.session_id.or(self.session_id),
+            system_prompt: overrides.system_prompt.or(self.system_prompt),
+            chat_template: overrides.chat_template.or(self.chat_template),
+            context_policy: overrides.context_policy.or(self.context_policy),
+            kv_cache: overrides.kv_cache.or(self.kv_cache),
+            max_kv_tokens: overrides.max_kv_tokens.or(self.max_kv_tokens),
+            parse_special_in_content: overrides
+                .parse_special_in_content
+                .or(self.parse_special_in_content),
+            max_tokens: overrides.max_tokens.or(self.max_tokens),
+            temperature: overrides.temperature.or(self.temperature),
+            top_k: overrides.top_k.or(self.top_k),
+            top_p: overrides.top_p.or(self.top_p),
+            min_p: overrides.min_p.or(self.min_p),
+            repeat_penalty: overrides.repeat_penalty.or(self.repeat_penalty),
+            presence_penalty: overrides.presence_penalty.or(self.presence_penalty),
+            frequency_penalty: overrides.frequency_penalty.or(self.frequency_penalty),
+            seed: overrides.seed.or(self.seed),
+        }
+    }
+
     pub fn parse(json: Option<&str>) -> Result<Self> {
         match json {
             None => Ok(Self::default()),
@@ -115,12 +154,10 @@ impl ChatOptions {
             self.seed,
         )?;
         Ok(SessionConfig {
-            session_id: self
-                .session_id
-                .clone()
-                .unwrap_or_else(|| format!("session-{}", session_counter())),
+            session_id: self.session_id.clone().unwrap_or_else(random_session_id),
             system_prompt: self.system_prompt.clone(),
             chat_template: self.chat_template.clone(),
+            parse_special_in_content: self.parse_special_in_content.unwrap_or(false),
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),
             max_kv_tokens: self.max_kv_tokens.map(|n| n as usize),
@@ -327,18 +364,19 @@ pub fn response_json(
     out: &TurnOutput,
     model: &str,
     session_id: &str,
-    turn_number: u64,
+    id: &str,
     seed: u64,
 ) -> Result<String> {
-    let mut warnings = Vec::new();
+    let mut warnings = out.warnings.clone();
     if out.context.dropped_messages > 0 {
         warnings.push(format!(
             "the context policy {} left out {} older message(s) to fit the context",
             out.context.policy, out.context.dropped_messages
         ));
     }
+    warnings.extend(out.warnings.iter().cloned());
     crate::api::to_json(&ChatResponseJson {
-        id: format!("chatcmpl-{session_id}-{turn_number}"),
+        id: id.to_string(),
         model,
         session_id,
         message: ReplyJson {
@@ -358,6 +396,7 @@ struct RenderJson<'a> {
     prompt: &'a str,
     prompt_token_ids: &'a [u32],
     context: ContextJson<'a>,
+    warnings: &'a [String],
 }
 
 /// The JSON of `smallmind_chat_render`: the prompt a send would give the model.
@@ -366,14 +405,20 @@ pub fn render_json(prepared: &PreparedPrompt) -> Result<String> {
         prompt: &prepared.text,
         prompt_token_ids: &prepared.token_ids,
         context: ContextJson::from(&prepared.context),
+        warnings: &prepared.warnings,
     })
 }
 
-/// The versioned envelope of `smallmind_chat_export` / `_import`.
+/// The versioned envelope of `smallmind_chat_export` / `_import`, and the JSON part of a
+/// saved file.
+///
+/// Versions: 1 (smallmind 0.1.0: format, version, session_id, options, history) and 2 (adds
+/// the optional "kv_snapshot": the KV section of a saved file, base64, standard alphabet
+/// with padding). Version 1 envelopes migrate on read; newer ones are refused.
 pub const EXPORT_FORMAT: &str = "smallmind.chat";
-pub const EXPORT_VERSION: u32 = 1;
+pub const EXPORT_VERSION: u32 = 2;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportEnvelope {
     pub format: String,
@@ -381,28 +426,61 @@ pub struct ExportEnvelope {
     pub session_id: String,
     pub options: ChatOptions,
     pub history: Vec<Message>,
+    /// The KV snapshot, base64 (present only when exported with "include_kv").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_snapshot: Option<String>,
+}
+
+/// Version 1, as smallmind 0.1.0 wrote it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportEnvelopeV1 {
+    format: String,
+    #[allow(dead_code)]
+    version: u32,
+    session_id: String,
+    options: ChatOptions,
+    history: Vec<Message>,
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        Error::invalid_json(format!("session export: {path}: {}", e.into_inner()))
+    })
 }
 
 impl ExportEnvelope {
+    /// Parses an envelope of any version this smallmind reads, migrated to the current one.
     pub fn parse(json: &str) -> Result<Self> {
         let value: serde_json::Value = parse("session export", json)?;
-        match (
+        let version = match (
             value.get("format").and_then(|f| f.as_str()),
             value.get("version").and_then(|v| v.as_u64()),
         ) {
-            (Some(EXPORT_FORMAT), Some(v)) if v == EXPORT_VERSION as u64 => {}
+            (Some(EXPORT_FORMAT), Some(v)) if (1..=EXPORT_VERSION as u64).contains(&v) => v,
             (Some(EXPORT_FORMAT), Some(v)) if v > EXPORT_VERSION as u64 => {
                 return Err(Error::invalid_json(format!(
-                    "this session was exported by a newer smallmind (format version {v}); this version reads version {EXPORT_VERSION}"
+                    "this session was exported by a newer smallmind (format version {v}); this version reads versions 1 to {EXPORT_VERSION}"
                 )));
             }
             _ => {
                 return Err(Error::invalid_json(format!(
-                    "not a smallmind session export: expected \"format\": \"{EXPORT_FORMAT}\" and \"version\": {EXPORT_VERSION}"
+                    "not a smallmind session export: expected \"format\": \"{EXPORT_FORMAT}\" and \"version\" from 1 to {EXPORT_VERSION}"
                 )));
             }
+        };
+        if version == 1 {
+            let v1: ExportEnvelopeV1 = from_value(value)?;
+            return Ok(Self {
+                format: v1.format,
+                version: EXPORT_VERSION,
+                session_id: v1.session_id,
+                options: v1.options,
+                history: v1.history,
+                kv_snapshot: None,
+            });
         }
-        serde_json::from_value(value)
-            .map_err(|e| Error::invalid_json(format!("session export: {e}")))
+        from_value(value)
     }
 }

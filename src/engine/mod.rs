@@ -1,6 +1,7 @@
 //! The engine: a loaded model with its tokenizer and worker threads, and the generation loop
 //! every higher layer (raw completion, chat sessions) runs on.
 
+mod budget;
 mod fingerprint;
 mod generate;
 
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use budget::{BudgetExceeded, BudgetLimits, BudgetStats, CacheSlot, Eviction, KvBudget};
 pub use generate::{
     FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob,
     Usage, check_fits,
@@ -31,6 +33,8 @@ pub struct EngineOptions {
     pub kv_type: KvType,
     /// Map the file (default) or read it into memory.
     pub use_mmap: bool,
+    /// The KV budget shared by every chat of the engine.
+    pub budget: BudgetLimits,
     /// Load the metadata and tokenizer only (llama.cpp's `vocab_only`), for any architecture:
     /// tokenizing, detokenizing, info and prompt rendering work; generation is refused.
     pub vocab_only: bool,
@@ -46,6 +50,7 @@ impl EngineOptions {
             context_length: None,
             kv_type: KvType::F16,
             use_mmap: true,
+            budget: BudgetLimits::default(),
             vocab_only: false,
             chat_template: None,
         }
@@ -92,6 +97,9 @@ pub struct Engine {
     kv_type: KvType,
     fingerprint: String,
     load_time: Duration,
+    /// What the host should know about how the model was loaded (also sent to `on_log`).
+    warnings: Vec<String>,
+    kv_budget: KvBudget,
 }
 
 /// Number of cores this process may use.
@@ -149,6 +157,15 @@ impl Engine {
                 ),
             ));
         }
+        if options.model_path.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "model_path '{}' is a directory; give the path of a .gguf file (for example one inside it)",
+                    options.model_path.display()
+                ),
+            ));
+        }
         observer.log(
             LogLevel::Info,
             &format!("loading {}", options.model_path.display()),
@@ -193,8 +210,24 @@ impl Engine {
                 .or_else(|| metadata_context_length(&file))
                 .unwrap_or(0),
             Some(0) => return Err(Error::invalid_argument("context_length must be at least 1")),
+            Some(n) if n > crate::model::limits::MAX_CONTEXT => {
+                return Err(Error::invalid_argument(format!(
+                    "context_length is {n}; smallmind holds at most {} positions",
+                    crate::model::limits::MAX_CONTEXT
+                )));
+            }
             Some(n) => n,
         };
+        let mut warnings = Vec::new();
+        if let Some(n_ctx_train) = model.as_ref().map(|m| m.hparams.n_ctx_train)
+            && context_length > n_ctx_train
+        {
+            let warning = format!(
+                "context_length {context_length} is above the {n_ctx_train} tokens this model was trained on; past that, its output usually degrades (omit context_length to use the training context)"
+            );
+            observer.log(LogLevel::Warn, &warning);
+            warnings.push(warning);
+        }
         let fingerprint = fingerprint::of_file(&file);
         if !observer.progress(1.0) {
             return Err(Error::new(
@@ -230,6 +263,8 @@ impl Engine {
             kv_type: options.kv_type,
             fingerprint,
             load_time,
+            warnings,
+            kv_budget: KvBudget::new(options.budget),
         }))
     }
 
@@ -286,6 +321,16 @@ impl Engine {
 
     pub fn load_time(&self) -> Duration {
         self.load_time
+    }
+
+    /// Warnings of the load (e.g. a context longer than the model's training context).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The KV budget every chat of this engine shares.
+    pub fn kv_budget(&self) -> &KvBudget {
+        &self.kv_budget
     }
 
     /// An empty KV cache for one sequence of this engine.
@@ -346,6 +391,7 @@ impl Engine {
             threads: self.pool.n_threads(),
             fingerprint: self.fingerprint.clone(),
             load_ms: self.load_time.as_secs_f64() * 1000.0,
+            warnings: self.warnings.clone(),
         }
     }
 }
@@ -384,4 +430,5 @@ pub struct ModelInfo {
     pub threads: usize,
     pub fingerprint: String,
     pub load_ms: f64,
+    pub warnings: Vec<String>,
 }
