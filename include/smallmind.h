@@ -321,7 +321,7 @@ smallmind_status smallmind_host_result_set(struct smallmind_host_result *result,
 
 /*
  Creates a chat on `engine`. `options_json` may be NULL or
- {"session_id", "system_prompt" (rendered first when the conversation has no system
+ {"session_id", "chat_template" (a Jinja template replacing the engine's), "system_prompt" (rendered first when the conversation has no system
  message; a system message in the conversation wins; never written into the history),
  "parse_special_in_content" (default false: message content is tokenized as plain text, so
  only the template's own markup becomes special tokens; true: special-token text in content
@@ -542,7 +542,10 @@ void smallmind_string_free(char *s);
  Loads a model. `options_json`: {"model_path" (required; UTF-8 like all JSON text, so a
  path that is not UTF-8 is reached through a symbolic link with a UTF-8 name), "threads",
  "context_length" (above the model's training context loads with a warning, sent to on_log
- and listed in `smallmind_engine_info`'s "warnings"), "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
+ and listed in `smallmind_engine_info`'s "warnings"), "kv_type": "f16"|"f32", "use_mmap",
+ "vocab_only" (metadata and tokenizer only, any architecture: tokenize, detokenize, info and
+ chat render work, completion and chat sends fail with INVALID_ARGUMENT), "chat_template"
+ (a Jinja template replacing the file's)}. `cb` may be NULL. On success `*out` receives an
  engine the caller frees with `smallmind_engine_free`; on failure `*out` is untouched.
  Errors: INVALID_ARGUMENT, INVALID_JSON, IO (file missing), MODEL_LOAD (malformed file),
  UNSUPPORTED_MODEL, CANCELLED (the progress callback returned non-zero).

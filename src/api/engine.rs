@@ -23,6 +23,8 @@ pub struct EngineOptionsJson {
     #[serde(default)]
     pub vocab_only: Option<bool>,
     #[serde(default)]
+    pub chat_template: Option<String>,
+    #[serde(default)]
     pub kv_budget_bytes: Option<u64>,
     #[serde(default)]
     pub max_sessions: Option<u32>,
@@ -45,6 +47,9 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
         return Err(Error::invalid_argument(
             "max_sessions must be at least 1 (omit it for no limit)",
         ));
+    }
+    if let Some(source) = &raw.chat_template {
+        check_chat_template(source)?;
     }
     let kv_type = match raw.kv_type.as_deref() {
         None | Some("f16") => KvType::F16,
@@ -80,7 +85,25 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
             max_sessions: raw.max_sessions.map(|n| n as usize),
         },
         vocab_only: raw.vocab_only.unwrap_or(false),
+        chat_template: raw.chat_template,
     })
+}
+
+/// A `chat_template` option (engine or chat) must be a template that compiles.
+pub fn check_chat_template(source: &str) -> Result<()> {
+    if source.trim().is_empty() {
+        return Err(Error::invalid_argument(
+            "chat_template is empty: give a Jinja chat template, or omit it to use the model's",
+        ));
+    }
+    crate::chat::ChatTemplate::new(source)
+        .map(drop)
+        .map_err(|e| {
+            let (crate::chat::TemplateError::Syntax(m)
+            | crate::chat::TemplateError::Render(m)
+            | crate::chat::TemplateError::Limit(m)) = e;
+            Error::invalid_argument(format!("the chat_template option does not compile: {m}"))
+        })
 }
 
 #[derive(Serialize)]

@@ -7,7 +7,7 @@ mod engine;
 mod tokenize;
 
 pub use complete::{CompleteRequest, UsageJson, complete, completion_request, sampling_params};
-pub use engine::{EngineOptionsJson, info_json, parse_engine_options};
+pub use engine::{EngineOptionsJson, check_chat_template, info_json, parse_engine_options};
 pub use tokenize::{detokenize, tokenize};
 
 use serde::de::DeserializeOwned;

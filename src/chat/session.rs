@@ -72,6 +72,8 @@ pub struct SessionConfig {
     /// Rendered as the first message when the conversation has no system message; never
     /// part of the history.
     pub system_prompt: Option<String>,
+    /// Overrides the engine's template (its `chat_template` option, else the file's).
+    pub chat_template: Option<String>,
     /// Tokenize message content with special tokens parsed, as the template's markup is
     /// (default false: content is plain text, so it cannot open turns of its own).
     pub parse_special_in_content: bool,
@@ -177,11 +179,16 @@ impl Drop for Session {
 }
 
 impl Session {
-    /// A new, empty session. The template is the model's own (`tokenizer.chat_template`) or,
-    /// when the file has none, a built-in format (`BuiltinFormat::for_model`).
+    /// A new, empty session. The template is the chat's `chat_template` option, else the
+    /// engine's, else the model's own (`tokenizer.chat_template`), else a built-in format
+    /// (`BuiltinFormat::for_model`).
     pub fn new(engine: Arc<Engine>, config: SessionConfig) -> Result<Self> {
         let tokenizer = &engine.tokenizer;
-        let (template, builtin, source) = match engine.file().get_str("tokenizer.chat_template") {
+        let (template, builtin, source) = match config
+            .chat_template
+            .as_deref()
+            .or_else(|| engine.chat_template())
+        {
             Some(source) => (ChatTemplate::new(source)?, None, source.to_string()),
             None => {
                 let format = engine.architecture().map_or(BuiltinFormat::ChatMl, |arch| {

@@ -8,7 +8,6 @@ use std::ops::Range;
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, Serde};
 use minijinja::{Environment, Error as JinjaError, ErrorKind as JinjaErrorKind, Value};
-use serde::Serialize;
 
 use super::message::Message;
 use crate::error::{Error, ErrorKind};
@@ -135,6 +134,46 @@ pub struct ChatTemplate {
     env: Environment<'static>,
 }
 
+/// transformers' `{% generation %}…{% endgeneration %}` marks the assistant's text for its
+/// training masks and renders its body unchanged. minijinja has no such tag, so each becomes
+/// an `{% if true %}` / `{% endif %}` with the same whitespace control (`-`, `+`), which
+/// trim_blocks and lstrip_blocks treat exactly as they treat any block tag.
+fn rewrite_generation_tags(source: &str) -> std::borrow::Cow<'_, str> {
+    if !source.contains("generation") {
+        return source.into();
+    }
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(open) = rest.find("{%") {
+        out.push_str(&rest[..open]);
+        let tag = &rest[open..];
+        let Some(close) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..close];
+        let (left, body) = match inner.strip_prefix(['-', '+']) {
+            Some(b) => (&inner[..1], b),
+            None => ("", inner),
+        };
+        let (body, right) = match body.strip_suffix(['-', '+']) {
+            Some(b) => (b, &body[body.len() - 1..]),
+            None => (body, ""),
+        };
+        let replacement = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => out.push_str(&format!("{{%{left} {r} {right}%}}")),
+            None => out.push_str(&tag[..close + 2]),
+        }
+        rest = &tag[close + 2..];
+    }
+    out.push_str(rest);
+    out.into()
+}
+
 impl fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ChatTemplate")
@@ -145,54 +184,175 @@ fn raise_exception(message: String) -> Result<Value, JinjaError> {
     Err(JinjaError::new(JinjaErrorKind::InvalidOperation, message))
 }
 
-/// HF's `tojson`: `json.dumps(x, ensure_ascii=False)`, optionally indented.
+/// HF's `tojson`: `json.dumps(x, ensure_ascii=False, indent=None, separators=None,
+/// sort_keys=False)`, every argument honoured as Python honours it.
 fn tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<Value, JinjaError> {
     let indent = match indent {
         Some(n) => Some(n),
         None => kwargs.get::<Option<usize>>("indent")?,
     };
+    let separators = match kwargs.get::<Option<Vec<String>>>("separators")? {
+        None => None,
+        Some(pair) => match <[String; 2]>::try_from(pair) {
+            Ok([item, key]) => Some((item, key)),
+            Err(_) => {
+                return Err(JinjaError::new(
+                    JinjaErrorKind::InvalidOperation,
+                    "tojson: separators must be a pair (item separator, key separator)",
+                ));
+            }
+        },
+    };
+    let options = PyJson {
+        indent,
+        ensure_ascii: kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false),
+        sort_keys: kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false),
+        // Python's defaults: ", " without indent, "," with it; ": " always.
+        separators: separators.unwrap_or_else(|| {
+            let item = if indent.is_some() { "," } else { ", " };
+            (item.to_string(), ": ".to_string())
+        }),
+    };
     kwargs.assert_all_used()?;
     let json = serde_json::to_value(&value)
         .map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
-    let text = match indent {
-        None => python_json(&json),
-        Some(n) => {
-            let mut out = Vec::new();
-            let indent = " ".repeat(n);
-            let formatter = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
-            json.serialize(&mut ser)
-                .map_err(|e| JinjaError::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
-            String::from_utf8(out).unwrap_or_default()
-        }
-    };
-    Ok(Value::from_safe_string(text))
+    let mut out = String::new();
+    options.write(&json, 0, &mut out);
+    Ok(Value::from_safe_string(out))
 }
 
-/// JSON with Python's default separators (", " and ": "), as `json.dumps` writes it.
-fn python_json(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Array(items) => format!(
-            "[{}]",
-            items.iter().map(python_json).collect::<Vec<_>>().join(", ")
-        ),
-        serde_json::Value::Object(map) => format!(
-            "{{{}}}",
-            map.iter()
-                .map(|(k, v)| format!(
-                    "{}: {}",
-                    serde_json::Value::String(k.clone()),
-                    python_json(v)
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        other => other.to_string(),
+/// jinja2's `indent(width=4, first=False, blank=False)`: indents every line after the first
+/// (the first too with `first`, empty lines too with `blank`) and, unlike minijinja's, keeps
+/// a trailing newline. `width` may be a number of spaces or the indentation text itself.
+fn indent(
+    text: String,
+    width: Option<Value>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<String, JinjaError> {
+    let width = match width {
+        Some(w) => Some(w),
+        None => kwargs.get::<Option<Value>>("width")?,
+    };
+    let first = first
+        .or(kwargs.get::<Option<bool>>("first")?)
+        .unwrap_or(false);
+    let blank = blank
+        .or(kwargs.get::<Option<bool>>("blank")?)
+        .unwrap_or(false);
+    kwargs.assert_all_used()?;
+    let indentation = match width {
+        None => "    ".to_string(),
+        Some(w) => match w.as_str() {
+            Some(s) => s.to_string(),
+            None => {
+                let n = i64::try_from(w.clone()).map_err(|_| {
+                    JinjaError::new(
+                        JinjaErrorKind::InvalidOperation,
+                        format!("indent: width must be a number or a string, not {w}"),
+                    )
+                })?;
+                " ".repeat(n.max(0) as usize)
+            }
+        },
+    };
+    // Python: (s + "\n").splitlines(), then lines after the first are indented.
+    let with_newline = format!("{text}\n");
+    let lines: Vec<&str> = with_newline.lines().collect();
+    let mut out = String::with_capacity(text.len() + 16);
+    if first {
+        out.push_str(&indentation);
+    }
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+            if blank || !line.is_empty() {
+                out.push_str(&indentation);
+            }
+        }
+        out.push_str(line);
+    }
+    Ok(out)
+}
+
+/// The options of Python's `json.dumps` that templates pass.
+struct PyJson {
+    indent: Option<usize>,
+    ensure_ascii: bool,
+    sort_keys: bool,
+    /// (item separator, key separator).
+    separators: (String, String),
+}
+
+impl PyJson {
+    fn newline(&self, level: usize, out: &mut String) {
+        if let Some(n) = self.indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    }
+
+    fn write(&self, v: &serde_json::Value, level: usize, out: &mut String) {
+        match v {
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.separators.0);
+                    }
+                    self.newline(level + 1, out);
+                    self.write(item, level + 1, out);
+                }
+                self.newline(level, out);
+                out.push(']');
+            }
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                let mut entries: Vec<_> = map.iter().collect();
+                if self.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(b.0));
+                }
+                out.push('{');
+                for (i, (key, item)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.separators.0);
+                    }
+                    self.newline(level + 1, out);
+                    self.string(key, out);
+                    out.push_str(&self.separators.1);
+                    self.write(item, level + 1, out);
+                }
+                self.newline(level, out);
+                out.push('}');
+            }
+            serde_json::Value::String(text) => self.string(text, out),
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    /// A string as Python escapes it; with ensure_ascii, non-ASCII as \\uXXXX (UTF-16).
+    fn string(&self, text: &str, out: &mut String) {
+        let escaped = serde_json::Value::String(text.to_string()).to_string();
+        if !self.ensure_ascii {
+            out.push_str(&escaped);
+            return;
+        }
+        for c in escaped.chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+        }
     }
 }
 
-/// `strftime_now(format)`: the current UTC time, for templates that print today's date.
-fn strftime_now(format: String) -> String {
+/// `strftime_now(format)`: the time `now` (seconds since 1970, UTC) as Python's strftime
+/// formats it, for templates that print today's date.
+fn strftime(format: &str, secs: i64) -> String {
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -207,9 +367,6 @@ fn strftime_now(format: String) -> String {
         "November",
         "December",
     ];
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -275,6 +432,12 @@ fn message_value(m: &Message) -> serde_json::Value {
 impl ChatTemplate {
     /// Compiles `source`; a syntax error names the line.
     pub fn new(source: &str) -> Result<Self, TemplateError> {
+        Self::with_clock(source, None)
+    }
+
+    /// As [`ChatTemplate::new`], with `strftime_now` fixed at `now` (seconds since 1970, UTC)
+    /// instead of the current time: for reproducible renders.
+    pub fn with_clock(source: &str, now: Option<i64>) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
         let syntax = SyntaxConfig::builder()
             .trim_blocks(true)
@@ -288,9 +451,17 @@ impl ChatTemplate {
         env.set_unknown_method_callback(content_aware_methods);
         env.add_filter("trim", content_aware_trim);
         env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
+        env.add_function("strftime_now", move |format: String| {
+            let secs = now.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()) as i64
+            });
+            strftime(&format, secs)
+        });
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+        env.add_filter("indent", indent);
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source).into_owned())
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
         Ok(Self { env })
     }
@@ -305,12 +476,17 @@ impl ChatTemplate {
             .get_template(TEMPLATE_NAME)
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
         let messages: Vec<serde_json::Value> = ctx.messages.iter().map(message_value).collect();
-        let context = minijinja::context! {
+        let given = minijinja::context! {
             messages => Value::from(Serde(&messages)),
-            tools => ctx.tools.map(|t| Value::from(Serde(t))),
             add_generation_prompt => ctx.add_generation_prompt,
             bos_token => ctx.bos_token,
             eos_token => ctx.eos_token,
+        };
+        // Without tools, `tools` stays undefined (as Hugging Face leaves it): templates test
+        // `tools is defined`, and `tools | length` on none fails.
+        let context = match ctx.tools {
+            Some(tools) => minijinja::context! { tools => Value::from(Serde(tools)), ..given },
+            None => given,
         };
         let mut out = CappedWriter::default();
         match template.render_captured_to(context, &mut out) {
@@ -622,6 +798,44 @@ mod tests {
         assert!(
             matches!(err, TemplateError::Syntax(_)) && err.to_string().contains("line 2"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn generation_tags_render_their_body_with_the_same_whitespace_control() {
+        let msgs = [Message::new(Role::Assistant, "Sure.")];
+        let out = render(
+            "A{%- generation -%}\n  {{ messages[0].content }}\n{%- endgeneration %}\nB",
+            &msgs,
+        )
+        .unwrap();
+        assert_eq!(out, "ASure.B");
+        assert_eq!(
+            rewrite_generation_tags("{% if x %}{%+ generation %}y{% endgeneration -%}{% endif %}"),
+            "{% if x %}{%+ if true %}y{% endif -%}{% endif %}"
+        );
+    }
+
+    #[test]
+    fn variables_the_caller_does_not_give_stay_undefined() {
+        let out = render(
+            "{{ tools is defined }}|{{ documents is defined }}|{% if tools is not defined or tools | length == 0 %}none{% endif %}",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(out, "False|False|none");
+    }
+
+    #[test]
+    fn indent_and_tojson_follow_python() {
+        let out = render(
+            "{{ '{\\n' | indent(4, first=true) }}|{{ 'a\\n\\nb' | indent(2) }}|{{ {'b': 1, 'a': 'é'} | tojson(ensure_ascii=true, sort_keys=true, separators=[',', ':']) }}|{{ [1, {'k': []}] | tojson(indent=2) }}",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "    {\n|a\n\n  b|{\"a\":\"\\u00e9\",\"b\":1}|[\n  1,\n  {\n    \"k\": []\n  }\n]"
         );
     }
 

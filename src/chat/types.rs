@@ -30,6 +30,9 @@ pub struct ChatOptions {
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
+    /// A Jinja chat template that replaces the engine's (or the file's) for this chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parse_special_in_content: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +96,7 @@ impl ChatOptions {
         ChatOptions {
             session_id: overrides.session_id.or(self.session_id),
             system_prompt: overrides.system_prompt.or(self.system_prompt),
+            chat_template: overrides.chat_template.or(self.chat_template),
             context_policy: overrides.context_policy.or(self.context_policy),
             kv_cache: overrides.kv_cache.or(self.kv_cache),
             max_kv_tokens: overrides.max_kv_tokens.or(self.max_kv_tokens),
@@ -123,6 +127,9 @@ impl ChatOptions {
     pub fn to_config(&self) -> Result<SessionConfig> {
         let policy = self.context_policy.clone().unwrap_or_default();
         policy.validate()?;
+        if let Some(source) = &self.chat_template {
+            crate::api::check_chat_template(source)?;
+        }
         if self.max_kv_tokens == Some(0) {
             return Err(Error::invalid_argument("max_kv_tokens must be at least 1"));
         }
@@ -149,6 +156,7 @@ impl ChatOptions {
         Ok(SessionConfig {
             session_id: self.session_id.clone().unwrap_or_else(random_session_id),
             system_prompt: self.system_prompt.clone(),
+            chat_template: self.chat_template.clone(),
             parse_special_in_content: self.parse_special_in_content.unwrap_or(false),
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),

@@ -38,6 +38,8 @@ pub struct EngineOptions {
     /// Load the metadata and tokenizer only (llama.cpp's `vocab_only`), for any architecture:
     /// tokenizing, detokenizing, info and prompt rendering work; generation is refused.
     pub vocab_only: bool,
+    /// A Jinja chat template that replaces the file's `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
 }
 
 impl EngineOptions {
@@ -50,6 +52,7 @@ impl EngineOptions {
             use_mmap: true,
             budget: BudgetLimits::default(),
             vocab_only: false,
+            chat_template: None,
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct Engine {
     /// `None` for a vocab-only engine.
     model: Option<Model>,
     file: Arc<GgufFile>,
+    /// The `chat_template` option, else the file's template.
+    chat_template: Option<String>,
     pub tokenizer: Tokenizer,
     pool: ThreadPool,
     context_length: usize,
@@ -244,9 +249,14 @@ impl Engine {
                 load_time.as_secs_f64() * 1000.0
             ),
         );
+        let chat_template = options
+            .chat_template
+            .clone()
+            .or_else(|| file.get_str("tokenizer.chat_template").map(str::to_string));
         Ok(Arc::new(Engine {
             model,
             file,
+            chat_template,
             tokenizer,
             pool: ThreadPool::new(threads),
             context_length,
@@ -269,6 +279,11 @@ impl Engine {
 
     pub fn is_vocab_only(&self) -> bool {
         self.model.is_none()
+    }
+
+    /// The chat template sessions use: the `chat_template` option, else the file's.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
     }
 
     /// The GGUF file: metadata, and the weights unless vocab-only.
@@ -369,7 +384,7 @@ impl Engine {
                 .into_iter()
                 .map(|(ty, n)| (ty.name(), n))
                 .collect(),
-            chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
+            chat_template: self.chat_template.clone(),
             bos_id: self.tokenizer.bos_id(),
             eos_id: self.tokenizer.eos_id(),
             kv_type: self.kv_type,

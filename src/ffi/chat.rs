@@ -49,7 +49,7 @@ fn into_handle(chat: Chat) -> *mut smallmind_chat {
 }
 
 /// Creates a chat on `engine`. `options_json` may be NULL or
-/// {"session_id", "system_prompt" (rendered first when the conversation has no system
+/// {"session_id", "chat_template" (a Jinja template replacing the engine's), "system_prompt" (rendered first when the conversation has no system
 /// message; a system message in the conversation wins; never written into the history),
 /// "parse_special_in_content" (default false: message content is tokenized as plain text, so
 /// only the template's own markup becomes special tokens; true: special-token text in content
