@@ -170,8 +170,7 @@ fn a_turn_that_cannot_fit_the_budget_is_refused_naming_the_sizes() {
     let request = json!({"messages": [{"role": "user", "content": "Hi."}], "max_tokens": 100});
     let err = chat
         .send(&request.to_string(), Instant::now(), &mut events)
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(err.kind, ErrorKind::BudgetExceeded);
     assert_eq!(events.exceeded.len(), 1);
     let (requested, budget) = events.exceeded[0];

@@ -235,8 +235,9 @@ const FIRST_TABLE_SIZE: usize = std::mem::offset_of!(smallmind_chat_callbacks, o
 const _: () = assert!(
     std::mem::offset_of!(smallmind_chat_callbacks, user_data) == std::mem::size_of::<usize>()
 );
-const _: () =
-    assert!(std::mem::size_of::<smallmind_chat_callbacks>() % std::mem::size_of::<usize>() == 0);
+const _: () = assert!(
+    std::mem::size_of::<smallmind_chat_callbacks>().is_multiple_of(std::mem::size_of::<usize>())
+);
 
 impl smallmind_chat_callbacks {
     /// The host's table as this library sees it: the fields within the host's `struct_size`

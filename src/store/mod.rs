@@ -175,13 +175,16 @@ fn mismatch(engine: &Engine, snapshot: &KvSnapshot, max_positions: usize) -> Opt
             "it was made with a KV limit of {} positions and this chat's is {max_positions}",
             snapshot.max_positions
         ))
-    } else if let Some(bad) = c.tokens().iter().find(|&&t| t as usize >= hp.n_vocab) {
-        Some(format!(
-            "it holds token {bad}, outside the {}-token vocabulary",
-            hp.n_vocab
-        ))
     } else {
-        None
+        c.tokens()
+            .iter()
+            .find(|&&t| t as usize >= hp.n_vocab)
+            .map(|bad| {
+                format!(
+                    "it holds token {bad}, outside the {}-token vocabulary",
+                    hp.n_vocab
+                )
+            })
     }
 }
 
