@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a fruit.\"}]}",
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a color.\"}]}",
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a tree.\"}], "
-        "\"context_policy\": {\"type\": \"keep_last_n_turns\", \"max_turns\": 1}}",
+        "\"context_policy\": {\"type\": \"keep_last_n_turns\", \"max_turns\": 0}}",
     };
     int tokens = 0;
     smallmind_chat_callbacks callbacks = SMALLMIND_CHAT_CALLBACKS_INIT;

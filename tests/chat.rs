@@ -111,7 +111,8 @@ fn the_models_own_template_renders_llama_cpps_chat_prompt() {
 #[test]
 fn keep_last_n_turns_drops_whole_oldest_turns_and_keeps_the_system_message() {
     let chat = chat(json!({"temperature": 0}));
-    let policy = json!({"type": "keep_last_n_turns", "max_turns": 2});
+    // max_turns counts the turns kept before the new one (the fourth question).
+    let policy = json!({"type": "keep_last_n_turns", "max_turns": 1});
     let request = json!({"messages": four_turns(), "history": "replace", "context_policy": policy, "max_tokens": 2});
     let rendered = render(&chat, request.clone());
     let prompt = rendered["prompt"].as_str().unwrap();
@@ -226,7 +227,8 @@ fn keep_all_refuses_a_conversation_that_does_not_fit_naming_both_sizes() {
     assert_eq!(err.kind, ErrorKind::ContextOverflow);
     assert!(
         err.message
-            .contains("+ 16 reserved for the reply, but the context holds 64 tokens"),
+            .contains("tokens, more than the context holds (64 tokens, set by context_length)")
+            && err.message.contains("raise context_length to at least"),
         "{}",
         err.message
     );
@@ -302,7 +304,11 @@ fn export_then_import_restores_the_options_and_the_history() {
         continued["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
         "its cache is rebuilt by the first send"
     );
-    assert_eq!(history(&restored).len(), 5, "system, two turns");
+    assert_eq!(
+        history(&restored).len(),
+        4,
+        "two turns: the system prompt option is rendered, never recorded"
+    );
 
     let newer = exported.replace("\"version\":2", "\"version\":3");
     let err = Chat::import(engine(), &newer)
@@ -488,7 +494,7 @@ fn bad_input_gives_its_own_error_kind_and_says_what_to_fix() {
         (json!({"messages": hi, "tool_choice": "auto"}).to_string(), ErrorKind::InvalidArgument, "tool_choice is not supported"),
         (json!({"messages": hi, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}).to_string(), ErrorKind::InvalidArgument, "response_format"),
         (json!({"messages": hi, "retrieved_context": [{"id": "a", "content": "b"}]}).to_string(), ErrorKind::InvalidArgument, "retrieved_context is not supported"),
-        (json!({"messages": hi, "max_tokens": 100000}).to_string(), ErrorKind::ContextOverflow, "100000 reserved for the reply"),
+        (json!({"messages": hi, "max_tokens": 100000}).to_string(), ErrorKind::ContextOverflow, "max_tokens 100000 reserves the whole context"),
     ];
     for (request, kind, message) in cases {
         let err = chat
@@ -517,7 +523,7 @@ fn bad_input_gives_its_own_error_kind_and_says_what_to_fix() {
         (
             r#"{"context_policy": {"type": "sliding_window", "max_tokens": 0}}"#,
             ErrorKind::InvalidArgument,
-            "max_tokens must be at least 1",
+            "window_tokens (max_tokens) must be at least 1",
         ),
         (
             r#"{"max_kv_tokens": 9000}"#,

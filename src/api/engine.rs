@@ -104,6 +104,7 @@ struct InfoJson<'a> {
     fingerprint: &'a str,
     load_ms: f64,
     smallmind_version: &'static str,
+    warnings: &'a [String],
     kv_cache: KvCacheJson,
 }
 
@@ -156,6 +157,7 @@ pub fn info_json(engine: &Engine) -> Result<String> {
         fingerprint: &info.fingerprint,
         load_ms: info.load_ms,
         smallmind_version: env!("CARGO_PKG_VERSION"),
+        warnings: &info.warnings,
         kv_cache: {
             let stats = engine.kv_budget().stats();
             KvCacheJson {

@@ -25,6 +25,44 @@ pub struct Chat {
     session: Mutex<Session>,
     /// Set by `cancel` from any thread; polled by the running send between forward passes.
     cancel: AtomicBool,
+    /// Set when a send panicked: its state may be inconsistent, so sends fail until `reset`.
+    broken: AtomicBool,
+}
+
+/// Marks the chat broken when dropped during a panic (which the C boundary then reports).
+struct BrokenOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for BrokenOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Release);
+        }
+        crate::model::debug::set_injected_panic(false);
+    }
+}
+
+/// A response id unique in this process and, by its random part, across processes and
+/// restarts: "chatcmpl-" + 16 hex digits drawn once per process + a per-process counter.
+/// Never derived from the session id or the turn number, which an import or a second chat
+/// with the same session_id repeats.
+fn response_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static PROCESS_RANDOM: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let random = *PROCESS_RANDOM.get_or_init(|| {
+        // RandomState is seeded from the operating system's random source.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        hasher.write_u128(now);
+        hasher.finish()
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("chatcmpl-{random:016x}{n:06x}")
 }
 
 fn busy() -> Error {
@@ -128,6 +166,7 @@ impl Chat {
             session_id,
             session: Mutex::new(session),
             cancel: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
         })
     }
 
@@ -150,6 +189,17 @@ impl Chat {
         events: &mut dyn ChatEvents,
     ) -> Result<(String, Usage)> {
         let mut session = self.lock()?;
+        if self.broken.load(Ordering::Acquire) {
+            return Err(Error::internal(
+                "an earlier send on this chat failed with an internal error and may have left its state inconsistent; call smallmind_chat_reset before sending again",
+            ));
+        }
+        let _broken_on_panic = BrokenOnPanic(&self.broken);
+        if std::env::var_os("SMALLMIND_DEBUG_INJECT_PANIC")
+            .is_some_and(|id| id.as_encoded_bytes() == self.session_id.as_bytes())
+        {
+            crate::model::debug::set_injected_panic(true);
+        }
         // A cancel that arrives before this point was meant for an earlier send.
         self.cancel.store(false, Ordering::Release);
         let turn = ChatRequest::parse(request_json)?.into_turn(
@@ -167,7 +217,7 @@ impl Chat {
             &output,
             self.model_name(),
             &self.session_id,
-            session.turns(),
+            &response_id(),
             seed,
         )?;
         Ok((response, output.usage))
@@ -191,9 +241,10 @@ impl Chat {
         self.cancel.store(true, Ordering::Release);
     }
 
-    /// Forgets the history and the KV cache.
+    /// Forgets the history and the KV cache, and clears the broken mark a panic left.
     pub fn reset(&self) -> Result<()> {
         self.lock()?.reset();
+        self.broken.store(false, Ordering::Release);
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::message::{Message, Role};
-use super::policy::{ContextPolicy, apply_policy};
+use super::policy::{ContextLimits, ContextPolicy, apply_policy};
 use super::template::{BuiltinFormat, ChatTemplate, TemplateContext};
 use parking_lot::Mutex;
 
@@ -66,8 +66,12 @@ impl ChatEvents for crate::engine::NoEvents {}
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub session_id: String,
-    /// Prepended as a system message when the conversation has none.
+    /// Rendered as the first message when the conversation has no system message; never
+    /// part of the history.
     pub system_prompt: Option<String>,
+    /// Tokenize message content with special tokens parsed, as the template's markup is
+    /// (default false: content is plain text, so it cannot open turns of its own).
+    pub parse_special_in_content: bool,
     pub context_policy: ContextPolicy,
     /// Reuse the KV cache across turns (default true).
     pub kv_cache: bool,
@@ -120,6 +124,8 @@ pub struct PreparedPrompt {
     pub text: String,
     pub token_ids: Vec<u32>,
     pub context: ContextReport,
+    /// What the host should know about how the prompt was made.
+    pub warnings: Vec<String>,
 }
 
 /// One turn's result.
@@ -138,6 +144,12 @@ pub struct TurnOutput {
 pub struct Session {
     engine: Arc<Engine>,
     template: ChatTemplate,
+    /// The built-in format in use when the file has no template.
+    builtin: Option<BuiltinFormat>,
+    /// Special tokens that message content never produces, even user-defined ones: those
+    /// the template's markup uses (other than whitespace), BOS and the end-of-generation
+    /// tokens (sorted). Control tokens never come from content anyway.
+    markup_tokens: Vec<u32>,
     config: SessionConfig,
     history: Vec<Message>,
     /// Locked by this session for a whole turn; the engine's KV budget may release it
@@ -160,14 +172,36 @@ impl Drop for Session {
 
 impl Session {
     /// A new, empty session. The template is the model's own (`tokenizer.chat_template`) or,
-    /// when the file has none, ChatML.
+    /// when the file has none, a built-in format (`BuiltinFormat::for_model`).
     pub fn new(engine: Arc<Engine>, config: SessionConfig) -> Result<Self> {
-        let template = match engine.model.file.get_str("tokenizer.chat_template") {
-            Some(source) => ChatTemplate::new(source)?,
+        let tokenizer = &engine.tokenizer;
+        let (template, builtin, source) = match engine.model.file.get_str("tokenizer.chat_template")
+        {
+            Some(source) => (ChatTemplate::new(source)?, None, source.to_string()),
             None => {
-                ChatTemplate::builtin(BuiltinFormat::for_architecture(engine.model.hparams.arch))
+                let format = BuiltinFormat::for_model(engine.model.hparams.arch, &|text| {
+                    tokenizer.token_id(text).is_some()
+                });
+                (
+                    ChatTemplate::builtin(format),
+                    Some(format),
+                    format.source().to_string(),
+                )
             }
         };
+        let mut markup_tokens: Vec<u32> = tokenizer
+            .special_ids()
+            .into_iter()
+            .filter(|&id| {
+                tokenizer.bos_id() == Some(id)
+                    || tokenizer.is_end_of_generation(id)
+                    || tokenizer.token_text(id).is_some_and(|text| {
+                        // Whitespace runs (Gemma's user-defined "\n\n", ...) are text.
+                        !text.trim().is_empty() && source.contains(text)
+                    })
+            })
+            .collect();
+        markup_tokens.sort_unstable();
         let context_length = engine.context_length();
         let max_positions = match config.max_kv_tokens {
             None => context_length,
@@ -185,6 +219,8 @@ impl Session {
         Ok(Self {
             engine,
             template,
+            builtin,
+            markup_tokens,
             config,
             history: Vec::new(),
             cache,
@@ -260,9 +296,11 @@ impl Session {
         self.max_kv_positions()
     }
 
-    /// Renders `messages` with the template and tokenizes the result, special tokens parsed.
-    /// Returns the prompt as text (with the BOS when one was added) and as token ids.
-    fn render_prompt(&self, messages: &[Message]) -> Result<(String, Vec<u32>)> {
+    /// Renders `messages` with the template and tokenizes the result: the template's markup
+    /// with special tokens parsed, message content as plain text (unless the option
+    /// `parse_special_in_content` is set). Returns the prompt as text (with the BOS when one
+    /// was added), as token ids, and warnings.
+    fn render_prompt(&self, messages: &[Message]) -> Result<(String, Vec<u32>, Vec<String>)> {
         let tokenizer = &self.engine.tokenizer;
         let bos = tokenizer
             .bos_id()
@@ -272,28 +310,57 @@ impl Session {
             .eos_id()
             .and_then(|id| tokenizer.token_text(id))
             .unwrap_or("");
-        let mut text = self.template.render(&TemplateContext {
+        let ctx = TemplateContext {
             messages,
             tools: None,
             add_generation_prompt: true,
             bos_token: bos,
             eos_token: eos,
-        })?;
-        let mut ids = tokenizer.encode(&text, false, true);
+        };
+        let mut warnings = Vec::new();
+        let (mut text, mut ids) = if self.config.parse_special_in_content {
+            let text = self.template.render(&ctx)?;
+            let ids = tokenizer.encode(&text, false, true);
+            (text, ids)
+        } else {
+            let rendered = self.template.render_with_content_spans(&ctx)?;
+            let ids = match &rendered.content_spans {
+                Some(spans) => {
+                    tokenizer.encode_with_plain_ranges(&rendered.text, spans, &self.markup_tokens)
+                }
+                None => {
+                    warnings.push(
+                        "the chat template changes message content in a way smallmind cannot trace, so special-token text in the content was parsed as special tokens".to_string(),
+                    );
+                    tokenizer.encode(&rendered.text, false, true)
+                }
+            };
+            (rendered.text, ids)
+        };
         // Templates that write the BOS themselves must not get a second one.
         let add_bos = tokenizer.add_bos() && (bos.is_empty() || !text.starts_with(bos));
         if add_bos && let Some(bos_id) = tokenizer.bos_id() {
             ids.insert(0, bos_id);
             text.insert_str(0, bos);
         }
-        Ok((text, ids))
+        if self.builtin == Some(BuiltinFormat::Gemma)
+            && messages.first().is_some_and(|m| m.role == Role::System)
+        {
+            warnings.push(if messages.iter().any(|m| m.role == Role::User) {
+                "Gemma's format has no system role: the system message was put at the start of the first user turn, as Gemma's own template does".to_string()
+            } else {
+                "Gemma's format has no system role: the system message was rendered as a user turn, since the conversation has none".to_string()
+            });
+        }
+        Ok((text, ids, warnings))
     }
 
     /// Builds the prompt `turn` would give the model: the conversation (history and the new
-    /// messages, or the new messages alone with history "replace"), the system prompt when the
-    /// conversation has none, and the context policy applied. Changes nothing.
+    /// messages, or the new messages alone with history "replace"), the system prompt option
+    /// rendered first when the conversation has no system message (it is not part of the
+    /// conversation), and the context policy applied. Changes nothing.
     pub fn prepare(&self, turn: &Turn) -> Result<PreparedPrompt> {
-        let mut conversation = match turn.history {
+        let conversation = match turn.history {
             HistoryMode::Append => {
                 let mut all = self.history.clone();
                 all.extend(turn.messages.iter().cloned());
@@ -301,10 +368,11 @@ impl Session {
             }
             HistoryMode::Replace => turn.messages.clone(),
         };
+        let mut rendered = conversation.clone();
         if let Some(system) = &self.config.system_prompt
-            && !conversation.iter().any(|m| m.role == Role::System)
+            && !rendered.iter().any(|m| m.role == Role::System)
         {
-            conversation.insert(0, Message::new(Role::System, system.clone()));
+            rendered.insert(0, Message::new(Role::System, system.clone()));
         }
         let policy = turn
             .context_policy
@@ -312,20 +380,22 @@ impl Session {
             .unwrap_or_else(|| self.config.context_policy.clone());
         let outcome = {
             let mut count = |indices: &[usize]| -> Result<u32> {
-                let subset: Vec<Message> =
-                    indices.iter().map(|&i| conversation[i].clone()).collect();
+                let subset: Vec<Message> = indices.iter().map(|&i| rendered[i].clone()).collect();
                 Ok(u32::try_from(self.render_prompt(&subset)?.1.len()).unwrap_or(u32::MAX))
             };
-            let context_length = u32::try_from(self.context_length()).unwrap_or(u32::MAX);
-            let reserve = u32::try_from(turn.max_tokens).unwrap_or(u32::MAX);
-            apply_policy(&policy, &conversation, context_length, reserve, &mut count)?
+            let limits = ContextLimits {
+                context: u32::try_from(self.context_length()).unwrap_or(u32::MAX),
+                context_option: if self.config.max_kv_tokens.is_some() {
+                    "max_kv_tokens"
+                } else {
+                    "context_length"
+                },
+                reserve: u32::try_from(turn.max_tokens).unwrap_or(u32::MAX),
+            };
+            apply_policy(&policy, &rendered, limits, &mut count)?
         };
-        let kept: Vec<Message> = outcome
-            .kept
-            .iter()
-            .map(|&i| conversation[i].clone())
-            .collect();
-        let (text, token_ids) = self.render_prompt(&kept)?;
+        let kept: Vec<Message> = outcome.kept.iter().map(|&i| rendered[i].clone()).collect();
+        let (text, token_ids, warnings) = self.render_prompt(&kept)?;
         let context = ContextReport {
             policy: policy.name(),
             tokens_before: outcome.tokens_before as usize,
@@ -337,6 +407,7 @@ impl Session {
             text,
             token_ids,
             context,
+            warnings,
         })
     }
 
@@ -352,6 +423,7 @@ impl Session {
             mut conversation,
             token_ids,
             context,
+            warnings,
             ..
         } = self.prepare(&turn)?;
         let slot = Arc::clone(&self.cache);
@@ -406,7 +478,11 @@ impl Session {
             usage: output.usage,
             context,
             token_ids: output.token_ids,
-            warnings: std::mem::take(&mut self.pending_warnings),
+            warnings: {
+                let mut all = std::mem::take(&mut self.pending_warnings);
+                all.extend(warnings);
+                all
+            },
         })
     }
 

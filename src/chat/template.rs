@@ -3,6 +3,7 @@
 //! files that have none.
 
 use std::fmt;
+use std::ops::Range;
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, Serde};
@@ -78,7 +79,8 @@ pub enum BuiltinFormat {
 }
 
 impl BuiltinFormat {
-    fn source(self) -> &'static str {
+    /// The format's Jinja source.
+    pub fn source(self) -> &'static str {
         match self {
             Self::ChatMl => {
                 "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -86,9 +88,26 @@ impl BuiltinFormat {
             Self::Llama3 => {
                 "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
             }
+            // Gemma has no system role: a leading system message goes at the start of the
+            // first user turn, as Gemma's own template does; with no user turn it becomes one.
             Self::Gemma => {
-                "{{ bos_token }}{% set first_user_prefix = '' %}{% if messages and messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+                "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% set ns = namespace(prefix=first_user_prefix) %}{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (ns.prefix if role == 'user' else '') + message['content'] | trim + '<end_of_turn>\n' }}{% if role == 'user' %}{% set ns.prefix = '' %}{% endif %}{% endfor %}{% if ns.prefix %}{{ '<start_of_turn>user\n' + ns.prefix | trim + '<end_of_turn>\n' }}{% endif %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
             }
+        }
+    }
+
+    /// The format for a file without a template: Llama 3's when a `llama` file has Llama 3's
+    /// header tokens, otherwise the family's (`for_architecture`).
+    pub fn for_model(arch: crate::model::Architecture, has_token: &dyn Fn(&str) -> bool) -> Self {
+        match Self::for_architecture(arch) {
+            Self::ChatMl
+                if arch == crate::model::Architecture::Llama
+                    && has_token("<|start_header_id|>")
+                    && has_token("<|eot_id|>") =>
+            {
+                Self::Llama3
+            }
+            format => format,
         }
     }
 
@@ -266,7 +285,8 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         env.set_fuel(Some(MAX_TEMPLATE_FUEL));
         env.set_recursion_limit(MAX_TEMPLATE_RECURSION);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(content_aware_methods);
+        env.add_filter("trim", content_aware_trim);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -314,6 +334,51 @@ impl ChatTemplate {
             Err(e) => Err(TemplateError::Render(describe(&e))),
         }
     }
+
+    /// Renders like [`ChatTemplate::render`] and also says which bytes of the text came from
+    /// message content, so that only the template's own markup becomes special tokens.
+    /// Each non-empty content is rendered once more between two marker characters; the
+    /// markers' positions are the content spans, trusted only when the text without them is
+    /// exactly the ordinary render. Otherwise (a template that transforms content in a way
+    /// the markers do not survive) `content_spans` is `None`.
+    pub fn render_with_content_spans(
+        &self,
+        ctx: &TemplateContext<'_>,
+    ) -> Result<RenderedPrompt, TemplateError> {
+        let text = self.render(ctx)?;
+        if let Some(m) = ctx
+            .messages
+            .iter()
+            .find(|m| m.content.contains([CONTENT_OPEN, CONTENT_CLOSE]))
+        {
+            return Err(TemplateError::Render(format!(
+                "a {} message contains U+{:X} or U+{:X}, private-use characters smallmind reserves to mark message content; remove them (or set the chat option parse_special_in_content)",
+                m.role.as_str(),
+                CONTENT_OPEN as u32,
+                CONTENT_CLOSE as u32
+            )));
+        }
+        let marked_messages: Vec<Message> = ctx
+            .messages
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if !m.content.is_empty() {
+                    m.content = format!("{CONTENT_OPEN}{}{CONTENT_CLOSE}", m.content);
+                }
+                m
+            })
+            .collect();
+        let marked = self.render(&TemplateContext {
+            messages: &marked_messages,
+            ..*ctx
+        })?;
+        let content_spans = content_spans(&marked).filter(|(plain, _)| *plain == text);
+        Ok(RenderedPrompt {
+            text,
+            content_spans: content_spans.map(|(_, spans)| spans),
+        })
+    }
 }
 
 /// Collects the rendered text, refusing to grow past `MAX_RENDERED_BYTES`.
@@ -336,6 +401,171 @@ impl std::io::Write for CappedWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A rendered prompt and where message content sits in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedPrompt {
+    pub text: String,
+    /// Byte ranges of `text` that came from message content, in order; `None` when they
+    /// could not be told apart from the template's markup.
+    pub content_spans: Option<Vec<Range<usize>>>,
+}
+
+/// Private-use characters (plane 15) around each message content while the spans render.
+const CONTENT_OPEN: char = '\u{F0000}';
+const CONTENT_CLOSE: char = '\u{F0001}';
+
+fn is_marker(c: char) -> bool {
+    c == CONTENT_OPEN || c == CONTENT_CLOSE
+}
+
+/// The text without markers and the spans between them; `None` when they do not pair up.
+fn content_spans(marked: &str) -> Option<(String, Vec<Range<usize>>)> {
+    let mut text = String::with_capacity(marked.len());
+    let mut spans = Vec::new();
+    let mut open: Option<usize> = None;
+    for c in marked.chars() {
+        match c {
+            CONTENT_OPEN if open.is_none() => open = Some(text.len()),
+            CONTENT_CLOSE => {
+                let start = open.take()?;
+                if start < text.len() {
+                    spans.push(start..text.len());
+                }
+            }
+            CONTENT_OPEN => return None,
+            c => text.push(c),
+        }
+    }
+    open.is_none().then_some((text, spans))
+}
+
+/// Strips characters matching `strip` from the start and/or end of `s`, looking through
+/// content markers (kept in place), so that `trim` on marked content gives what it gives on
+/// the content itself.
+fn strip_through_markers(s: &str, start: bool, end: bool, strip: &dyn Fn(char) -> bool) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    let (mut lo, mut hi) = (0, chars.len());
+    let mut head = String::new();
+    let mut tail = Vec::new();
+    if start {
+        while lo < hi && (strip(chars[lo]) || is_marker(chars[lo])) {
+            if is_marker(chars[lo]) {
+                head.push(chars[lo]);
+            }
+            lo += 1;
+        }
+    }
+    if end {
+        while hi > lo && (strip(chars[hi - 1]) || is_marker(chars[hi - 1])) {
+            if is_marker(chars[hi - 1]) {
+                tail.push(chars[hi - 1]);
+            }
+            hi -= 1;
+        }
+    }
+    let mut out = head;
+    out.extend(&chars[lo..hi]);
+    out.extend(tail.iter().rev());
+    out
+}
+
+fn stripper(chars: Option<String>) -> Box<dyn Fn(char) -> bool> {
+    match chars {
+        None => Box::new(char::is_whitespace),
+        Some(set) => Box::new(move |c| set.contains(c)),
+    }
+}
+
+/// The `trim` filter, looking through content markers.
+fn content_aware_trim(value: String, chars: Option<String>) -> String {
+    strip_through_markers(&value, true, true, &*stripper(chars))
+}
+
+/// Python's string methods (minijinja-contrib's pycompat), with `strip`/`lstrip`/`rstrip`
+/// looking through content markers and tests (`startswith`, `find`, ...) seeing the content
+/// without them.
+fn content_aware_methods(
+    state: &mut minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, JinjaError> {
+    let Some(s) = value.as_str().filter(|s| s.contains(is_marker)) else {
+        return minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args);
+    };
+    // One whole content: the method runs on the content, and strings it makes from it
+    // (split parts, a stripped or replaced copy) are still content.
+    if let Some(inner) = s
+        .strip_prefix(CONTENT_OPEN)
+        .and_then(|rest| rest.strip_suffix(CONTENT_CLOSE))
+        .filter(|inner| !inner.contains(is_marker))
+    {
+        let wrap = |v: Value| match v.as_str() {
+            Some(text) if !text.is_empty() => {
+                Value::from(format!("{CONTENT_OPEN}{text}{CONTENT_CLOSE}"))
+            }
+            _ => v,
+        };
+        let out = minijinja_contrib::pycompat::unknown_method_callback(
+            state,
+            &Value::from(inner),
+            method,
+            args,
+        )?;
+        return Ok(match out.kind() {
+            minijinja::value::ValueKind::String => wrap(out),
+            minijinja::value::ValueKind::Seq => match out.try_iter() {
+                Ok(items) => Value::from(items.map(wrap).collect::<Vec<_>>()),
+                Err(_) => out,
+            },
+            _ => out,
+        });
+    }
+    let (start, end) = match method {
+        "strip" => (true, true),
+        "lstrip" => (true, false),
+        "rstrip" => (false, true),
+        "startswith" | "endswith" | "find" | "rfind" | "count" | "index" | "isdigit"
+        | "isalpha" | "isalnum" | "isspace" | "islower" | "isupper" => {
+            let clean = Value::from(s.replace(is_marker, ""));
+            return minijinja_contrib::pycompat::unknown_method_callback(
+                state, &clean, method, args,
+            );
+        }
+        _ => {
+            return minijinja_contrib::pycompat::unknown_method_callback(
+                state, value, method, args,
+            );
+        }
+    };
+    let chars = match args {
+        [] => None,
+        [c] if c.is_none() => None,
+        [c] => Some(
+            c.as_str()
+                .ok_or_else(|| {
+                    JinjaError::new(
+                        JinjaErrorKind::InvalidOperation,
+                        format!("{method}() takes a string"),
+                    )
+                })?
+                .to_string(),
+        ),
+        _ => {
+            return Err(JinjaError::new(
+                JinjaErrorKind::TooManyArguments,
+                format!("{method}() takes at most one argument"),
+            ));
+        }
+    };
+    Ok(Value::from(strip_through_markers(
+        s,
+        start,
+        end,
+        &*stripper(chars),
+    )))
 }
 
 #[cfg(test)]
@@ -393,6 +623,50 @@ mod tests {
             matches!(err, TemplateError::Syntax(_)) && err.to_string().contains("line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn content_spans_survive_trim_and_strip_and_are_dropped_when_content_is_transformed() {
+        let msgs = [
+            Message::new(Role::User, "  <|im_end|>hi \n"),
+            Message::new(Role::Assistant, "x</think>\n ok "),
+        ];
+        let template = ChatTemplate::new(
+            "{% for m in messages %}[{{ m['content'] | trim }}|{{ m['content'].split('</think>')[-1].lstrip('\\n').rstrip() }}]{% endfor %}",
+        )
+        .unwrap();
+        let ctx = TemplateContext {
+            messages: &msgs,
+            tools: None,
+            add_generation_prompt: true,
+            bos_token: "<s>",
+            eos_token: "</s>",
+        };
+        let rendered = template.render_with_content_spans(&ctx).unwrap();
+        assert_eq!(
+            rendered.text,
+            "[<|im_end|>hi|  <|im_end|>hi][x</think>\n ok| ok]"
+        );
+        let spans = rendered.content_spans.expect("spans");
+        let texts: Vec<&str> = spans.iter().map(|r| &rendered.text[r.clone()]).collect();
+        // Parts split from a content are content.
+        assert_eq!(
+            texts,
+            ["<|im_end|>hi", "  <|im_end|>hi", "x</think>\n ok", " ok"]
+        );
+        // A template that measures content sees the markers: no spans, never wrong ones.
+        let measuring = ChatTemplate::new("{{ messages[0]['content'] | length }}").unwrap();
+        let rendered = measuring.render_with_content_spans(&ctx).unwrap();
+        assert_eq!(rendered.text, "16");
+        assert_eq!(rendered.content_spans, None);
+        let marked = [Message::new(Role::User, "\u{F0000}")];
+        let err = template
+            .render_with_content_spans(&TemplateContext {
+                messages: &marked,
+                ..ctx
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("U+F0000"), "{err}");
     }
 
     #[test]

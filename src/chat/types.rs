@@ -31,6 +31,8 @@ pub struct ChatOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_special_in_content: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_policy: Option<ContextPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache: Option<bool>,
@@ -94,6 +96,9 @@ impl ChatOptions {
             context_policy: overrides.context_policy.or(self.context_policy),
             kv_cache: overrides.kv_cache.or(self.kv_cache),
             max_kv_tokens: overrides.max_kv_tokens.or(self.max_kv_tokens),
+            parse_special_in_content: overrides
+                .parse_special_in_content
+                .or(self.parse_special_in_content),
             max_tokens: overrides.max_tokens.or(self.max_tokens),
             temperature: overrides.temperature.or(self.temperature),
             top_k: overrides.top_k.or(self.top_k),
@@ -144,6 +149,7 @@ impl ChatOptions {
         Ok(SessionConfig {
             session_id: self.session_id.clone().unwrap_or_else(random_session_id),
             system_prompt: self.system_prompt.clone(),
+            parse_special_in_content: self.parse_special_in_content.unwrap_or(false),
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),
             max_kv_tokens: self.max_kv_tokens.map(|n| n as usize),
@@ -350,7 +356,7 @@ pub fn response_json(
     out: &TurnOutput,
     model: &str,
     session_id: &str,
-    turn_number: u64,
+    id: &str,
     seed: u64,
 ) -> Result<String> {
     let mut warnings = out.warnings.clone();
@@ -360,8 +366,9 @@ pub fn response_json(
             out.context.policy, out.context.dropped_messages
         ));
     }
+    warnings.extend(out.warnings.iter().cloned());
     crate::api::to_json(&ChatResponseJson {
-        id: format!("chatcmpl-{session_id}-{turn_number}"),
+        id: id.to_string(),
         model,
         session_id,
         message: ReplyJson {
@@ -381,6 +388,7 @@ struct RenderJson<'a> {
     prompt: &'a str,
     prompt_token_ids: &'a [u32],
     context: ContextJson<'a>,
+    warnings: &'a [String],
 }
 
 /// The JSON of `smallmind_chat_render`: the prompt a send would give the model.
@@ -389,6 +397,7 @@ pub fn render_json(prepared: &PreparedPrompt) -> Result<String> {
         prompt: &prepared.text,
         prompt_token_ids: &prepared.token_ids,
         context: ContextJson::from(&prepared.context),
+        warnings: &prepared.warnings,
     })
 }
 

@@ -86,6 +86,8 @@ pub struct Engine {
     kv_type: KvType,
     fingerprint: String,
     load_time: Duration,
+    /// What the host should know about how the model was loaded (also sent to `on_log`).
+    warnings: Vec<String>,
     kv_budget: KvBudget,
 }
 
@@ -144,6 +146,15 @@ impl Engine {
                 ),
             ));
         }
+        if options.model_path.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "model_path '{}' is a directory; give the path of a .gguf file (for example one inside it)",
+                    options.model_path.display()
+                ),
+            ));
+        }
         observer.log(
             LogLevel::Info,
             &format!("loading {}", options.model_path.display()),
@@ -186,6 +197,15 @@ impl Engine {
             }
             Some(n) => n,
         };
+        let mut warnings = Vec::new();
+        if context_length > model.hparams.n_ctx_train {
+            let warning = format!(
+                "context_length {context_length} is above the {} tokens this model was trained on; past that, its output usually degrades (omit context_length to use the training context)",
+                model.hparams.n_ctx_train
+            );
+            observer.log(LogLevel::Warn, &warning);
+            warnings.push(warning);
+        }
         let fingerprint = fingerprint::of_file(&file);
         if !observer.progress(1.0) {
             return Err(Error::new(
@@ -212,6 +232,7 @@ impl Engine {
             kv_type: options.kv_type,
             fingerprint,
             load_time,
+            warnings,
             kv_budget: KvBudget::new(options.budget),
         }))
     }
@@ -235,6 +256,11 @@ impl Engine {
 
     pub fn load_time(&self) -> Duration {
         self.load_time
+    }
+
+    /// Warnings of the load (e.g. a context longer than the model's training context).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The KV budget every chat of this engine shares.
@@ -286,6 +312,7 @@ impl Engine {
             threads: self.pool.n_threads(),
             fingerprint: self.fingerprint.clone(),
             load_ms: self.load_time.as_secs_f64() * 1000.0,
+            warnings: self.warnings.clone(),
         }
     }
 }
@@ -315,4 +342,5 @@ pub struct ModelInfo {
     pub threads: usize,
     pub fingerprint: String,
     pub load_ms: f64,
+    pub warnings: Vec<String>,
 }

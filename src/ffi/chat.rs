@@ -49,8 +49,13 @@ fn into_handle(chat: Chat) -> *mut smallmind_chat {
 }
 
 /// Creates a chat on `engine`. `options_json` may be NULL or
-/// {"session_id", "system_prompt", "context_policy": {"type": "keep_all" | "keep_last_n_turns"
-/// (+"max_turns") | "sliding_window" (+"max_tokens")}, "kv_cache" (default true),
+/// {"session_id", "system_prompt" (rendered first when the conversation has no system
+/// message; a system message in the conversation wins; never written into the history),
+/// "parse_special_in_content" (default false: message content is tokenized as plain text, so
+/// only the template's own markup becomes special tokens; true: special-token text in content
+/// becomes special tokens too), "context_policy": {"type": "keep_all" | "keep_last_n_turns"
+/// (+"max_turns": turns kept before the new one, 0 = only the new one) | "sliding_window"
+/// (+"window_tokens", also accepted as "max_tokens": the prompt's budget)}, "kv_cache" (default true),
 /// "max_kv_tokens" (at most the engine's context_length), "max_tokens", "temperature",
 /// "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
 /// "seed"} (defaults for every send).
@@ -109,7 +114,9 @@ pub unsafe extern "C" fn smallmind_chat_free(chat: *mut smallmind_chat) {
 /// "total_tokens", "prompt_tokens_details": {"cached_tokens"}, "time_to_first_token_ms",
 /// "prefill_ms", "decode_ms", "prefill_tokens_per_second", "decode_tokens_per_second"},
 /// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "seed",
-/// "warnings"}. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
+/// "warnings"}. "id" is unique in the process ("chatcmpl-" + a random part drawn once per
+/// process + a counter). After a cancel, "usage" counts only the prompt tokens really
+/// processed (cached + evaluated), and its rates come from those. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
 /// returns SMALLMIND_OK with the text so far and leaves the history as it was.
 /// `cb` may be NULL; callbacks run on this thread, in the order documented at
 /// `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.
@@ -147,7 +154,7 @@ pub unsafe extern "C" fn smallmind_chat_send(
 /// Renders the prompt that `smallmind_chat_send` with the same request would give the model
 /// now (the history, the messages, the system prompt and the context policy applied), without
 /// generating or changing anything: {"prompt": the template's text, "prompt_token_ids": [...],
-/// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}}. For checking
+/// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "warnings"}. For checking
 /// templates and policies. `*out_json` is freed with `smallmind_string_free`. BUSY while a
 /// send runs. Errors as for `smallmind_chat_send`.
 ///

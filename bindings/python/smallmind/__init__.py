@@ -147,7 +147,7 @@ def _json_arg(value: Dict[str, Any]) -> bytes:
 
 def _missing(name: str) -> Error:
     return InvalidArgumentError(
-        f"this libsmallmind ({version()}) has no {name}; use a library that has it"
+        f"this libsmallmind ({version()}, ABI {abi_version()}) lacks {name}; use a newer library"
     )
 
 
@@ -170,21 +170,96 @@ class _Callbacks:
     generation (the token callback returns non-zero) and is re-raised on the caller once the C
     call has returned: it never unwinds through C frames."""
 
-    def __init__(self, on_token: Optional[OnToken]) -> None:
+    def __init__(
+        self,
+        on_token: Optional[OnToken],
+        execute_tool: Optional[ExecuteTool] = None,
+        telemetry: Any = None,
+    ) -> None:
         self.error: Optional[BaseException] = None
         self._on_token = on_token
+        self._execute_tool = execute_tool
+        self._keep: List[Any] = []
         self.struct = _native.new_chat_callbacks()
-        if on_token is not None:
+        if on_token is not None or telemetry is not None:
+            # With telemetry alone the token callback only stops the reply after a failure.
             self._token_fn = _native.ON_TOKEN(self._token)
             self.struct.on_token = self._token_fn
+        if telemetry is not None:
+            self._wire_telemetry(telemetry)
+        if execute_tool is not None:
+            if not hasattr(self.struct, "execute_tool") or not _native.has("smallmind_host_result_set"):
+                raise _missing("the execute_tool callback (ABI 2)")
+            self._tool_fn = _native.EXECUTE_TOOL(self._tool)
+            self.struct.execute_tool = self._tool_fn
+
+    def _wire_telemetry(self, telemetry: Any) -> None:
+        """Sets the C callback for each `on_*` method the telemetry object has."""
+
+        def text(b: Optional[bytes]) -> str:
+            return b.decode("utf-8", "replace") if b else ""
+
+        def usage(p: Any) -> Dict[str, Any]:
+            u = p.contents
+            return {name: getattr(u, name) for name, _ in _native.Usage._fields_}
+
+        adapters = {
+            "on_request_start": (_native.ON_REQUEST_START, lambda f: lambda _u, s, n: f(text(s), int(n))),
+            "on_first_token": (_native.ON_FIRST_TOKEN, lambda f: lambda _u, s, ms: f(text(s), float(ms))),
+            "on_context_policy_applied": (
+                _native.ON_CONTEXT_POLICY_APPLIED,
+                lambda f: lambda _u, s, p, b, a: f(text(s), text(p), int(b), int(a)),
+            ),
+            "on_kv_cache_access": (
+                _native.ON_KV_CACHE_ACCESS,
+                lambda f: lambda _u, s, hit, n: f(text(s), bool(hit), int(n)),
+            ),
+            "on_request_complete": (_native.ON_REQUEST_COMPLETE, lambda f: lambda _u, s, p: f(text(s), usage(p))),
+            "on_tool_call": (_native.ON_TOOL_CALL, lambda f: lambda _u, s, n, ms: f(text(s), text(n), float(ms))),
+        }
+        for name, (fn_type, adapt) in adapters.items():
+            method = getattr(telemetry, name, None)
+            if method is None or not hasattr(self.struct, name):
+                continue
+            c_fn = fn_type(self._guard(adapt(method)))
+            self._keep.append(c_fn)
+            setattr(self.struct, name, c_fn)
+
+    def _guard(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """A callback that keeps the first exception instead of letting it reach C."""
+
+        def guarded(*args: Any) -> None:
+            if self.error is not None:
+                return
+            try:
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 - re-raised on the caller
+                self.error = e
+
+        return guarded
 
     def _token(self, _user_data: Any, text: int, length: int) -> int:
         if self.error is not None:
             return 1
+        if self._on_token is None:
+            return 0
         try:
             piece = ctypes.string_at(text, length).decode("utf-8") if length else ""
-            assert self._on_token is not None
             return 1 if self._on_token(piece) is False else 0
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller
+            self.error = e
+            return 1
+
+    def _tool(self, _user_data: Any, _session_id: bytes, call_json: bytes, result: int) -> int:
+        if self.error is not None:
+            return 1
+        try:
+            call = json.loads(call_json.decode("utf-8"))
+            assert self._execute_tool is not None
+            value = self._execute_tool(call.get("name", ""), call.get("arguments") or {})
+            content = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            _check(_native.lib().smallmind_host_result_set(result, content.encode("utf-8")))
+            return 0
         except BaseException as e:  # noqa: BLE001 - re-raised on the caller
             self.error = e
             return 1
@@ -307,16 +382,22 @@ class Engine:
         return str(self._call_json(_native.lib().smallmind_engine_detokenize, body)["text"])
 
     def complete(
-        self, prompt: Union[str, Sequence[int]], *, on_token: Optional[OnToken] = None, **request: Any
+        self,
+        prompt: Union[str, Sequence[int]],
+        *,
+        on_token: Optional[OnToken] = None,
+        telemetry: Any = None,
+        **request: Any,
     ) -> Dict[str, Any]:
         """Raw completion, no template: `prompt` is text or token ids; `request` holds the other
-        fields (max_tokens, temperature, seed, stop, logprobs, ...). Returns the response dict."""
+        fields (max_tokens, temperature, seed, stop, logprobs, ...). Returns the response dict.
+        `telemetry`: see `Chat.send`."""
         body = dict(request)
         if isinstance(prompt, str):
             body["prompt"] = prompt
         else:
             body["prompt_ids"] = [int(i) for i in prompt]
-        callbacks = _Callbacks(on_token)
+        callbacks = _Callbacks(on_token, telemetry=telemetry)
         out = ctypes.c_void_p()
         status = _native.lib().smallmind_engine_complete(
             self._h(), _json_arg(body), callbacks.pointer(), ctypes.byref(out)
@@ -394,8 +475,35 @@ class Chat:
             raise InvalidArgumentError("the chat is closed")
         return ChatP(self._handle)
 
-    def _send_once(self, body: Dict[str, Any], on_token: Optional[OnToken]) -> Dict[str, Any]:
-        callbacks = _Callbacks(on_token)
+    def send(
+        self,
+        content: Content,
+        *,
+        on_token: Optional[OnToken] = None,
+        execute_tool: Optional[ExecuteTool] = None,
+        telemetry: Any = None,
+        **request: Any,
+    ) -> Dict[str, Any]:
+        """Sends `content` (a string is one user message; else a list of message dicts) with
+        the other request fields in `request`, and returns the response dict.
+
+        `telemetry` is any object with some of the methods `on_request_start(session_id,
+        message_count)`, `on_kv_cache_access(session_id, hit, cached_tokens)`,
+        `on_context_policy_applied(session_id, policy, tokens_before, tokens_after)`,
+        `on_first_token(session_id, elapsed_ms)`, `on_request_complete(session_id, usage)`
+        (usage a dict of the C smallmind_usage fields) and, with ABI 2,
+        `on_tool_call(session_id, name, elapsed_ms)`: the C callbacks of the same names, called
+        on this thread in that order.
+
+        `on_token(piece)` may return False to stop (finish_reason "cancelled"); any other
+        return value goes on. `execute_tool(name, arguments)` runs the tool calls the model
+        makes (requests with `tools`): its return value, a string or anything
+        JSON-serialisable, is the tool's result, and the library continues the reply with it
+        (at most `max_tool_calls` calls). It needs a library with ABI 2; without it a reply
+        that calls tools ends with finish_reason "tool_calls" for the caller to run them."""
+        body = dict(request)
+        body["messages"] = _messages(content)
+        callbacks = _Callbacks(on_token, execute_tool, telemetry)
         out = ctypes.c_void_p()
         status = _native.lib().smallmind_chat_send(
             self._h(), _json_arg(body), callbacks.pointer(), ctypes.byref(out)
@@ -406,50 +514,6 @@ class Chat:
         if exc is not None:
             raise exc
         return json.loads(text)
-
-    def send(
-        self,
-        content: Content,
-        *,
-        on_token: Optional[OnToken] = None,
-        execute_tool: Optional[ExecuteTool] = None,
-        **request: Any,
-    ) -> Dict[str, Any]:
-        """Sends `content` (a string is one user message; else a list of message dicts) with
-        the other request fields in `request`, and returns the response dict.
-
-        `on_token(piece)` may return False to stop (finish_reason "cancelled").
-        `execute_tool(name, arguments)` runs the tool calls of a reply that finishes with
-        "tool_calls": its return value (a string, or anything JSON-serialisable) is sent back
-        as the tool message and the chat continues, at most `max_tool_calls` (default 10)
-        rounds."""
-        body = dict(request)
-        body["messages"] = _messages(content)
-        response = self._send_once(body, on_token)
-        if execute_tool is None:
-            return response
-        rounds = int(request.get("max_tool_calls", 10))
-        follow = {k: v for k, v in request.items() if k != "history"}
-        while response.get("finish_reason") == "tool_calls" and rounds > 0:
-            rounds -= 1
-            results = []
-            for call in response["message"].get("tool_calls") or []:
-                function = call.get("function", {})
-                arguments = function.get("arguments") or "{}"
-                if isinstance(arguments, str):
-                    arguments = json.loads(arguments)
-                result = execute_tool(function.get("name", ""), arguments)
-                results.append(
-                    {
-                        "role": "tool",
-                        "tool_call_id": call.get("id"),
-                        "content": result if isinstance(result, str) else json.dumps(result),
-                    }
-                )
-            body = dict(follow)
-            body["messages"] = results
-            response = self._send_once(body, on_token)
-        return response
 
     def stream(self, content: Content, **request: Any) -> "Stream":
         """Like `send`, as an iterator of text pieces; `.response` holds the response dict once

@@ -56,6 +56,8 @@ ON_FIRST_TOKEN = CFUNCTYPE(None, c_void_p, c_char_p, c_double)
 ON_CONTEXT_POLICY_APPLIED = CFUNCTYPE(None, c_void_p, c_char_p, c_char_p, c_uint32, c_uint32)
 ON_KV_CACHE_ACCESS = CFUNCTYPE(None, c_void_p, c_char_p, c_bool, c_uint32)
 ON_REQUEST_COMPLETE = CFUNCTYPE(None, c_void_p, c_char_p, POINTER(Usage))
+EXECUTE_TOOL = CFUNCTYPE(c_int32, c_void_p, c_char_p, c_char_p, c_void_p)
+ON_TOOL_CALL = CFUNCTYPE(None, c_void_p, c_char_p, c_char_p, c_double)
 ON_LOAD_PROGRESS = CFUNCTYPE(c_int32, c_void_p, c_float)
 ON_LOG = CFUNCTYPE(None, c_void_p, c_int32, c_char_p)
 
@@ -79,13 +81,12 @@ class ChatCallbacksV1(Structure):
 
 class ChatCallbacksV2(Structure):
     """ABI version 2: a leading struct_size (set to this struct's size), the version-1 fields,
-    then execute_tool, on_tool_call and retrieve (left NULL: tools run in Python, see
-    Chat.send)."""
+    then execute_tool, on_tool_call and retrieve."""
 
     _fields_ = (
         [("struct_size", c_uint32)]
         + _V1_CALLBACK_FIELDS
-        + [("execute_tool", c_void_p), ("on_tool_call", c_void_p), ("retrieve", c_void_p)]
+        + [("execute_tool", EXECUTE_TOOL), ("on_tool_call", ON_TOOL_CALL), ("retrieve", c_void_p)]
     )
 
 
@@ -127,8 +128,9 @@ _PROTOTYPES = {
     "smallmind_chat_import": (_STATUS, [EngineP, c_char_p, POINTER(ChatP)]),
     "smallmind_chat_save": (_STATUS, [ChatP, c_char_p, c_char_p]),
     "smallmind_chat_load": (_STATUS, [EngineP, c_char_p, c_char_p, POINTER(ChatP)]),
+    "smallmind_host_result_set": (_STATUS, [c_void_p, c_char_p]),
 }
-OPTIONAL = {"smallmind_chat_save", "smallmind_chat_load"}
+OPTIONAL = {"smallmind_chat_save", "smallmind_chat_load", "smallmind_host_result_set"}
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None

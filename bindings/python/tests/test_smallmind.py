@@ -183,9 +183,9 @@ def test_send_returns_the_response_and_extends_the_history(chat):
     assert response["message"]["content"] == "".join(pieces)
     assert response["usage"]["completion_tokens"] >= len(pieces) >= 1
     history = chat.history()["messages"]
-    assert [m["role"] for m in history] == ["system", "user", "assistant"]
-    assert history[0]["content"] == "You are a helpful assistant."
-    assert history[2]["content"] == response["message"]["content"]
+    # The system_prompt option is rendered into every prompt, never recorded in the history.
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[1]["content"] == response["message"]["content"]
     chat.reset()
     assert chat.history()["messages"] == []
 
