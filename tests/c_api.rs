@@ -467,8 +467,8 @@ fn run_examples(suffix: &str, flags: &[&str]) {
     assert!(first.stderr.contains("[saved to "), "{}", first.stderr);
     let second = run(&persist, &[&model, path_arg(&state), "And of Italy?"]);
     assert!(
-        second.stderr.contains("[resumed ") && second.stderr.contains(": 3 messages]"),
-        "system, user, assistant: {}",
+        second.stderr.contains("[resumed ") && second.stderr.contains(": 2 messages]"),
+        "user, assistant (the system_prompt option is rendered, not recorded): {}",
         second.stderr
     );
     let usage = second

@@ -435,8 +435,14 @@ static smallmind_chat_callbacks telemetry_callbacks(struct telemetry *t, const c
     snprintf(t->session_id, sizeof t->session_id, "%s", session_id);
     t->session_ids_agree = true;
     t->pieces_are_utf8 = true;
-    smallmind_chat_callbacks cb = {t, telemetry_token, telemetry_start, telemetry_first_token, telemetry_policy,
-                                   telemetry_kv, telemetry_complete};
+    smallmind_chat_callbacks cb = SMALLMIND_CHAT_CALLBACKS_INIT;
+    cb.user_data = t;
+    cb.on_token = telemetry_token;
+    cb.on_request_start = telemetry_start;
+    cb.on_first_token = telemetry_first_token;
+    cb.on_context_policy_applied = telemetry_policy;
+    cb.on_kv_cache_access = telemetry_kv;
+    cb.on_request_complete = telemetry_complete;
     return cb;
 }
 
