@@ -64,7 +64,7 @@ fn arch_key(suffix: &str) -> String {
 #[test]
 fn the_unmodified_base_model_loads() {
     let engine = load("base", &base()).expect("the rewritten base model loads");
-    assert!(engine.model.hparams.n_layer >= 1);
+    assert!(engine.model().expect("weights are loaded").hparams.n_layer >= 1);
 }
 
 #[test]

@@ -295,6 +295,7 @@ pub fn completion_request(
     json: &str,
     started_at: std::time::Instant,
 ) -> Result<GenerationRequest> {
+    engine.model()?;
     let req: CompleteRequest = parse("completion request", json)?;
     let gen_req = req.into_generation(engine, started_at)?;
     crate::engine::check_fits(

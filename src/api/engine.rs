@@ -21,6 +21,8 @@ pub struct EngineOptionsJson {
     #[serde(default)]
     pub use_mmap: Option<bool>,
     #[serde(default)]
+    pub vocab_only: Option<bool>,
+    #[serde(default)]
     pub kv_budget_bytes: Option<u64>,
     #[serde(default)]
     pub max_sessions: Option<u32>,
@@ -77,6 +79,7 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
                 .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
             max_sessions: raw.max_sessions.map(|n| n as usize),
         },
+        vocab_only: raw.vocab_only.unwrap_or(false),
     })
 }
 
@@ -84,15 +87,16 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
 struct InfoJson<'a> {
     architecture: &'a str,
     name: Option<&'a str>,
+    vocab_only: bool,
     n_vocab: usize,
-    n_ctx_train: usize,
+    n_ctx_train: Option<usize>,
     context_length: usize,
-    n_embd: usize,
-    n_layer: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
-    n_ff: usize,
+    n_embd: Option<usize>,
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_head_kv: Option<usize>,
+    head_dim: Option<usize>,
+    n_ff: Option<usize>,
     n_params: u64,
     file_bytes: u64,
     tensor_types: serde_json::Map<String, serde_json::Value>,
@@ -130,6 +134,7 @@ pub fn info_json(engine: &Engine) -> Result<String> {
     to_json(&InfoJson {
         architecture: &info.architecture,
         name: info.name.as_deref(),
+        vocab_only: info.vocab_only,
         n_vocab: info.n_vocab,
         n_ctx_train: info.n_ctx_train,
         context_length: info.context_length,

@@ -319,8 +319,7 @@ impl Chat {
 
     fn model_name(&self) -> &str {
         self.engine
-            .model
-            .file
+            .file()
             .get_str("general.name")
             .unwrap_or("model")
     }

@@ -175,12 +175,11 @@ impl Session {
     /// when the file has none, a built-in format (`BuiltinFormat::for_model`).
     pub fn new(engine: Arc<Engine>, config: SessionConfig) -> Result<Self> {
         let tokenizer = &engine.tokenizer;
-        let (template, builtin, source) = match engine.model.file.get_str("tokenizer.chat_template")
-        {
+        let (template, builtin, source) = match engine.file().get_str("tokenizer.chat_template") {
             Some(source) => (ChatTemplate::new(source)?, None, source.to_string()),
             None => {
-                let format = BuiltinFormat::for_model(engine.model.hparams.arch, &|text| {
-                    tokenizer.token_id(text).is_some()
+                let format = engine.architecture().map_or(BuiltinFormat::ChatMl, |arch| {
+                    BuiltinFormat::for_model(arch, &|text| tokenizer.token_id(text).is_some())
                 });
                 (
                     ChatTemplate::builtin(format),
@@ -203,6 +202,11 @@ impl Session {
             .collect();
         markup_tokens.sort_unstable();
         let context_length = engine.context_length();
+        if context_length == 0 {
+            return Err(Error::invalid_argument(
+                "the model file gives no context length; set the engine's context_length",
+            ));
+        }
         let max_positions = match config.max_kv_tokens {
             None => context_length,
             Some(n) if n > context_length => {
@@ -212,9 +216,7 @@ impl Session {
             }
             Some(n) => n,
         };
-        let cache: CacheSlot = Arc::new(Mutex::new(
-            engine.model.new_cache(engine.kv_type(), max_positions),
-        ));
+        let cache: CacheSlot = Arc::new(Mutex::new(engine.new_cache_of(max_positions)));
         let budget_id = engine.kv_budget().register(&config.session_id, &cache);
         Ok(Self {
             engine,
@@ -419,6 +421,7 @@ impl Session {
     /// on_first_token (unless cancelled before it), on_text for every piece,
     /// on_request_complete. A request that overflows the context hears nothing.
     pub fn send(&mut self, turn: Turn, events: &mut dyn ChatEvents) -> Result<TurnOutput> {
+        self.engine.model()?;
         let PreparedPrompt {
             mut conversation,
             token_ids,

@@ -140,6 +140,7 @@ impl Engine {
         request: &GenerationRequest,
         events: &mut dyn GenerationEvents,
     ) -> Result<GenerationOutput> {
+        let model = self.model()?;
         let start = request.started_at;
         let prompt = &request.prompt;
         if prompt.is_empty() {
@@ -175,7 +176,7 @@ impl Engine {
                 if end > limit || events.cancelled() {
                     break;
                 }
-                self.model.forward(
+                model.forward(
                     &self.pool,
                     &prompt[start..end],
                     cache,
@@ -187,7 +188,7 @@ impl Engine {
             }
         }
 
-        let n_vocab = self.model.hparams.n_vocab;
+        let n_vocab = model.hparams.n_vocab;
         let mut prompt_logprobs = Vec::new();
         let mut logprob_row = Vec::new();
         let mut pos = cache.len();
@@ -211,8 +212,7 @@ impl Engine {
             } else {
                 Logits::None
             };
-            self.model
-                .forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
+            model.forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
             if request.prompt_logprobs {
                 if pos == 0 {
                     prompt_logprobs.push(None);
@@ -319,7 +319,7 @@ impl Engine {
             if output.token_ids.len() == request.max_tokens {
                 break;
             }
-            self.model.forward(
+            model.forward(
                 &self.pool,
                 &[token],
                 cache,

@@ -35,6 +35,9 @@ pub struct EngineOptions {
     pub use_mmap: bool,
     /// The KV budget shared by every chat of the engine.
     pub budget: BudgetLimits,
+    /// Load the metadata and tokenizer only (llama.cpp's `vocab_only`), for any architecture:
+    /// tokenizing, detokenizing, info and prompt rendering work; generation is refused.
+    pub vocab_only: bool,
 }
 
 impl EngineOptions {
@@ -46,6 +49,7 @@ impl EngineOptions {
             kv_type: KvType::F16,
             use_mmap: true,
             budget: BudgetLimits::default(),
+            vocab_only: false,
         }
     }
 }
@@ -79,7 +83,9 @@ impl LoadObserver for SilentLoad {
 /// A model ready to run, shared by every session and thread.
 #[derive(Debug)]
 pub struct Engine {
-    pub model: Model,
+    /// `None` for a vocab-only engine.
+    model: Option<Model>,
+    file: Arc<GgufFile>,
     pub tokenizer: Tokenizer,
     pool: ThreadPool,
     context_length: usize,
@@ -173,21 +179,31 @@ impl Engine {
                 "loading was cancelled by the progress callback",
             ));
         }
-        let mut layer_progress =
-            |done: usize, total: usize| observer.progress(0.15 + 0.8 * done as f32 / total as f32);
-        let model = Model::load(Arc::clone(&file), &mut layer_progress)?;
-        if tokenizer.n_vocab() != model.hparams.n_vocab {
-            return Err(Error::new(
-                ErrorKind::ModelLoad,
-                format!(
-                    "the tokenizer has {} tokens but token_embd.weight has {} rows",
-                    tokenizer.n_vocab(),
-                    model.hparams.n_vocab
-                ),
-            ));
-        }
+        let model = if options.vocab_only {
+            None
+        } else {
+            let mut layer_progress = |done: usize, total: usize| {
+                observer.progress(0.15 + 0.8 * done as f32 / total as f32)
+            };
+            let model = Model::load(Arc::clone(&file), &mut layer_progress)?;
+            if tokenizer.n_vocab() != model.hparams.n_vocab {
+                return Err(Error::new(
+                    ErrorKind::ModelLoad,
+                    format!(
+                        "the tokenizer has {} tokens but token_embd.weight has {} rows",
+                        tokenizer.n_vocab(),
+                        model.hparams.n_vocab
+                    ),
+                ));
+            }
+            Some(model)
+        };
         let context_length = match options.context_length {
-            None => model.hparams.n_ctx_train,
+            None => model
+                .as_ref()
+                .map(|m| m.hparams.n_ctx_train)
+                .or_else(|| metadata_context_length(&file))
+                .unwrap_or(0),
             Some(0) => return Err(Error::invalid_argument("context_length must be at least 1")),
             Some(n) if n > crate::model::limits::MAX_CONTEXT => {
                 return Err(Error::invalid_argument(format!(
@@ -198,10 +214,11 @@ impl Engine {
             Some(n) => n,
         };
         let mut warnings = Vec::new();
-        if context_length > model.hparams.n_ctx_train {
+        if let Some(n_ctx_train) = model.as_ref().map(|m| m.hparams.n_ctx_train)
+            && context_length > n_ctx_train
+        {
             let warning = format!(
-                "context_length {context_length} is above the {} tokens this model was trained on; past that, its output usually degrades (omit context_length to use the training context)",
-                model.hparams.n_ctx_train
+                "context_length {context_length} is above the {n_ctx_train} tokens this model was trained on; past that, its output usually degrades (omit context_length to use the training context)"
             );
             observer.log(LogLevel::Warn, &warning);
             warnings.push(warning);
@@ -214,18 +231,22 @@ impl Engine {
             ));
         }
         let load_time = start.elapsed();
+        let layers = match &model {
+            Some(m) => format!("{} layers", m.hparams.n_layer),
+            None => "vocabulary only".to_string(),
+        };
         observer.log(
             LogLevel::Info,
             &format!(
-                "loaded {} ({} layers, {} tokens) in {:.0} ms with {threads} threads",
-                model.hparams.arch.name(),
-                model.hparams.n_layer,
-                model.hparams.n_vocab,
+                "loaded {} ({layers}, {} tokens) in {:.0} ms with {threads} threads",
+                file.get_str("general.architecture").unwrap_or("?"),
+                tokenizer.n_vocab(),
                 load_time.as_secs_f64() * 1000.0
             ),
         );
         Ok(Arc::new(Engine {
             model,
+            file,
             tokenizer,
             pool: ThreadPool::new(threads),
             context_length,
@@ -235,6 +256,35 @@ impl Engine {
             warnings,
             kv_budget: KvBudget::new(options.budget),
         }))
+    }
+
+    /// The model's weights; a vocab-only engine has none and says so.
+    pub fn model(&self) -> Result<&Model> {
+        self.model.as_ref().ok_or_else(|| {
+            Error::invalid_argument(
+                "this engine was created with \"vocab_only\": true and holds no weights; it tokenizes and renders prompts only. Create the engine without vocab_only to generate",
+            )
+        })
+    }
+
+    pub fn is_vocab_only(&self) -> bool {
+        self.model.is_none()
+    }
+
+    /// The GGUF file: metadata, and the weights unless vocab-only.
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// The architecture when smallmind runs it (always, unless vocab-only).
+    pub fn architecture(&self) -> Option<crate::model::Architecture> {
+        match &self.model {
+            Some(m) => Some(m.hparams.arch),
+            None => self
+                .file
+                .get_str("general.architecture")
+                .and_then(crate::model::Architecture::from_name),
+        }
     }
 
     pub fn pool(&self) -> &ThreadPool {
@@ -270,13 +320,21 @@ impl Engine {
 
     /// An empty KV cache for one sequence of this engine.
     pub fn new_cache(&self) -> KvCache {
-        self.model.new_cache(self.kv_type, self.context_length)
+        self.new_cache_of(self.context_length)
+    }
+
+    /// An empty KV cache of `max_positions` (a vocab-only engine's has no layers).
+    pub fn new_cache_of(&self, max_positions: usize) -> KvCache {
+        match &self.model {
+            Some(m) => m.new_cache(self.kv_type, max_positions),
+            None => KvCache::new(self.kv_type, 0, 0, max_positions),
+        }
     }
 
     /// Facts about the loaded model for introspection.
     pub fn info(&self) -> ModelInfo {
-        let hp = &self.model.hparams;
-        let file = &self.model.file;
+        let hp = self.model.as_ref().map(|m| &m.hparams);
+        let file = &self.file;
         let mut tensor_types: Vec<(GgmlType, usize)> = Vec::new();
         let mut n_params = 0u64;
         for t in &file.tensors {
@@ -288,17 +346,23 @@ impl Engine {
         }
         tensor_types.sort_by_key(|(ty, _)| ty.id());
         ModelInfo {
-            architecture: hp.arch.name().to_string(),
+            architecture: file
+                .get_str("general.architecture")
+                .unwrap_or_default()
+                .to_string(),
             name: file.get_str("general.name").map(str::to_string),
-            n_vocab: hp.n_vocab,
-            n_ctx_train: hp.n_ctx_train,
+            vocab_only: hp.is_none(),
+            n_vocab: self.tokenizer.n_vocab(),
+            n_ctx_train: hp
+                .map(|hp| hp.n_ctx_train)
+                .or_else(|| metadata_context_length(file)),
             context_length: self.context_length,
-            n_embd: hp.n_embd,
-            n_layer: hp.n_layer,
-            n_head: hp.n_head,
-            n_head_kv: hp.n_head_kv,
-            head_dim: hp.head_dim,
-            n_ff: hp.n_ff,
+            n_embd: hp.map(|hp| hp.n_embd),
+            n_layer: hp.map(|hp| hp.n_layer),
+            n_head: hp.map(|hp| hp.n_head),
+            n_head_kv: hp.map(|hp| hp.n_head_kv),
+            head_dim: hp.map(|hp| hp.head_dim),
+            n_ff: hp.map(|hp| hp.n_ff),
             n_params,
             file_bytes: file.file_len(),
             tensor_types: tensor_types
@@ -317,20 +381,29 @@ impl Engine {
     }
 }
 
-/// What `Engine::info` reports.
+/// `{arch}.context_length` from the metadata, for engines that do not load the model.
+fn metadata_context_length(file: &GgufFile) -> Option<usize> {
+    let arch = file.get_str("general.architecture")?;
+    file.get_u64(&format!("{arch}.context_length"))
+        .map(|n| n as usize)
+}
+
+/// What `Engine::info` reports. The model's shape is `None` for a vocab-only engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
+    /// `general.architecture`.
     pub architecture: String,
     pub name: Option<String>,
+    pub vocab_only: bool,
     pub n_vocab: usize,
-    pub n_ctx_train: usize,
+    pub n_ctx_train: Option<usize>,
     pub context_length: usize,
-    pub n_embd: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    pub n_ff: usize,
+    pub n_embd: Option<usize>,
+    pub n_layer: Option<usize>,
+    pub n_head: Option<usize>,
+    pub n_head_kv: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub n_ff: Option<usize>,
     pub n_params: u64,
     pub file_bytes: u64,
     /// Tensor type name and how many tensors use it.

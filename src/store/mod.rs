@@ -138,7 +138,10 @@ pub fn import_json(engine: Arc<Engine>, json: &str, options_json: Option<&str>) 
 
 /// Why `snapshot` cannot serve a chat of `engine` whose cache holds `max_positions`.
 fn mismatch(engine: &Engine, snapshot: &KvSnapshot, max_positions: usize) -> Option<String> {
-    let hp = &engine.model.hparams;
+    let Ok(model) = engine.model() else {
+        return Some("this engine holds no weights (vocab_only)".to_string());
+    };
+    let hp = &model.hparams;
     let name = |t: KvType| match t {
         KvType::F16 => "f16",
         KvType::F32 => "f32",

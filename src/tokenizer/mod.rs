@@ -279,7 +279,7 @@ impl Tokenizer {
                     Algorithm::Bpe {
                         pre,
                         merges,
-                        ignore_merges: pre == PreTokenizer::Llama3,
+                        ignore_merges: pre.ignores_merges(),
                         byte_char_ids,
                     },
                     false,
