@@ -567,7 +567,7 @@ static void test_telemetry_and_history(smallmind_engine *engine) {
     /* Export and import: the restored chat has the same history and renders the same prompt. */
     char *exported = NULL, *history = NULL, *imported_history = NULL, *rendered = NULL, *imported_rendered = NULL;
     CHECK_STATUS(smallmind_chat_export(chat, &exported), SMALLMIND_OK);
-    CHECK(contains(exported, "\"format\":\"smallmind.chat\",\"version\":1,\"session_id\":\"telemetry-test\""),
+    CHECK(contains(exported, "\"format\":\"smallmind.chat\",\"version\":2,\"session_id\":\"telemetry-test\""),
           "the export is a versioned envelope");
     smallmind_chat *restored = NULL;
     CHECK_STATUS(smallmind_chat_import(engine, exported, &restored), SMALLMIND_OK);
