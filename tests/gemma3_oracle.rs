@@ -151,7 +151,7 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
         };
         let mut cache = engine.new_cache();
         let out = engine
-            .generate(&mut cache, &request, &mut NoEvents)
+            .generate(&mut cache, &request, None, &mut NoEvents)
             .unwrap();
         for lp in &out.prompt_logprobs[N_CTX / 2 + 1..N_CTX] {
             nll -= lp.unwrap() as f64;

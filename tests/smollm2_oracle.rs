@@ -125,7 +125,7 @@ fn chat_case_reply_is_llama_cpps() {
     };
     let mut cache = engine.new_cache();
     let out = engine
-        .generate(&mut cache, &request, &mut NoEvents)
+        .generate(&mut cache, &request, None, &mut NoEvents)
         .unwrap();
     assert_eq!(out.text, "The answer to this classic math problem is 4.");
     assert_eq!(out.finish_reason, smallmind::engine::FinishReason::Stop);
@@ -177,7 +177,7 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
         };
         let mut cache = engine.new_cache();
         let out = engine
-            .generate(&mut cache, &request, &mut NoEvents)
+            .generate(&mut cache, &request, None, &mut NoEvents)
             .unwrap();
         for lp in &out.prompt_logprobs[N_CTX / 2 + 1..N_CTX] {
             nll -= lp.unwrap() as f64;

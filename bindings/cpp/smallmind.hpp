@@ -80,6 +80,9 @@ template <typename Call>
 std::string with_token_callback(const TokenCallback &on_token, Call call) {
     TokenSink sink{&on_token, nullptr};
     smallmind_chat_callbacks callbacks{};
+#if SMALLMIND_ABI_VERSION >= 2
+    callbacks.struct_size = static_cast<uint32_t>(sizeof callbacks);  // the fields this build knows
+#endif
     const smallmind_chat_callbacks *cb = nullptr;
     if (on_token) {
         callbacks.user_data = &sink;

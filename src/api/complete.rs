@@ -313,7 +313,7 @@ pub fn complete(
     events: &mut dyn GenerationEvents,
 ) -> Result<(String, Usage)> {
     let mut cache = engine.new_cache();
-    let out: GenerationOutput = engine.generate(&mut cache, gen_req, events)?;
+    let out: GenerationOutput = engine.generate(&mut cache, gen_req, None, events)?;
     let response = CompleteResponse {
         text: out.text,
         token_ids: out.token_ids,

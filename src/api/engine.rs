@@ -107,6 +107,9 @@ struct InfoJson<'a> {
     threads: usize,
     fingerprint: &'a str,
     load_ms: f64,
+    /// Milliseconds spent building the token trie for constrained decoding, on the first
+    /// request with a `response_format` or grammar; null before.
+    constraint_trie_ms: Option<f64>,
     smallmind_version: &'static str,
     warnings: &'a [String],
     kv_cache: KvCacheJson,
@@ -161,6 +164,7 @@ pub fn info_json(engine: &Engine) -> Result<String> {
         threads: info.threads,
         fingerprint: &info.fingerprint,
         load_ms: info.load_ms,
+        constraint_trie_ms: crate::chat::structured::constraint_environment_build_ms(engine),
         smallmind_version: env!("CARGO_PKG_VERSION"),
         warnings: &info.warnings,
         kv_cache: {

@@ -5,6 +5,7 @@ mod message;
 mod policy;
 mod runtime;
 mod session;
+pub mod structured;
 mod template;
 mod types;
 

@@ -463,7 +463,9 @@ impl Session {
             context: &context,
             announced: false,
         };
-        let output = self.engine.generate(&mut cache, &request, &mut ordered);
+        let output = self
+            .engine
+            .generate(&mut cache, &request, None, &mut ordered);
         budget.settle(self.budget_id, &cache);
         drop(cache);
         let output = output?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::Engine;
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::{ForwardScratch, KvCache, Logits};
-use crate::sample::{self, Sampler, SamplingParams, StopMatcher};
+use crate::sample::{self, Sampler, SamplingParams, StopMatcher, TokenConstraint, TokenMask};
 use crate::tokenizer::StreamDecoder;
 
 /// Tokens evaluated per forward call during prefill: large enough for matrix-matrix work,
@@ -134,10 +134,18 @@ impl GenerationEvents for NoEvents {}
 impl Engine {
     /// Generates from `request.prompt` on `cache`, reusing the longest prefix the cache already
     /// holds. The cache afterwards holds the prompt and the generated tokens evaluated so far.
+    ///
+    /// With a `constraint`, every generated token is one its mask allows: forbidden tokens get
+    /// a `-inf` logit before logprobs and sampling, so reported logprobs are those of the
+    /// model's distribution renormalised over the allowed tokens (before penalties and
+    /// temperature). End-of-generation tokens and stop token ids are allowed only where the
+    /// constraint may stop, generation ends where it must stop, and stop strings cannot be
+    /// combined with it (the constraint decides where the output ends).
     pub fn generate(
         &self,
         cache: &mut KvCache,
         request: &GenerationRequest,
+        mut constraint: Option<&mut dyn TokenConstraint>,
         events: &mut dyn GenerationEvents,
     ) -> Result<GenerationOutput> {
         let model = self.model()?;
@@ -149,6 +157,11 @@ impl Engine {
             ));
         }
         check_fits(prompt.len(), request.max_tokens, cache.max_positions())?;
+        if constraint.is_some() && !request.stop.is_empty() {
+            return Err(Error::invalid_argument(
+                "stop strings cannot be combined with a constrained output (response_format or a grammar): the constraint decides where the output ends; remove stop",
+            ));
+        }
         let mut sampler = Sampler::new(request.sampling.clone())?;
 
         // Reuse the cached prefix, but always evaluate at least the last prompt token: its
@@ -260,10 +273,18 @@ impl Engine {
         let mut first_token_at = None;
         let mut finish = FinishReason::Length;
         let mut stopped_by_string = false;
+        let mut mask = constraint.as_ref().map(|_| TokenMask::new(n_vocab));
         while output.token_ids.len() < request.max_tokens {
             if events.cancelled() {
                 finish = FinishReason::Cancelled;
                 break;
+            }
+            if let (Some(constraint), Some(mask)) = (constraint.as_deref_mut(), mask.as_mut()) {
+                if constraint.must_stop() {
+                    finish = FinishReason::Stop;
+                    break;
+                }
+                self.constrain(constraint, mask, request, &mut logits)?;
             }
             if let Some(k) = request.top_logprobs {
                 sample::log_softmax(&logits, &mut logprob_row);
@@ -278,7 +299,7 @@ impl Engine {
                     top,
                 });
             }
-            let token = sampler.sample(&mut logits, &recent, None)?;
+            let token = sampler.sample(&mut logits, &recent, mask.as_ref())?;
             if let Some(entry) = output
                 .logprobs
                 .last_mut()
@@ -302,6 +323,13 @@ impl Engine {
                 finish = FinishReason::Stop;
                 break;
             }
+            if let Some(constraint) = constraint.as_deref_mut() {
+                constraint.accept_token(token).map_err(|reason| {
+                    Error::internal(format!(
+                        "the output constraint refused token {token}, which its own mask allowed: {reason}"
+                    ))
+                })?;
+            }
             let text = decoder.push(self.tokenizer.token_to_piece(token, false));
             let outcome = stops.push(&text);
             if !outcome.emit.is_empty() {
@@ -314,6 +342,10 @@ impl Engine {
             if outcome.stopped {
                 finish = FinishReason::Stop;
                 stopped_by_string = true;
+                break;
+            }
+            if constraint.as_deref().is_some_and(|c| c.must_stop()) {
+                finish = FinishReason::Stop;
                 break;
             }
             if output.token_ids.len() == request.max_tokens {
@@ -345,6 +377,48 @@ impl Engine {
         output.usage = usage;
         output.finish_reason = finish;
         Ok(output)
+    }
+}
+
+impl Engine {
+    /// Applies one step of `constraint` to `logits`: the tokens it forbids get `-inf`, and
+    /// the end-of-generation tokens and stop token ids are allowed exactly where it may stop.
+    fn constrain(
+        &self,
+        constraint: &mut dyn TokenConstraint,
+        mask: &mut TokenMask,
+        request: &GenerationRequest,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        constraint.compute_mask(mask).map_err(|reason| {
+            Error::internal(format!(
+                "the output constraint failed to compute a mask: {reason}"
+            ))
+        })?;
+        let may_stop = constraint.may_stop();
+        let enders = self
+            .tokenizer
+            .end_of_generation_ids()
+            .filter(|_| !request.ignore_eos)
+            .chain(request.stop_token_ids.iter().copied());
+        for id in enders {
+            if may_stop {
+                mask.allow(id);
+            } else {
+                mask.forbid(id);
+            }
+        }
+        if mask.count_allowed() == 0 {
+            return Err(Error::internal(
+                "the output constraint allows no token at all: nothing valid can follow",
+            ));
+        }
+        for (id, logit) in (0u32..).zip(logits.iter_mut()) {
+            if !mask.is_allowed(id) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
     }
 }
 

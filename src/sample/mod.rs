@@ -8,6 +8,7 @@
 //! and its probability is 0. A `+inf` logit outweighs every finite one, so when some tokens have
 //! it they share all the probability equally.
 
+mod constraint;
 mod logprob;
 mod params;
 mod rng;
@@ -15,6 +16,7 @@ mod sampler;
 mod select;
 mod stop;
 
+pub use constraint::{TokenConstraint, TokenMask};
 pub use logprob::{log_softmax, top_logprobs};
 pub use params::{SampleError, SamplingParams};
 pub use rng::Rng;

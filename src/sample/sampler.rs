@@ -7,7 +7,7 @@
 //! calls so that sampling does not allocate once they have grown.
 
 use super::select::{Candidate, best_first, possible_candidates, select_best};
-use super::{Rng, SampleError, SamplingParams, is_possible};
+use super::{Rng, SampleError, SamplingParams, TokenMask, is_possible};
 
 /// Chooses tokens from logits, with its own random state. One per generation stream.
 #[derive(Debug, Clone)]
@@ -38,8 +38,8 @@ impl Sampler {
     /// Chooses the next token.
     ///
     /// `recent` holds the previous tokens (prompt and generated so far); the penalties look at
-    /// its last `repeat_last_n`, which must be vocabulary ids. `allowed`, when given, has one
-    /// entry per logit and only tokens marked `true` can be chosen, in every mode.
+    /// its last `repeat_last_n`, which must be vocabulary ids. `allowed`, when given, covers
+    /// one token per logit and only the tokens it allows can be chosen, in every mode.
     ///
     /// The penalties are applied to `logits` in place (they are what greedy takes the argmax
     /// of); nothing else is written there. A non-greedy call consumes exactly one random number,
@@ -48,7 +48,7 @@ impl Sampler {
         &mut self,
         logits: &mut [f32],
         recent: &[u32],
-        allowed: Option<&[bool]>,
+        allowed: Option<&TokenMask>,
     ) -> Result<u32, SampleError> {
         if logits.is_empty() {
             return Err(SampleError::EmptyLogits);
@@ -120,7 +120,7 @@ impl Sampler {
     fn narrow_candidates(
         &mut self,
         logits: &[f32],
-        allowed: Option<&[bool]>,
+        allowed: Option<&TokenMask>,
     ) -> Result<(), SampleError> {
         let candidates = &mut self.candidates;
         candidates.refill(logits, allowed, self.params.top_k as usize);
@@ -138,10 +138,10 @@ impl Sampler {
 }
 
 /// The possible, allowed token with the largest logit; the lowest id on an exact tie.
-fn argmax(logits: &[f32], allowed: Option<&[bool]>) -> Result<u32, SampleError> {
+fn argmax(logits: &[f32], allowed: Option<&TokenMask>) -> Result<u32, SampleError> {
     let mut best: Option<(u32, f32)> = None;
     for (id, &logit) in (0u32..).zip(logits) {
-        let permitted = allowed.is_none_or(|mask| mask[id as usize]);
+        let permitted = allowed.is_none_or(|mask| mask.is_allowed(id));
         // Strictly greater, so that the first (lowest) id keeps a tie.
         if permitted && is_possible(logit) && best.is_none_or(|(_, best_logit)| logit > best_logit)
         {
@@ -166,7 +166,7 @@ const TOP_P_FEW: usize = 64;
 impl Candidates {
     /// Starts over with the possible, allowed tokens: the best `top_k` of them, or all when
     /// `top_k` is 0. When some logits are `+inf`, those tokens alone remain, with equal chances.
-    fn refill(&mut self, logits: &[f32], allowed: Option<&[bool]>, top_k: usize) {
+    fn refill(&mut self, logits: &[f32], allowed: Option<&TokenMask>, top_k: usize) {
         let possible = possible_candidates(logits, allowed);
         if top_k == 0 || top_k >= logits.len() {
             self.tokens.clear();
@@ -292,6 +292,14 @@ mod tests {
         }
     }
 
+    fn mask_of(bits: &[bool]) -> TokenMask {
+        let mut mask = TokenMask::new(bits.len());
+        for (id, _) in (0u32..).zip(bits).filter(|(_, allowed)| **allowed) {
+            mask.allow(id);
+        }
+        mask
+    }
+
     fn sampler(params: SamplingParams) -> Sampler {
         Sampler::new(params).unwrap()
     }
@@ -359,15 +367,23 @@ mod tests {
         let mut greedy = greedy();
         let logits = [5.0, 1.0, 3.0, 3.0];
         assert_eq!(
-            greedy.sample(&mut logits.clone(), &[], Some(&[false, true, true, true])),
+            greedy.sample(
+                &mut logits.clone(),
+                &[],
+                Some(&mask_of(&[false, true, true, true]))
+            ),
             Ok(2)
         );
         assert_eq!(
-            greedy.sample(&mut logits.clone(), &[], Some(&[false, true, false, false])),
+            greedy.sample(
+                &mut logits.clone(),
+                &[],
+                Some(&mask_of(&[false, true, false, false]))
+            ),
             Ok(1)
         );
         assert_eq!(
-            greedy.sample(&mut logits.clone(), &[], Some(&[false; 4])),
+            greedy.sample(&mut logits.clone(), &[], Some(&mask_of(&[false; 4]))),
             Err(SampleError::NothingToSample)
         );
     }
@@ -380,7 +396,7 @@ mod tests {
         let mut seen = [false; 5];
         for _ in 0..2000 {
             seen[sampler
-                .sample(&mut logits.clone(), &[], Some(&mask))
+                .sample(&mut logits.clone(), &[], Some(&mask_of(&mask)))
                 .unwrap() as usize] = true;
         }
         assert_eq!(seen, mask);
@@ -402,11 +418,11 @@ mod tests {
             Err(SampleError::NothingToSample)
         );
         assert_eq!(
-            sampler.sample(&mut [1.0, 2.0], &[], Some(&[false, false])),
+            sampler.sample(&mut [1.0, 2.0], &[], Some(&mask_of(&[false, false]))),
             Err(SampleError::NothingToSample)
         );
         assert_eq!(
-            sampler.sample(&mut [1.0, 2.0], &[], Some(&[true])),
+            sampler.sample(&mut [1.0, 2.0], &[], Some(&mask_of(&[true]))),
             Err(SampleError::MaskLengthMismatch {
                 mask_len: 1,
                 vocab_size: 2

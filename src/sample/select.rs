@@ -27,12 +27,12 @@ pub(super) fn best_first(a: &Candidate, b: &Candidate) -> Ordering {
 /// without a mask, in id order.
 pub(super) fn possible_candidates<'a>(
     logits: &'a [f32],
-    allowed: Option<&'a [bool]>,
+    allowed: Option<&'a super::TokenMask>,
 ) -> impl Iterator<Item = Candidate> + 'a {
     (0u32..)
         .zip(logits.iter().copied())
         .filter(move |&(id, logit)| {
-            is_possible(logit) && allowed.is_none_or(|mask| mask[id as usize])
+            is_possible(logit) && allowed.is_none_or(|mask| mask.is_allowed(id))
         })
         .map(|(id, logit)| Candidate { id, logit })
 }
@@ -75,10 +75,10 @@ fn keep_best(candidates: &mut Vec<Candidate>, k: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::Rng;
+    use crate::sample::{Rng, TokenMask};
 
     /// The reference: every qualifying token, fully sorted, cut to k.
-    fn sorted_best(logits: &[f32], k: usize, allowed: Option<&[bool]>) -> Vec<Candidate> {
+    fn sorted_best(logits: &[f32], k: usize, allowed: Option<&TokenMask>) -> Vec<Candidate> {
         let mut all: Vec<Candidate> = possible_candidates(logits, allowed).collect();
         all.sort_by(best_first);
         all.truncate(k);
@@ -93,9 +93,12 @@ mod tests {
             .map(|_| (rng.next_f32() * 50.0).floor())
             .collect();
         let mut best = Vec::new();
-        let even_ids: Vec<bool> = (0..logits.len()).map(|id| id % 2 == 0).collect();
+        let mut even_ids = TokenMask::new(logits.len());
+        for id in (0..logits.len() as u32).step_by(2) {
+            even_ids.allow(id);
+        }
         for k in [1, 2, 40, 1000, 29_999, 30_000, 40_000] {
-            for allowed in [None, Some(&even_ids[..])] {
+            for allowed in [None, Some(&even_ids)] {
                 select_best(possible_candidates(&logits, allowed), k, &mut best);
                 best.sort_by(best_first);
                 assert_eq!(

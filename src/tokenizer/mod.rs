@@ -369,6 +369,11 @@ impl Tokenizer {
         self.end_of_generation.binary_search(&id).is_ok()
     }
 
+    /// Every end-of-generation token, in increasing order.
+    pub fn end_of_generation_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.end_of_generation.iter().copied()
+    }
+
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
     }

@@ -160,7 +160,7 @@ pub fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     };
     let mut cache = engine.new_cache();
     engine
-        .generate(&mut cache, &request, &mut NoEvents)
+        .generate(&mut cache, &request, None, &mut NoEvents)
         .expect("generation")
         .token_ids
 }

@@ -180,9 +180,12 @@ namespace SmallMind.Abstractions
         public string Name { get { return "sliding_window"; } }
     }
 
-    /// <summary>Events of each request, called on the thread that sent it. OnToolCall fires once the
-    /// library runs tools itself (ABI 2, "Tools and retrieval"); OnKvCacheBudgetExceeded and
-    /// OnKvCacheEviction once engine-wide KV budgets land ("Sessions that last").</summary>
+    /// <summary>Events of each request, called on the thread that sent it (the C callbacks).
+    /// OnKvCacheEviction fires before OnRequestStart for each idle chat whose cache was evicted to
+    /// make room (SmallMindOptions.KvBudgetBytes / MaxSessions; the reason says "lru" and the
+    /// tokens); OnKvCacheBudgetExceeded when no room can be made (the send then throws
+    /// SmallMindException BudgetExceeded), with the bytes asked for and the budget. OnToolCall
+    /// fires once the library runs tools itself.</summary>
     public interface IChatTelemetry
     {
         void OnRequestStart(string sessionId, int messageCount);

@@ -70,7 +70,8 @@ namespace SmallMind.Internal
     }
 
     /// <summary>ABI version 2: a leading struct_size (this struct's size), the version-1 fields,
-    /// then execute_tool, on_tool_call and retrieve.</summary>
+    /// then execute_tool, on_tool_call, retrieve, on_kv_budget_exceeded and on_kv_eviction.
+    /// The library treats fields beyond struct_size as NULL, so a newer library accepts it.</summary>
     [StructLayout(LayoutKind.Sequential)]
     internal struct ChatCallbacksV2
     {
@@ -85,6 +86,8 @@ namespace SmallMind.Internal
         public IntPtr execute_tool;
         public IntPtr on_tool_call;
         public IntPtr retrieve;
+        public IntPtr on_kv_budget_exceeded;
+        public IntPtr on_kv_eviction;
     }
 
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
@@ -101,6 +104,10 @@ namespace SmallMind.Internal
     internal delegate void OnRequestCompleteFn(IntPtr userData, IntPtr sessionId, IntPtr usage);
     [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
     internal delegate void OnToolCallFn(IntPtr userData, IntPtr sessionId, IntPtr name, double elapsedMs);
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+    internal delegate void OnKvBudgetExceededFn(IntPtr userData, IntPtr sessionId, ulong requestedBytes, ulong budgetBytes);
+    [UnmanagedFunctionPointer(CallingConvention.Cdecl)]
+    internal delegate void OnKvEvictionFn(IntPtr userData, IntPtr evictedSessionId, uint tokens, ulong bytes);
 
     internal static class Native
     {
@@ -138,6 +145,10 @@ namespace SmallMind.Internal
         public static extern uint smallmind_chat_export(ChatHandle chat, out IntPtr json);
         [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
         public static extern uint smallmind_chat_import(EngineHandle engine, byte[] json, out ChatHandle chat);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern uint smallmind_chat_save(ChatHandle chat, byte[] path, byte[] optionsJson);
+        [DllImport(Lib, CallingConvention = CallingConvention.Cdecl)]
+        public static extern uint smallmind_chat_load(EngineHandle engine, byte[] path, byte[] optionsJson, out ChatHandle chat);
 
         /// <summary>The string as UTF-8 with a terminating NUL.</summary>
         public static byte[] Utf8(string s)

@@ -51,6 +51,11 @@ namespace SmallMind.Public
         public int? ContextLength { get; set; }
         /// <summary>The default for chats whose options do not turn it off.</summary>
         public bool EnableKvCache { get; set; } = true;
+        /// <summary>Engine-wide KV cache budget in bytes, shared by all chats; the least recently
+        /// used idle chat's cache is evicted to make room (null: no budget).</summary>
+        public long? KvBudgetBytes { get; set; }
+        /// <summary>At most this many chats hold a KV cache at once (null: no limit).</summary>
+        public int? MaxSessions { get; set; }
     }
 
     public sealed class ChatClientOptions
@@ -75,6 +80,8 @@ namespace SmallMind.Public
         IChatClient CreateChatClient(ChatClientOptions options);
         /// <summary>Restores a chat from IChatClient.ExportSession's JSON.</summary>
         IChatClient ImportChatClient(string sessionJson, ChatClientOptions options = null);
+        /// <summary>Loads a chat saved with IChatClient.SaveSession; options given replace the saved ones.</summary>
+        IChatClient LoadChatClient(string path, ChatClientOptions options = null);
         /// <summary>Model facts as the library's JSON (architecture, sizes, template, ...).</summary>
         string GetModelInfoJson();
     }
@@ -91,6 +98,8 @@ namespace SmallMind.Public
         string GetHistoryJson();
         /// <summary>The session as a versioned JSON envelope (ISmallMindEngine.ImportChatClient).</summary>
         string ExportSession();
+        /// <summary>Saves the session to a file, atomically (with its KV cache when includeKvCache).</summary>
+        void SaveSession(string path, bool includeKvCache = false);
         void Reset();
     }
 
@@ -103,6 +112,8 @@ namespace SmallMind.Public
             var json = new Dictionary<string, object> { { "model_path", options.ModelPath } };
             if (options.Threads.HasValue) json["threads"] = options.Threads.Value;
             if (options.ContextLength.HasValue) json["context_length"] = options.ContextLength.Value;
+            if (options.KvBudgetBytes.HasValue) json["kv_budget_bytes"] = options.KvBudgetBytes.Value;
+            if (options.MaxSessions.HasValue) json["max_sessions"] = options.MaxSessions.Value;
             EngineHandle handle;
             SmallMindException.Check(Native.smallmind_engine_create(Native.Utf8(Json.Write(json)), IntPtr.Zero, out handle));
             Diagnostics.Created();
@@ -145,19 +156,34 @@ namespace SmallMind.Public
             }
         }
 
+        public IChatClient LoadChatClient(string path, ChatClientOptions chatOptions = null)
+        {
+            if (path == null) throw new ArgumentNullException("path");
+            ChatHandle chat;
+            byte[] json = chatOptions == null ? null : Native.Utf8(Json.Write(ChatOptionsJson(chatOptions)));
+            SmallMindException.Check(Native.smallmind_chat_load(handle, Native.Utf8(path), json, out chat));
+            Diagnostics.Created();
+            return new ChatClient(this, chat, chatOptions ?? new ChatClientOptions());
+        }
+
         public IChatClient CreateChatClient(ChatClientOptions chatOptions)
         {
             chatOptions = chatOptions ?? new ChatClientOptions();
+            ChatHandle chat;
+            SmallMindException.Check(Native.smallmind_chat_create(handle, Native.Utf8(Json.Write(ChatOptionsJson(chatOptions))), out chat));
+            Diagnostics.Created();
+            return new ChatClient(this, chat, chatOptions);
+        }
+
+        private Dictionary<string, object> ChatOptionsJson(ChatClientOptions chatOptions)
+        {
             var json = new Dictionary<string, object>();
             if (chatOptions.SessionId != null) json["session_id"] = chatOptions.SessionId;
             if (chatOptions.SystemPrompt != null) json["system_prompt"] = chatOptions.SystemPrompt;
             json["kv_cache"] = chatOptions.EnableKvCache && options.EnableKvCache;
             if (chatOptions.MaxKvCacheTokens.HasValue) json["max_kv_tokens"] = chatOptions.MaxKvCacheTokens.Value;
             if (chatOptions.DefaultContextPolicy != null) json["context_policy"] = ChatClient.PolicyJson(chatOptions.DefaultContextPolicy, this);
-            ChatHandle chat;
-            SmallMindException.Check(Native.smallmind_chat_create(handle, Native.Utf8(Json.Write(json)), out chat));
-            Diagnostics.Created();
-            return new ChatClient(this, chat, chatOptions);
+            return json;
         }
 
         public IChatClient ImportChatClient(string sessionJson, ChatClientOptions chatOptions = null)
@@ -311,10 +337,13 @@ namespace SmallMind.Public
                     return new KeyValuePair<uint, IntPtr>(status, json);
                 }
             });
+            var parsed = Responses.Parse(response);
+            // .NET's convention: an operation stopped by its token throws. A reply that finished
+            // before the token fired is returned (and, like any finished turn, kept).
+            if (parsed.FinishReason == "cancelled" && cancellationToken.IsCancellationRequested)
+                throw new OperationCanceledException(cancellationToken);
             lock (pendingSystem) pendingSystem.RemoveRange(0, system.Count);
-            // .NET's convention: an operation whose token was cancelled throws.
-            cancellationToken.ThrowIfCancellationRequested();
-            return Responses.Parse(response);
+            return parsed;
         }
 
         public void AddSystemMessage(string content)
@@ -344,6 +373,13 @@ namespace SmallMind.Public
             IntPtr json;
             SmallMindException.Check(Native.smallmind_chat_export(handle, out json));
             return Native.Take(json);
+        }
+
+        public void SaveSession(string path, bool includeKvCache = false)
+        {
+            if (path == null) throw new ArgumentNullException("path");
+            string options = Json.Write(new Dictionary<string, object> { { "include_kv", includeKvCache } });
+            SmallMindException.Check(Native.smallmind_chat_save(handle, Native.Utf8(path), Native.Utf8(options)));
         }
 
         public void Reset()
@@ -430,6 +466,20 @@ namespace SmallMind.Public
             try { s.telemetry.OnToolCall(Native.ReadUtf8(sid), Native.ReadUtf8(name), ms); } catch (Exception e) { s.Fail(e); }
         };
 
+        private static readonly OnKvBudgetExceededFn BudgetFn = (ud, sid, requested, budget) =>
+        {
+            var s = From(ud);
+            try { s.telemetry.OnKvCacheBudgetExceeded(Native.ReadUtf8(sid), Clamp(requested), Clamp(budget)); } catch (Exception e) { s.Fail(e); }
+        };
+        private static readonly OnKvEvictionFn EvictionFn = (ud, sid, tokens, bytes) =>
+        {
+            var s = From(ud);
+            // The library evicts the least recently used idle chat's cache to make room.
+            try { s.telemetry.OnKvCacheEviction(Native.ReadUtf8(sid), "lru: " + tokens + " tokens", Clamp(bytes)); } catch (Exception e) { s.Fail(e); }
+        };
+
+        private static long Clamp(ulong v) { return v > long.MaxValue ? long.MaxValue : (long)v; }
+
         private static IntPtr Fp(Delegate d) { return Marshal.GetFunctionPointerForDelegate(d); }
 
         /// <summary>Runs `call` with this request's callbacks (in the loaded library's layout) and
@@ -455,6 +505,8 @@ namespace SmallMind.Public
                         on_kv_cache_access = t ? Fp(KvFn) : IntPtr.Zero,
                         on_request_complete = t ? Fp(CompleteFn) : IntPtr.Zero,
                         on_tool_call = t ? Fp(ToolFn) : IntPtr.Zero,
+                        on_kv_budget_exceeded = t ? Fp(BudgetFn) : IntPtr.Zero,
+                        on_kv_eviction = t ? Fp(EvictionFn) : IntPtr.Zero,
                     };
                     block = Marshal.AllocHGlobal(Marshal.SizeOf(cb));
                     Marshal.StructureToPtr(cb, block, false);

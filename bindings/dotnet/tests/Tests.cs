@@ -315,6 +315,59 @@ namespace SmallMind.Tests
             }
         }
 
+        [Test]
+        public static void SaveThenLoadRestoresTheSessionAndItsCache()
+        {
+            string path = Path.Combine(Path.GetTempPath(), "smallmind-dotnet-" + Guid.NewGuid().ToString("N") + ".json");
+            try
+            {
+                using (var client = engine.CreateChatClient(new ChatClientOptions { SessionId = "saved" }))
+                {
+                    client.SendChat(User("My name is Ada.", 4));
+                    client.SaveSession(path, includeKvCache: true);
+                    using (var loaded = engine.LoadChatClient(path))
+                    {
+                        Check(loaded.GetHistoryJson() == client.GetHistoryJson(), "same history");
+                        var r = loaded.SendChat(User("And?", 2));
+                        Check(r.Usage.CachedTokens > 0, "the saved KV cache is reused: " + r.Usage.CachedTokens);
+                    }
+                }
+                var e = Throws<SmallMindException>(() => engine.LoadChatClient(path + ".missing"), "missing file");
+                Check(e != null && e.Status == SmallMindStatus.Io, "IO error");
+            }
+            finally { File.Delete(path); }
+        }
+
+        public sealed class KvTelemetry : NoOpTelemetry
+        {
+            public readonly List<string> Events = new List<string>();
+            public override void OnKvCacheEviction(string evictedSessionId, string reason, long freedBytes) { Events.Add("evicted:" + evictedSessionId + ":" + (freedBytes > 0) + ":" + reason.StartsWith("lru")); }
+            public override void OnKvCacheBudgetExceeded(string sessionId, long currentBytes, long maxBytes) { Events.Add("exceeded:" + sessionId + ":" + (currentBytes > maxBytes) + ":" + maxBytes); }
+            public override void OnRequestStart(string sessionId, int messageCount) { Events.Add("start"); }
+        }
+
+        [Test]
+        public static void KvBudgetsEvictAndRefuseWithTelemetry()
+        {
+            var telemetry = new KvTelemetry();
+            using (var small = SmallMindFactory.Create(new SmallMindOptions { ModelPath = modelPath, ContextLength = 256, MaxSessions = 1 }))
+            using (var first = small.CreateChatClient(new ChatClientOptions { SessionId = "first" }))
+            using (var second = small.CreateChatClient(new ChatClientOptions { SessionId = "second", DefaultTelemetry = telemetry }))
+            {
+                first.SendChat(User("Hi", 2));
+                second.SendChat(User("Hi", 2));
+                Check(string.Join(",", telemetry.Events) == "evicted:first:True:True,start", string.Join(",", telemetry.Events));
+            }
+            telemetry.Events.Clear();
+            using (var tight = SmallMindFactory.Create(new SmallMindOptions { ModelPath = modelPath, ContextLength = 256, KvBudgetBytes = 1 }))
+            using (var client = tight.CreateChatClient(new ChatClientOptions { SessionId = "tight", DefaultTelemetry = telemetry }))
+            {
+                var e = Throws<SmallMindException>(() => client.SendChat(User("Hi", 2)), "over budget");
+                Check(e != null && e.Status == SmallMindStatus.BudgetExceeded, "BudgetExceeded");
+                Check(string.Join(",", telemetry.Events) == "exceeded:tight:True:1", string.Join(",", telemetry.Events));
+            }
+        }
+
         public static int Main(string[] args)
         {
             if (args.Length < 1) { Console.Error.WriteLine("usage: SmallMind.Tests.exe MODEL.gguf [TEST...]"); return 2; }

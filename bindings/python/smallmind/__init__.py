@@ -216,6 +216,14 @@ class _Callbacks:
             ),
             "on_request_complete": (_native.ON_REQUEST_COMPLETE, lambda f: lambda _u, s, p: f(text(s), usage(p))),
             "on_tool_call": (_native.ON_TOOL_CALL, lambda f: lambda _u, s, n, ms: f(text(s), text(n), float(ms))),
+            "on_kv_budget_exceeded": (
+                _native.ON_KV_BUDGET_EXCEEDED,
+                lambda f: lambda _u, s, req, budget: f(text(s), int(req), int(budget)),
+            ),
+            "on_kv_eviction": (
+                _native.ON_KV_EVICTION,
+                lambda f: lambda _u, s, tokens, nbytes: f(text(s), int(tokens), int(nbytes)),
+            ),
         }
         for name, (fn_type, adapt) in adapters.items():
             method = getattr(telemetry, name, None)
@@ -416,10 +424,20 @@ class Engine:
         _check(_native.lib().smallmind_chat_create(self._h(), _json_arg(options), ctypes.byref(out)))
         return Chat(self, out.value)
 
-    def import_chat(self, text: str) -> "Chat":
-        """Restores a chat from `Chat.export()`'s JSON."""
+    def import_chat(self, text: str, **options: Any) -> "Chat":
+        """Restores a chat from `Chat.export()`'s JSON; `options` (chat options, e.g. a new
+        session_id) replace the exported ones."""
         out = ChatP()
-        _check(_native.lib().smallmind_chat_import(self._h(), text.encode("utf-8"), ctypes.byref(out)))
+        lib = _native.lib()
+        if options:
+            if not _native.has("smallmind_chat_import_with_options"):
+                raise _missing("smallmind_chat_import_with_options")
+            status = lib.smallmind_chat_import_with_options(
+                self._h(), text.encode("utf-8"), _json_arg(options), ctypes.byref(out)
+            )
+        else:
+            status = lib.smallmind_chat_import(self._h(), text.encode("utf-8"), ctypes.byref(out))
+        _check(status)
         return Chat(self, out.value)
 
     def load_chat(self, path: str, **options: Any) -> "Chat":
@@ -492,8 +510,9 @@ class Chat:
         `on_context_policy_applied(session_id, policy, tokens_before, tokens_after)`,
         `on_first_token(session_id, elapsed_ms)`, `on_request_complete(session_id, usage)`
         (usage a dict of the C smallmind_usage fields) and, with ABI 2,
-        `on_tool_call(session_id, name, elapsed_ms)`: the C callbacks of the same names, called
-        on this thread in that order.
+        `on_tool_call(session_id, name, elapsed_ms)`, `on_kv_budget_exceeded(session_id,
+        requested_bytes, budget_bytes)` and `on_kv_eviction(evicted_session_id, tokens,
+        bytes)` (before on_request_start): the C callbacks of the same names, on this thread.
 
         `on_token(piece)` may return False to stop (finish_reason "cancelled"); any other
         return value goes on. `execute_tool(name, arguments)` runs the tool calls the model
@@ -544,10 +563,20 @@ class Chat:
         _check(_native.lib().smallmind_chat_history(self._h(), ctypes.byref(out)))
         return json.loads(_take_string(out))
 
-    def export(self) -> str:
-        """The session as a versioned JSON envelope; restore it with `Engine.import_chat`."""
+    def export(self, include_kv: bool = False) -> str:
+        """The session as a versioned JSON envelope (with its KV cache when `include_kv`);
+        restore it with `Engine.import_chat`."""
         out = ctypes.c_void_p()
-        _check(_native.lib().smallmind_chat_export(self._h(), ctypes.byref(out)))
+        lib = _native.lib()
+        if include_kv:
+            if not _native.has("smallmind_chat_export_with_options"):
+                raise _missing("smallmind_chat_export_with_options")
+            status = lib.smallmind_chat_export_with_options(
+                self._h(), _json_arg({"include_kv": True}), ctypes.byref(out)
+            )
+        else:
+            status = lib.smallmind_chat_export(self._h(), ctypes.byref(out))
+        _check(status)
         return _take_string(out)
 
     def save(self, path: str, include_kv: bool = False, **options: Any) -> None:

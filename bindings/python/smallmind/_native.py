@@ -21,6 +21,7 @@ from ctypes import (
     c_int32,
     c_size_t,
     c_uint32,
+    c_uint64,
     c_void_p,
 )
 from typing import Any, Optional
@@ -58,6 +59,8 @@ ON_KV_CACHE_ACCESS = CFUNCTYPE(None, c_void_p, c_char_p, c_bool, c_uint32)
 ON_REQUEST_COMPLETE = CFUNCTYPE(None, c_void_p, c_char_p, POINTER(Usage))
 EXECUTE_TOOL = CFUNCTYPE(c_int32, c_void_p, c_char_p, c_char_p, c_void_p)
 ON_TOOL_CALL = CFUNCTYPE(None, c_void_p, c_char_p, c_char_p, c_double)
+ON_KV_BUDGET_EXCEEDED = CFUNCTYPE(None, c_void_p, c_char_p, c_uint64, c_uint64)
+ON_KV_EVICTION = CFUNCTYPE(None, c_void_p, c_char_p, c_uint32, c_uint64)
 ON_LOAD_PROGRESS = CFUNCTYPE(c_int32, c_void_p, c_float)
 ON_LOG = CFUNCTYPE(None, c_void_p, c_int32, c_char_p)
 
@@ -81,12 +84,20 @@ class ChatCallbacksV1(Structure):
 
 class ChatCallbacksV2(Structure):
     """ABI version 2: a leading struct_size (set to this struct's size), the version-1 fields,
-    then execute_tool, on_tool_call and retrieve."""
+    then execute_tool, on_tool_call, retrieve, on_kv_budget_exceeded and on_kv_eviction. The
+    library treats fields beyond a host's struct_size as NULL, so this layout also works with
+    a library that has more."""
 
     _fields_ = (
         [("struct_size", c_uint32)]
         + _V1_CALLBACK_FIELDS
-        + [("execute_tool", EXECUTE_TOOL), ("on_tool_call", ON_TOOL_CALL), ("retrieve", c_void_p)]
+        + [
+            ("execute_tool", EXECUTE_TOOL),
+            ("on_tool_call", ON_TOOL_CALL),
+            ("retrieve", c_void_p),
+            ("on_kv_budget_exceeded", ON_KV_BUDGET_EXCEEDED),
+            ("on_kv_eviction", ON_KV_EVICTION),
+        ]
     )
 
 
@@ -126,11 +137,19 @@ _PROTOTYPES = {
     "smallmind_chat_history": (_STATUS, [ChatP, _OUT_STR]),
     "smallmind_chat_export": (_STATUS, [ChatP, _OUT_STR]),
     "smallmind_chat_import": (_STATUS, [EngineP, c_char_p, POINTER(ChatP)]),
+    "smallmind_chat_export_with_options": (_STATUS, [ChatP, c_char_p, _OUT_STR]),
+    "smallmind_chat_import_with_options": (_STATUS, [EngineP, c_char_p, c_char_p, POINTER(ChatP)]),
     "smallmind_chat_save": (_STATUS, [ChatP, c_char_p, c_char_p]),
     "smallmind_chat_load": (_STATUS, [EngineP, c_char_p, c_char_p, POINTER(ChatP)]),
     "smallmind_host_result_set": (_STATUS, [c_void_p, c_char_p]),
 }
-OPTIONAL = {"smallmind_chat_save", "smallmind_chat_load", "smallmind_host_result_set"}
+OPTIONAL = {
+    "smallmind_chat_save",
+    "smallmind_chat_load",
+    "smallmind_host_result_set",
+    "smallmind_chat_export_with_options",
+    "smallmind_chat_import_with_options",
+}
 
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None

@@ -304,6 +304,62 @@ def test_save_and_load_round_trip_or_a_clear_error(engine, chat, tmp_path):
     chat.save(str(path))
     with engine.load_chat(str(path)) as loaded:
         assert loaded.history() == chat.history()
+        assert loaded.render("And?") == chat.render("And?")
+    # With the KV cache, the loaded chat's next turn reuses the whole saved prompt.
+    chat.save(str(path), include_kv=True)
+    with engine.load_chat(str(path), session_id="loaded") as loaded:
+        assert loaded.history()["session_id"] == "loaded"
+        response = loaded.send("And?")
+        assert response["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    with pytest.raises(smallmind.IoError):
+        engine.load_chat(str(tmp_path / "missing.json"))
+
+
+def test_export_with_kv_then_import_with_options_reuses_the_cache(engine, chat):
+    chat.send("Remember the number 7.")
+    with engine.import_chat(chat.export(include_kv=True), session_id="copy") as copy:
+        assert copy.history()["session_id"] == "copy"
+        assert copy.history()["messages"] == chat.history()["messages"]
+        assert copy.send("And?")["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+
+
+class Evictions:
+    def __init__(self):
+        self.evicted = []
+        self.exceeded = []
+
+    def on_kv_eviction(self, session_id, tokens, nbytes):
+        self.evicted.append((session_id, tokens, nbytes))
+
+    def on_kv_budget_exceeded(self, session_id, requested, budget):
+        self.exceeded.append((session_id, requested, budget))
+
+
+def test_max_sessions_evicts_the_idle_chat_and_telemetry_says_so():
+    with smallmind.Engine(_model_path(), context_length=256, max_sessions=1) as engine:
+        first = engine.chat(session_id="first", temperature=0, max_tokens=2)
+        second = engine.chat(session_id="second", temperature=0, max_tokens=2)
+        first.send("Hi")
+        events = Evictions()
+        second.send("Hi", telemetry=events)
+        assert len(events.evicted) == 1
+        session, tokens, nbytes = events.evicted[0]
+        assert session == "first" and tokens > 0 and nbytes > 0
+        assert engine.info()["kv_cache"]["evictions"] == 1
+        first.close()
+        second.close()
+
+
+def test_a_budget_too_small_for_any_turn_is_budget_exceeded_with_telemetry():
+    with smallmind.Engine(_model_path(), context_length=256, kv_budget_bytes=1) as engine:
+        with engine.chat(session_id="tight", max_tokens=2) as chat:
+            events = Evictions()
+            with pytest.raises(smallmind.BudgetExceededError) as info:
+                chat.send("Hi", telemetry=events)
+            assert info.value.status == 8
+            assert len(events.exceeded) == 1
+            session, requested, budget = events.exceeded[0]
+            assert session == "tight" and budget == 1 and requested > 1
 
 
 def test_tools_with_execute_tool_run_the_loop_or_are_refused_clearly(chat):

@@ -1,0 +1,320 @@
+//! Constrained generation: the seam in the generation loop (with a hand-written constraint
+//! whose every step is known), and the llguidance-backed JSON-schema and lark constraints on
+//! SmolLM2. Replies are kept short.
+
+#[path = "support/models.rs"]
+mod models;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use smallmind::ErrorKind;
+use smallmind::chat::structured::{
+    constraint_environment_build_ms, json_schema_constraint, lark_constraint,
+    validate_json_against_schema,
+};
+use smallmind::engine::{
+    Engine, EngineOptions, GenerationOutput, GenerationRequest, NoEvents, SilentLoad,
+};
+use smallmind::sample::{SamplingParams, TokenConstraint, TokenMask};
+
+fn smollm2() -> Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
+    Arc::clone(ENGINE.get_or_init(|| {
+        let mut options = EngineOptions::new(models::smollm2());
+        options.context_length = Some(512);
+        Engine::load(&options, &mut SilentLoad).expect("load SmolLM2")
+    }))
+}
+
+fn request(
+    engine: &Engine,
+    prompt: &str,
+    temperature: f32,
+    max_tokens: usize,
+) -> GenerationRequest {
+    GenerationRequest {
+        prompt: engine.tokenizer.encode(prompt, true, true),
+        sampling: SamplingParams {
+            temperature,
+            seed: 7,
+            ..SamplingParams::default()
+        },
+        max_tokens,
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: false,
+        top_logprobs: None,
+        prompt_logprobs: false,
+        started_at: Instant::now(),
+    }
+}
+
+fn run(
+    engine: &Engine,
+    request: &GenerationRequest,
+    constraint: Option<&mut dyn TokenConstraint>,
+) -> GenerationOutput {
+    let mut cache = engine.new_cache();
+    engine
+        .generate(&mut cache, request, constraint, &mut NoEvents)
+        .expect("generate")
+}
+
+/// Allows exactly the tokens of `script`, one per step, and stops after them; may stop only
+/// at the end, or everywhere when `stop_anywhere`.
+struct Script {
+    script: Vec<u32>,
+    at: usize,
+    stop_anywhere: bool,
+    accepted: Vec<u32>,
+}
+
+impl TokenConstraint for Script {
+    fn compute_mask(&mut self, mask: &mut TokenMask) -> Result<(), String> {
+        mask.clear();
+        mask.allow(self.script[self.at]);
+        Ok(())
+    }
+    fn accept_token(&mut self, token: u32) -> Result<(), String> {
+        if token != self.script[self.at] {
+            return Err(format!("expected {}, got {token}", self.script[self.at]));
+        }
+        self.accepted.push(token);
+        self.at += 1;
+        Ok(())
+    }
+    fn may_stop(&self) -> bool {
+        self.stop_anywhere || self.at == self.script.len()
+    }
+    fn must_stop(&self) -> bool {
+        self.at == self.script.len()
+    }
+}
+
+fn script(engine: &Engine, text: &str, stop_anywhere: bool) -> Script {
+    Script {
+        script: engine.tokenizer.encode(text, false, false),
+        at: 0,
+        stop_anywhere,
+        accepted: Vec::new(),
+    }
+}
+
+#[test]
+fn the_loop_follows_the_mask_and_ends_where_the_constraint_must_stop() {
+    let engine = smollm2();
+    let mut constraint = script(&engine, "purple elephants dance", false);
+    let expected = constraint.script.clone();
+    assert!(expected.len() >= 3);
+    let mut greedy = request(&engine, "The capital of France is", 0.0, 20);
+    greedy.top_logprobs = Some(3);
+    let out = run(&engine, &greedy, Some(&mut constraint));
+    assert_eq!(out.token_ids, expected);
+    assert_eq!(constraint.accepted, expected);
+    assert_eq!(out.text, "purple elephants dance");
+    assert_eq!(out.finish_reason.as_str(), "stop");
+    // Logprobs are after the mask: the only allowed token has all the probability, and no
+    // other token appears among the alternatives.
+    for (entry, &id) in out.logprobs.iter().zip(&expected) {
+        assert_eq!(entry.id, id);
+        assert_eq!(entry.logprob, 0.0);
+        assert_eq!(entry.top.len(), 1, "{:?}", entry.top);
+        assert_eq!(entry.top[0].0, id);
+    }
+}
+
+#[test]
+fn end_of_generation_is_allowed_only_where_the_constraint_may_stop() {
+    let engine = smollm2();
+    // A constraint that allows EOS and one word everywhere, and may stop only at the end:
+    // EOS must be forbidden until then, whatever the model prefers.
+    struct EosOrWord {
+        word: u32,
+        eos: u32,
+        count: usize,
+        may_stop_after: usize,
+    }
+    impl TokenConstraint for EosOrWord {
+        fn compute_mask(&mut self, mask: &mut TokenMask) -> Result<(), String> {
+            mask.clear();
+            mask.allow(self.word);
+            mask.allow(self.eos);
+            Ok(())
+        }
+        fn accept_token(&mut self, token: u32) -> Result<(), String> {
+            assert_eq!(token, self.word, "EOS must never be accepted");
+            self.count += 1;
+            Ok(())
+        }
+        fn may_stop(&self) -> bool {
+            self.count >= self.may_stop_after
+        }
+        fn must_stop(&self) -> bool {
+            false
+        }
+    }
+    // The model ends its reply within a few tokens here; with those tokens added to the
+    // prompt, it ends at once, with `eos`.
+    let prompt = "<|im_start|>user\nSay ok.<|im_end|>\n<|im_start|>assistant\nok";
+    let free = run(&engine, &request(&engine, prompt, 0.0, 8), None);
+    let (&eos, reply) = free.token_ids.split_last().unwrap();
+    assert!(
+        engine.tokenizer.is_end_of_generation(eos),
+        "{:?}",
+        free.token_ids
+    );
+    let mut at_the_end = request(&engine, prompt, 0.0, 8);
+    at_the_end.prompt.extend_from_slice(reply);
+    assert_eq!(run(&engine, &at_the_end, None).token_ids, [eos]);
+    let word = engine.tokenizer.encode(" zebra", false, false)[0];
+    // Allowed at once, the model takes EOS over the word: the mask alone does not keep it out.
+    let mut anywhere = EosOrWord {
+        word,
+        eos,
+        count: 0,
+        may_stop_after: 0,
+    };
+    let out = run(&engine, &at_the_end, Some(&mut anywhere));
+    assert_eq!(out.token_ids, [eos]);
+    let mut constraint = EosOrWord {
+        word,
+        eos,
+        count: 0,
+        may_stop_after: 3,
+    };
+    let out = run(&engine, &at_the_end, Some(&mut constraint));
+    // EOS was forbidden for three tokens; after them it is allowed again, and ends the reply
+    // if it comes.
+    assert_eq!(
+        out.token_ids[..3],
+        [word, word, word],
+        "{:?}",
+        out.token_ids
+    );
+    let (last, before) = out.token_ids.split_last().unwrap();
+    assert!(before.iter().all(|&t| t == word), "{:?}", out.token_ids);
+    assert!(*last == word || (*last == eos && out.finish_reason.as_str() == "stop"));
+}
+
+#[test]
+fn stop_strings_with_a_constraint_are_refused() {
+    let engine = smollm2();
+    let mut req = request(&engine, "Hi", 0.0, 4);
+    req.stop = vec!["}".into()];
+    let mut constraint = script(&engine, "{}", false);
+    let error = engine
+        .generate(
+            &mut engine.new_cache(),
+            &req,
+            Some(&mut constraint),
+            &mut NoEvents,
+        )
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidArgument);
+    assert!(error.message.contains("stop"), "{}", error.message);
+}
+
+fn person_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "colour": {"enum": ["red", "green", "blue"]}
+        },
+        "required": ["name", "age", "colour"],
+        "additionalProperties": false
+    })
+}
+
+#[test]
+fn a_json_schema_constraint_gives_compact_valid_json_at_both_temperatures() {
+    let engine = smollm2();
+    let schema = person_schema();
+    let prompt = "<|im_start|>user\nDescribe Ann, 31, who likes green, as JSON.<|im_end|>\n<|im_start|>assistant\n";
+    for temperature in [0.0, 0.8] {
+        let mut constraint = json_schema_constraint(&engine, &schema).expect("schema compiles");
+        let out = run(
+            &engine,
+            &request(&engine, prompt, temperature, 60),
+            Some(constraint.as_mut()),
+        );
+        assert_eq!(out.finish_reason.as_str(), "stop", "{:?}", out.text);
+        let value: Value = serde_json::from_str(&out.text).expect("the reply parses");
+        validate_json_against_schema(&schema, &value).expect("the reply validates");
+        assert!(!out.text.contains(' ') || value["name"].as_str().unwrap().contains(' '));
+        assert!(!out.text.contains('\n'));
+        assert!(constraint.must_stop());
+    }
+    assert!(constraint_environment_build_ms(&engine).is_some_and(|ms| ms > 0.0));
+}
+
+#[test]
+fn a_lark_grammar_with_an_embedded_schema_constrains_the_output() {
+    let engine = smollm2();
+    let grammar = r#"
+start: "CALL " call
+call: %json {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"], "additionalProperties": false}
+"#;
+    let mut constraint = lark_constraint(&engine, grammar).expect("the grammar compiles");
+    let prompt =
+        "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n";
+    let out = run(
+        &engine,
+        &request(&engine, prompt, 0.0, 40),
+        Some(constraint.as_mut()),
+    );
+    let json_part = out.text.strip_prefix("CALL ").expect(&out.text);
+    let value: Value = serde_json::from_str(json_part).expect("the call parses");
+    assert!(value["city"].is_string(), "{value}");
+}
+
+#[test]
+fn unenforceable_and_malformed_schemas_and_grammars_are_invalid_arguments() {
+    let engine = smollm2();
+    for (schema, named) in [
+        (json!({"$ref": "https://example.com/schema.json"}), "$ref"),
+        (json!({"type": "strnig"}), "strnig"),
+        (json!({"type": "object", "properties": 5}), "properties"),
+        (json!([1, 2]), "array"),
+    ] {
+        let error = json_schema_constraint(&engine, &schema)
+            .err()
+            .expect("refused");
+        assert_eq!(error.kind, ErrorKind::InvalidArgument, "{schema}");
+        assert!(error.message.contains(named), "{schema}: {}", error.message);
+    }
+    let error = lark_constraint(&engine, "start: undefined_rule")
+        .err()
+        .expect("refused");
+    assert_eq!(error.kind, ErrorKind::InvalidArgument);
+    assert!(
+        error.message.contains("undefined_rule"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn the_validator_checks_independently() {
+    let schema = person_schema();
+    assert_eq!(
+        validate_json_against_schema(
+            &schema,
+            &json!({"name": "Ann", "age": 31, "colour": "green"})
+        ),
+        Ok(())
+    );
+    let error = validate_json_against_schema(
+        &schema,
+        &json!({"name": "Ann", "age": 131, "colour": "green"}),
+    )
+    .unwrap_err();
+    assert!(error.contains("/age"), "{error}");
+    let error =
+        validate_json_against_schema(&schema, &json!({"name": "Ann", "age": 1, "colour": "pink"}))
+            .unwrap_err();
+    assert!(error.contains("/colour"), "{error}");
+}
