@@ -262,7 +262,7 @@ fn evict_lru(entries: &mut [Entry], except: u64) -> Option<Eviction> {
             tokens: cache.len(),
             bytes: cache.bytes(),
         };
-        cache.release();
+        cache.evict();
         entries[i].held = 0;
         entries[i].tokens = 0;
         return Some(eviction);

@@ -176,11 +176,35 @@ impl Engine {
 
         let mut scratch = ForwardScratch::default();
         let mut logits = Vec::new();
+        let prefill_start = Instant::now();
+        // A cache the KV budget released remembers its tokens and the forward passes that
+        // computed them: recomputing the same passes reproduces its rows bit for bit (a row
+        // depends on the batch it was computed in), so the reply is the one the chat would
+        // have given had it kept its cache. These tokens count as computed, not cached.
+        if let Some(replay) = cache.take_replay().filter(|_| !request.prompt_logprobs) {
+            let limit = common_prefix(&replay.tokens, prompt).min(prompt.len() - 1);
+            let mut start = 0;
+            for &segment in &replay.segments {
+                let end = start + segment as usize;
+                if end > limit || events.cancelled() {
+                    break;
+                }
+                model.forward(
+                    &self.pool,
+                    &prompt[start..end],
+                    cache,
+                    Logits::None,
+                    &mut scratch,
+                    &mut logits,
+                )?;
+                start = end;
+            }
+        }
+
         let n_vocab = model.hparams.n_vocab;
         let mut prompt_logprobs = Vec::new();
         let mut logprob_row = Vec::new();
-        let prefill_start = Instant::now();
-        let mut pos = reusable;
+        let mut pos = cache.len();
         let mut cancelled = false;
         while pos < prompt.len() {
             if events.cancelled() {

@@ -141,7 +141,21 @@ pub struct KvCache {
     v: Vec<Rows>,
     /// The token ids whose keys and values are stored, in order.
     tokens: Vec<u32>,
+    /// How the stored positions were computed: the length of each forward pass, in order
+    /// (sums to tokens.len()). A row's values depend on the batch it was computed in (the
+    /// kernels tile batches), so recomputing the same batches reproduces them bit for bit.
+    segments: Vec<u32>,
+    /// After `evict`: the tokens and batches the cache held, so the next turn can recompute
+    /// exactly those rows (`take_replay`).
+    replay: Option<Replay>,
     max_positions: usize,
+}
+
+/// The tokens and forward-pass lengths of a released cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    pub tokens: Vec<u32>,
+    pub segments: Vec<u32>,
 }
 
 impl KvCache {
@@ -152,6 +166,8 @@ impl KvCache {
             k: (0..n_layer).map(|_| Rows::new(ty)).collect(),
             v: (0..n_layer).map(|_| Rows::new(ty)).collect(),
             tokens: Vec::new(),
+            segments: Vec::new(),
+            replay: None,
             max_positions,
         }
     }
@@ -178,6 +194,11 @@ impl KvCache {
         &self.tokens
     }
 
+    /// The length of each forward pass that computed the stored positions, in order.
+    pub fn segments(&self) -> &[u32] {
+        &self.segments
+    }
+
     /// Forgets every position from `len` on (prefix reuse: keep what still matches).
     pub fn truncate(&mut self, len: usize) {
         if len >= self.tokens.len() {
@@ -187,15 +208,56 @@ impl KvCache {
         for rows in self.k.iter_mut().chain(self.v.iter_mut()) {
             rows.truncate(len * self.kv_dim);
         }
+        let mut end = 0usize;
+        let mut keep = 0;
+        for &seg in &self.segments {
+            if end >= len {
+                break;
+            }
+            end += seg as usize;
+            keep += 1;
+        }
+        self.segments.truncate(keep);
+        if end > len
+            && let Some(last) = self.segments.last_mut()
+        {
+            *last -= (end - len) as u32;
+        }
     }
 
+    /// Forgets every position (and any replay plan).
     pub fn clear(&mut self) {
         self.truncate(0);
+        self.replay = None;
     }
 
-    /// Releases the memory too (budget eviction).
+    /// Releases the memory too, forgetting everything (reset).
     pub fn release(&mut self) {
         *self = Self::new(self.ty, self.k.len(), self.kv_dim, self.max_positions);
+    }
+
+    /// Releases the memory (budget eviction) but remembers the tokens and how they were
+    /// batched, so the next turn can recompute exactly the rows that were held.
+    pub fn evict(&mut self) {
+        let replay = match self.replay.take() {
+            Some(r) if self.tokens.is_empty() => Some(r),
+            _ if self.tokens.is_empty() => None,
+            _ => Some(Replay {
+                tokens: std::mem::take(&mut self.tokens),
+                segments: std::mem::take(&mut self.segments),
+            }),
+        };
+        self.release();
+        self.replay = replay;
+    }
+
+    /// The replay plan an eviction left, if the cache is still empty.
+    pub fn take_replay(&mut self) -> Option<Replay> {
+        if self.tokens.is_empty() {
+            self.replay.take()
+        } else {
+            None
+        }
     }
 
     /// Bytes held by the cache's buffers.
@@ -243,14 +305,16 @@ impl KvCache {
         }
     }
 
-    /// A cache holding `tokens` with the rows `write_rows` wrote. `rows` must be exactly
-    /// `tokens.len() * bytes_per_position` bytes and `tokens` at most `max_positions`.
+    /// A cache holding `tokens` with the rows `write_rows` wrote, computed in forward passes
+    /// of `segments` positions. `rows` must be exactly `tokens.len() * bytes_per_position`
+    /// bytes, `tokens` at most `max_positions`, and `segments` (non-zero) add up to it.
     pub fn from_rows(
         ty: KvType,
         n_layer: usize,
         kv_dim: usize,
         max_positions: usize,
         tokens: Vec<u32>,
+        segments: Vec<u32>,
         rows: &[u8],
     ) -> Result<Self, String> {
         let mut cache = Self::new(ty, n_layer, kv_dim, max_positions);
@@ -276,7 +340,13 @@ impl KvCache {
                 cache.v[layer] = Rows::read_le(ty, v, reserve);
             }
         }
+        if segments.iter().map(|&s| s as u64).sum::<u64>() != n as u64 || segments.contains(&0) {
+            return Err(format!(
+                "the forward-pass lengths do not add up to the {n} positions"
+            ));
+        }
         cache.tokens = tokens;
+        cache.segments = segments;
         Ok(cache)
     }
 
@@ -292,8 +362,10 @@ impl KvCache {
         self.v[layer].push(values);
     }
 
-    /// Records the tokens whose layers were just appended.
+    /// Records the tokens whose layers were just appended (one forward pass).
     pub(crate) fn commit_tokens(&mut self, tokens: &[u32]) {
+        self.replay = None;
+        self.segments.push(tokens.len() as u32);
         self.tokens.extend_from_slice(tokens);
     }
 
@@ -350,6 +422,18 @@ mod tests {
             150 * per_position,
             "what it already holds counts"
         );
+        assert_eq!(cache.segments(), &[1, 63, 1, 70]);
+        cache.truncate(100);
+        assert_eq!(cache.segments(), &[1, 63, 1, 35]);
+        cache.evict();
+        assert_eq!(cache.bytes(), 0);
+        let replay = cache
+            .take_replay()
+            .expect("an evicted cache remembers its batches");
+        assert_eq!(
+            (replay.tokens.len(), replay.segments),
+            (100, vec![1, 63, 1, 35])
+        );
         cache.release();
         assert_eq!(cache.bytes(), 0);
     }
@@ -369,13 +453,21 @@ mod tests {
             let mut rows = Vec::new();
             cache.write_rows(&mut rows);
             assert_eq!(rows.len(), 5 * cache.bytes_per_position());
-            let back = KvCache::from_rows(ty, 3, 4, 100, cache.tokens().to_vec(), &rows).unwrap();
+            assert_eq!(cache.segments(), &[1, 1, 1, 1, 1]);
+            let back =
+                KvCache::from_rows(ty, 3, 4, 100, cache.tokens().to_vec(), vec![2, 3], &rows)
+                    .unwrap();
             let mut again = Vec::new();
             back.write_rows(&mut again);
             assert_eq!(again, rows);
             assert_eq!(back.tokens(), cache.tokens());
-            assert!(KvCache::from_rows(ty, 3, 4, 100, vec![1], &rows).is_err());
-            assert!(KvCache::from_rows(ty, 3, 4, 2, cache.tokens().to_vec(), &rows).is_err());
+            assert!(KvCache::from_rows(ty, 3, 4, 100, vec![1], vec![1], &rows).is_err());
+            assert!(
+                KvCache::from_rows(ty, 3, 4, 2, cache.tokens().to_vec(), vec![5], &rows).is_err()
+            );
+            assert!(
+                KvCache::from_rows(ty, 3, 4, 100, cache.tokens().to_vec(), vec![4], &rows).is_err()
+            );
         }
     }
 }

@@ -29,6 +29,8 @@
 //! | 8 | u64 the chat's KV limit in positions (max_kv_tokens or context_length) |
 //! | 8 | u64 N, positions stored |
 //! | 4 N | u32 token id of each position |
+//! | 8 | u64 S, the number of forward passes that computed them |
+//! | 4 S | u32 positions of each pass (they add up to N; replaying them after an eviction recomputes the rows bit for bit) |
 //! | .. | per layer: K (N, kv_dim) then V (N, kv_dim), each value f16 (2 bytes) or f32 (4) |
 //! | 8 | u64 FNV-1a 64 of every byte of the section before it |
 
@@ -85,6 +87,10 @@ impl KvSnapshot {
         out.extend_from_slice(&(c.len() as u64).to_le_bytes());
         for &t in c.tokens() {
             out.extend_from_slice(&t.to_le_bytes());
+        }
+        out.extend_from_slice(&(c.segments().len() as u64).to_le_bytes());
+        for &s in c.segments() {
+            out.extend_from_slice(&s.to_le_bytes());
         }
         c.write_rows(&mut out);
         let sum = fnv1a64(&out);
@@ -156,6 +162,19 @@ impl KvSnapshot {
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        let seg_at = r.pos;
+        let n_segments = r.u64("the number of forward passes")?;
+        if n_segments > n as u64 {
+            return Err(r.error_at(
+                seg_at,
+                &format!("{n_segments} forward passes for {n} positions"),
+            ));
+        }
+        let segments: Vec<u32> = r
+            .take(4 * n_segments as usize, "the forward-pass lengths")?
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let rows_len = n * (per_position as usize - 4);
         let rows = r.take(rows_len, "the K/V rows")?;
         let sum_at = r.pos;
@@ -175,8 +194,16 @@ impl KvSnapshot {
                 "the KV section's checksum does not match its contents: the file is corrupt",
             ));
         }
-        let cache = KvCache::from_rows(ty, n_layer, kv_dim, max_positions as usize, tokens, rows)
-            .map_err(|m| r.error_at(n_at, &m))?;
+        let cache = KvCache::from_rows(
+            ty,
+            n_layer,
+            kv_dim,
+            max_positions as usize,
+            tokens,
+            segments,
+            rows,
+        )
+        .map_err(|m| r.error_at(n_at, &m))?;
         Ok(Self {
             fingerprint,
             context_length: context_length as usize,
@@ -334,7 +361,7 @@ mod tests {
 
     fn cache() -> KvCache {
         let rows: Vec<u8> = (0..2 * 2 * 3 * 4 * 2).map(|i| i as u8).collect();
-        KvCache::from_rows(KvType::F16, 2, 4, 100, vec![5, 6, 7], &rows).unwrap()
+        KvCache::from_rows(KvType::F16, 2, 4, 100, vec![5, 6, 7], vec![2, 1], &rows).unwrap()
     }
 
     fn snapshot() -> KvSnapshot {
@@ -354,8 +381,8 @@ mod tests {
         assert_eq!(back.cache.tokens(), &[5, 6, 7]);
         assert_eq!(back.encode(), bytes);
         // magic 4 + version 4 + len 4 + "abc" 3 + ty, layers, dim 12 + 3 u64 24 + tokens 12
-        // + rows 2 layers * 2 * 3 * 4 * 2 bytes + checksum 8
-        assert_eq!(bytes.len(), 4 + 4 + 4 + 3 + 12 + 24 + 12 + 96 + 8);
+        // + segments 8 + 2 * 4 + rows 2 layers * 2 * 3 * 4 * 2 bytes + checksum 8
+        assert_eq!(bytes.len(), 4 + 4 + 4 + 3 + 12 + 24 + 12 + 16 + 96 + 8);
     }
 
     #[test]

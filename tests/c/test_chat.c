@@ -435,8 +435,7 @@ static smallmind_chat_callbacks telemetry_callbacks(struct telemetry *t, const c
     snprintf(t->session_id, sizeof t->session_id, "%s", session_id);
     t->session_ids_agree = true;
     t->pieces_are_utf8 = true;
-    smallmind_chat_callbacks cb;
-    memset(&cb, 0, sizeof cb); /* struct_size 0: the six callbacks of version 1 */
+    smallmind_chat_callbacks cb = SMALLMIND_CHAT_CALLBACKS_INIT;
     cb.user_data = t;
     cb.on_token = telemetry_token;
     cb.on_request_start = telemetry_start;
