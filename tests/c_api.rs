@@ -124,6 +124,46 @@ fn run_with_input(program: &Path, args: &[&str], stdin: &str) -> Output {
     Output { stdout, stderr }
 }
 
+/// Runs `program` with `SMALLMIND_DEBUG_INJECT_PANIC` naming the session whose forward pass
+/// panics.
+fn run_with_injected_panic(program: &Path, args: &[&str], session: &str) -> Output {
+    let result = Command::new(program)
+        .args(args)
+        .env("SMALLMIND_DEBUG_INJECT_PANIC", session)
+        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        .output()
+        .expect("run the C program");
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(
+        result.status.success(),
+        "{} failed ({}):\n{stdout}\n{stderr}",
+        program.display(),
+        result.status
+    );
+    Output { stdout, stderr }
+}
+
+fn synthetic_model() -> String {
+    path_arg(&models::oracle_dir().join("synthetic/synth-llama3-q8_0.gguf")).to_string()
+}
+
+#[test]
+fn a_chat_survives_a_panic_in_its_forward_pass() {
+    let _alone = exclusive();
+    for (name, flags) in [("test_panic", &[][..]), ("test_panic_asan", SANITIZERS)] {
+        let program = compile(name, &["tests/c/test_panic.c"], flags);
+        let out = run_with_injected_panic(&program, &[&synthetic_model()], "victim");
+        assert!(
+            out.stdout.contains(" 0 failed"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 fn run(program: &Path, args: &[&str]) -> Output {
     run_with_input(program, args, "")
 }

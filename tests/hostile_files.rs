@@ -221,3 +221,45 @@ fn an_engine_context_beyond_the_limit_is_an_invalid_argument() {
         err.message
     );
 }
+
+/// A panic in the middle of a forward pass (after some layers appended their rows) leaves the
+/// KV cache as it was: the next pass on it gives exactly the logits a fresh cache gives.
+#[test]
+fn a_panicking_forward_pass_rolls_the_kv_cache_back() {
+    use smallmind::kernels::ThreadPool;
+    use smallmind::model::{ForwardScratch, KvType, Logits, Model, debug};
+
+    let path = models::oracle_dir().join("synthetic").join(BASE);
+    let file = Arc::new(GgufFile::open(&path, false).unwrap());
+    let model = Model::load(file, &mut |_, _| true).unwrap();
+    let pool = ThreadPool::new(2);
+    let mut scratch = ForwardScratch::default();
+    let (prefix, next) = ([1u32, 2, 3], [4u32, 5]);
+    let run = |cache: &mut _, tokens: &[u32], scratch: &mut _| {
+        let mut logits = Vec::new();
+        model
+            .forward(&pool, tokens, cache, Logits::All, scratch, &mut logits)
+            .unwrap();
+        logits
+    };
+
+    let mut fresh = model.new_cache(KvType::F32, 16);
+    run(&mut fresh, &prefix, &mut scratch);
+    let expected = run(&mut fresh, &next, &mut scratch);
+
+    let mut cache = model.new_cache(KvType::F32, 16);
+    run(&mut cache, &prefix, &mut scratch);
+    debug::set_injected_panic(true);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&mut cache, &next, &mut scratch)
+    }));
+    debug::set_injected_panic(false);
+    let message = panicked.expect_err("the injected panic fired");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(message.contains("injected panic"), "{message}");
+    assert_eq!(cache.tokens(), &prefix);
+    assert_eq!(run(&mut cache, &next, &mut scratch), expected);
+}

@@ -25,6 +25,20 @@ pub struct Chat {
     session: Mutex<Session>,
     /// Set by `cancel` from any thread; polled by the running send between forward passes.
     cancel: AtomicBool,
+    /// Set when a send panicked: its state may be inconsistent, so sends fail until `reset`.
+    broken: AtomicBool,
+}
+
+/// Marks the chat broken when dropped during a panic (which the C boundary then reports).
+struct BrokenOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for BrokenOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Release);
+        }
+        crate::model::debug::set_injected_panic(false);
+    }
 }
 
 fn busy() -> Error {
@@ -103,6 +117,7 @@ impl Chat {
             session_id,
             session: Mutex::new(session),
             cancel: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
         })
     }
 
@@ -125,6 +140,17 @@ impl Chat {
         events: &mut dyn ChatEvents,
     ) -> Result<(String, Usage)> {
         let mut session = self.lock()?;
+        if self.broken.load(Ordering::Acquire) {
+            return Err(Error::internal(
+                "an earlier send on this chat failed with an internal error and may have left its state inconsistent; call smallmind_chat_reset before sending again",
+            ));
+        }
+        let _broken_on_panic = BrokenOnPanic(&self.broken);
+        if std::env::var_os("SMALLMIND_DEBUG_INJECT_PANIC")
+            .is_some_and(|id| id.as_encoded_bytes() == self.session_id.as_bytes())
+        {
+            crate::model::debug::set_injected_panic(true);
+        }
         // A cancel that arrives before this point was meant for an earlier send.
         self.cancel.store(false, Ordering::Release);
         let turn = ChatRequest::parse(request_json)?.into_turn(
@@ -166,9 +192,10 @@ impl Chat {
         self.cancel.store(true, Ordering::Release);
     }
 
-    /// Forgets the history and the KV cache.
+    /// Forgets the history and the KV cache, and clears the broken mark a panic left.
     pub fn reset(&self) -> Result<()> {
         self.lock()?.reset();
+        self.broken.store(false, Ordering::Release);
         Ok(())
     }
 
