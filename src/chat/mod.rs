@@ -15,8 +15,11 @@ pub use session::{
     ChatEvents, ContextReport, HistoryMode, PreparedPrompt, Session, SessionConfig, Turn,
     TurnOutput,
 };
-pub use template::{BuiltinFormat, ChatTemplate, TemplateContext, TemplateError};
+pub use template::{
+    BuiltinFormat, ChatTemplate, MAX_RENDERED_BYTES, MAX_TEMPLATE_FUEL, MAX_TEMPLATE_RECURSION,
+    TemplateContext, TemplateError,
+};
 pub use types::{
-    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, render_json,
-    response_json,
+    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, MAX_MESSAGES,
+    render_json, response_json,
 };

@@ -12,9 +12,11 @@ mod boundary;
 mod callbacks;
 mod chat;
 mod engine;
+mod limits;
 mod status;
 
 pub use callbacks::{smallmind_chat_callbacks, smallmind_engine_callbacks, smallmind_usage};
 pub use chat::*;
 pub use engine::*;
+pub use limits::*;
 pub use status::smallmind_status;
