@@ -94,7 +94,7 @@ fn eight_chats_a_hundred_turns_four_threads_with_random_cancels() {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                std::thread::sleep(Duration::from_micros(5_000 + x % 20_000));
+                std::thread::sleep(Duration::from_micros(20_000 + x % 40_000));
                 chats[(x >> 32) as usize % CHATS].cancel();
                 cancels_sent.fetch_add(1, Ordering::Relaxed);
             }
