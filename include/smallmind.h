@@ -71,6 +71,69 @@
 #define KV_VERSION 1
 
 /*
+ Bytes of any JSON text passed in (requests, options, imports): 64 MiB.
+ */
+#define SMALLMIND_MAX_REQUEST_BYTES 67108864
+
+/*
+ Messages in one chat request.
+ */
+#define SMALLMIND_MAX_MESSAGES 65536
+
+/*
+ Positions of a context: a model's `context_length` and the engine option alike.
+ Requests whose prompt plus `max_tokens` exceed the engine's context return
+ SMALLMIND_ERR_CONTEXT_OVERFLOW, naming both sizes.
+ */
+#define SMALLMIND_MAX_CONTEXT_LENGTH 16777216
+
+/*
+ Bytes of a prompt rendered by a chat template: 16 MiB.
+ */
+#define SMALLMIND_MAX_RENDERED_PROMPT_BYTES 16777216
+
+/*
+ Work one template render may do (minijinja fuel: about one instruction or 64 bytes of
+ data each); a template that needs more fails with a message saying so.
+ */
+#define SMALLMIND_MAX_TEMPLATE_FUEL 4000000
+
+/*
+ Nesting of macro calls and recursive loops in one template render.
+ */
+#define SMALLMIND_MAX_TEMPLATE_RECURSION 64
+
+/*
+ GGUF files: bytes of one string (16 MiB).
+ */
+#define SMALLMIND_MAX_GGUF_STRING_BYTES 16777216
+
+/*
+ GGUF files: elements of one metadata array.
+ */
+#define SMALLMIND_MAX_GGUF_ARRAY_ELEMENTS 67108864
+
+/*
+ GGUF files: tensors, and metadata keys, in one file.
+ */
+#define SMALLMIND_MAX_GGUF_TENSORS 1048576
+
+/*
+ Model hyperparameters: transformer blocks.
+ */
+#define SMALLMIND_MAX_LAYERS 1024
+
+/*
+ Model hyperparameters: embedding, feed-forward and concatenated head widths.
+ */
+#define SMALLMIND_MAX_WIDTH 1048576
+
+/*
+ Model hyperparameters: attention heads.
+ */
+#define SMALLMIND_MAX_HEADS 4096
+
+/*
  The result of every smallmind call. 0 is success; each error has its own code, and
  `smallmind_last_error()` gives the message. Values are stable: retired codes are never reused.
  */
@@ -370,8 +433,15 @@ void smallmind_chat_free(struct smallmind_chat *chat);
  `cb` may be NULL; callbacks run on this thread, in the order documented at
  `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.
  A second concurrent call on the same chat returns SMALLMIND_ERR_BUSY at once.
+ When a send fails after generation began, the text already passed to `on_token` stays
+ delivered but is not part of the conversation: the history is left as it was before the
+ call, so the host should discard what it streamed (or show it as failed).
  Errors: INVALID_ARGUMENT, INVALID_JSON, CONTEXT_OVERFLOW (keep_all and the conversation
- does not fit, naming both sizes), BUSY.
+ does not fit, naming both sizes), BUSY, INTERNAL (a bug, caught: the message says what
+ panicked; the chat then refuses sends with INTERNAL until `smallmind_chat_reset`).
+ Limits: SMALLMIND_MAX_REQUEST_BYTES, SMALLMIND_MAX_MESSAGES, the engine's context, and
+ the template limits (SMALLMIND_MAX_RENDERED_PROMPT_BYTES, SMALLMIND_MAX_TEMPLATE_FUEL,
+ SMALLMIND_MAX_TEMPLATE_RECURSION).
 
  # Safety
  Pointers are NULL or valid; strings NUL-terminated.

@@ -173,6 +173,58 @@ fn a_chat_survives_a_panic_in_its_forward_pass() {
     }
 }
 
+/// Runs `program` under valgrind memcheck: any memory error, or any definite or indirect
+/// leak, fails. (Rust's std keeps a few allocations alive until exit on purpose: those are
+/// "still reachable" and not counted.)
+fn run_under_valgrind(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let result = Command::new("valgrind")
+        .args([
+            "--tool=memcheck",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--show-leak-kinds=definite,indirect",
+            "--errors-for-leak-kinds=definite,indirect",
+            "--quiet",
+        ])
+        .arg(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run valgrind (scripts/setup installs it)");
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(
+        result.status.success(),
+        "{} under valgrind failed ({}):\n{stdout}\n{stderr}",
+        program.display(),
+        result.status
+    );
+    Output { stdout, stderr }
+}
+
+#[test]
+fn c_programs_are_clean_under_valgrind_memcheck() {
+    let _alone = exclusive();
+    let model = synthetic_model();
+    // The panic test: a caught panic, its message through the pool, reset, four chats.
+    let program = compile("test_panic_valgrind", &["tests/c/test_panic.c"], &[]);
+    let out = run_under_valgrind(
+        &program,
+        &[&model],
+        &[("SMALLMIND_DEBUG_INJECT_PANIC", "victim")],
+    );
+    assert!(
+        out.stdout.contains(" 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    // The examples that take any model: load, complete, stream, free.
+    let complete = compile("complete_valgrind", &["examples-c/complete.c"], &[]);
+    let out = run_under_valgrind(&complete, &[&model, "Hello", "4"], &[]);
+    assert!(out.stderr.contains("4 generated tokens"), "{}", out.stderr);
+}
+
 fn run(program: &Path, args: &[&str]) -> Output {
     run_with_input(program, args, "")
 }

@@ -14,10 +14,19 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+/// The largest JSON text any call accepts (64 MiB).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+
 /// Parses `json` as `T`, mapping serde's message (which names unknown fields and wrong types
 /// and says where) to an invalid-JSON error that names what was being parsed and the path of
 /// the offending value, e.g. "chat request: messages[0].role: unknown variant `robot`, ...".
 pub fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T> {
+    if json.len() > MAX_REQUEST_BYTES {
+        return Err(Error::invalid_argument(format!(
+            "{what} is {} bytes; smallmind reads at most {MAX_REQUEST_BYTES}",
+            json.len()
+        )));
+    }
     let mut deserializer = serde_json::Deserializer::from_str(json);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = e.path().to_string();

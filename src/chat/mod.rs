@@ -16,8 +16,11 @@ pub use session::{
     ChatEvents, ContextReport, HistoryMode, HostReply, PreparedPrompt, Session, SessionConfig,
     Turn, TurnOutput,
 };
-pub use template::{BuiltinFormat, ChatTemplate, RenderedPrompt, TemplateContext, TemplateError};
+pub use template::{
+    BuiltinFormat, ChatTemplate, MAX_RENDERED_BYTES, MAX_TEMPLATE_FUEL, MAX_TEMPLATE_RECURSION,
+    RenderedPrompt, TemplateContext, TemplateError,
+};
 pub use types::{
-    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, random_session_id,
-    render_json, response_json,
+    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, MAX_MESSAGES,
+    random_session_id, render_json, response_json,
 };

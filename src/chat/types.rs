@@ -216,6 +216,9 @@ fn not_yet(field: &str, what: &str) -> Error {
     ))
 }
 
+/// Messages one chat request may carry.
+pub const MAX_MESSAGES: usize = 65_536;
+
 impl ChatRequest {
     pub fn parse(json: &str) -> Result<Self> {
         parse("chat request", json)
@@ -228,6 +231,12 @@ impl ChatRequest {
         engine: &Engine,
         started_at: std::time::Instant,
     ) -> Result<Turn> {
+        if self.messages.len() > MAX_MESSAGES {
+            return Err(Error::invalid_argument(format!(
+                "messages holds {} messages; a request may carry at most {MAX_MESSAGES}",
+                self.messages.len()
+            )));
+        }
         if self.messages.is_empty() {
             return Err(Error::invalid_argument(
                 "messages is empty: send at least one message",

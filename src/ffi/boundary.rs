@@ -14,16 +14,33 @@ thread_local! {
 pub(crate) fn set_last_error(message: &str) {
     // Interior NULs cannot cross into C; they only come from user text echoed in a message.
     let clean = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = Some(clean));
+    // `try_with`: during thread-local teardown (a host calling in from a destructor of its
+    // own thread-locals) the message is dropped rather than panicking across the boundary.
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut slot) = e.try_borrow_mut() {
+            *slot = Some(clean);
+        }
+    });
 }
 
 pub(crate) fn clear_last_error() {
-    LAST_ERROR.with(|e| *e.borrow_mut() = None);
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut slot) = e.try_borrow_mut() {
+            *slot = None;
+        }
+    });
 }
 
 /// Pointer to this thread's last error message (valid until this thread's next call), or NULL.
 pub(crate) fn last_error_ptr() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ref().map_or(std::ptr::null(), |s| s.as_ptr()))
+    LAST_ERROR
+        .try_with(|e| {
+            e.try_borrow()
+                .ok()
+                .and_then(|s| s.as_ref().map(|s| s.as_ptr()))
+                .unwrap_or(std::ptr::null())
+        })
+        .unwrap_or(std::ptr::null())
 }
 
 /// Runs `body`, converting its error or panic into a status and the thread's last error.

@@ -121,8 +121,15 @@ pub unsafe extern "C" fn smallmind_chat_free(chat: *mut smallmind_chat) {
 /// `cb` may be NULL; callbacks run on this thread, in the order documented at
 /// `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.
 /// A second concurrent call on the same chat returns SMALLMIND_ERR_BUSY at once.
+/// When a send fails after generation began, the text already passed to `on_token` stays
+/// delivered but is not part of the conversation: the history is left as it was before the
+/// call, so the host should discard what it streamed (or show it as failed).
 /// Errors: INVALID_ARGUMENT, INVALID_JSON, CONTEXT_OVERFLOW (keep_all and the conversation
-/// does not fit, naming both sizes), BUSY.
+/// does not fit, naming both sizes), BUSY, INTERNAL (a bug, caught: the message says what
+/// panicked; the chat then refuses sends with INTERNAL until `smallmind_chat_reset`).
+/// Limits: SMALLMIND_MAX_REQUEST_BYTES, SMALLMIND_MAX_MESSAGES, the engine's context, and
+/// the template limits (SMALLMIND_MAX_RENDERED_PROMPT_BYTES, SMALLMIND_MAX_TEMPLATE_FUEL,
+/// SMALLMIND_MAX_TEMPLATE_RECURSION).
 ///
 /// # Safety
 /// Pointers are NULL or valid; strings NUL-terminated.

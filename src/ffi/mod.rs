@@ -12,6 +12,7 @@ mod boundary;
 mod callbacks;
 mod chat;
 mod engine;
+mod limits;
 mod status;
 
 pub use callbacks::{
@@ -20,4 +21,5 @@ pub use callbacks::{
 };
 pub use chat::*;
 pub use engine::*;
+pub use limits::*;
 pub use status::smallmind_status;

@@ -9,5 +9,5 @@ mod reader;
 mod value;
 
 pub use error::GgufError;
-pub use reader::{GgufFile, TensorInfo};
+pub use reader::{GgufFile, MAX_ARRAY_ELEMENTS, MAX_STRING_BYTES, MAX_TENSORS, TensorInfo};
 pub use value::Value;

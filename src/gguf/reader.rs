@@ -8,10 +8,10 @@ use crate::quant::GgmlType;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
-const MAX_STRING_BYTES: u64 = 16 << 20;
-const MAX_ARRAY_ELEMENTS: u64 = 64 << 20;
+pub const MAX_STRING_BYTES: u64 = 16 << 20;
+pub const MAX_ARRAY_ELEMENTS: u64 = 64 << 20;
 const MAX_ARRAY_DEPTH: u32 = 3;
-const MAX_TENSORS: u64 = 1 << 20;
+pub const MAX_TENSORS: u64 = 1 << 20;
 const MAX_KV_PAIRS: u64 = 1 << 20;
 const MAX_DIMS: u32 = 4;
 const MAX_ELEMENTS: u64 = 1 << 50;
