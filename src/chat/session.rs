@@ -5,8 +5,12 @@ use std::sync::Arc;
 
 use super::message::{Message, Role};
 use super::policy::{ContextPolicy, apply_policy};
+use super::structured;
 use super::template::{BuiltinFormat, ChatTemplate, TemplateContext};
-use crate::engine::{Engine, FinishReason, GenerationEvents, GenerationRequest, Usage};
+use crate::api::{RequestOptions, ResponseFormat};
+use crate::engine::{
+    Engine, FinishReason, GenerationEvents, GenerationRequest, TokenLogprob, Usage,
+};
 use crate::error::{Error, Result};
 use crate::model::KvCache;
 use crate::sample::SamplingParams;
@@ -43,11 +47,9 @@ pub struct SessionConfig {
     pub kv_cache: bool,
     /// Upper bound on this session's cached positions (default: the engine's context length).
     pub max_kv_tokens: Option<usize>,
-    /// Sampling used when a request gives no value.
-    pub sampling: SamplingParams,
-    /// The options gave a seed: every turn reuses it (otherwise each turn draws a new one).
-    pub fixed_seed: bool,
-    pub max_tokens: usize,
+    /// The generation options of every turn where its request gives none (a seed given here
+    /// is reused by every turn; otherwise each turn draws a new one).
+    pub defaults: RequestOptions,
 }
 
 /// Whether a request's messages extend the history or replace it.
@@ -67,6 +69,9 @@ pub struct Turn {
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub top_logprobs: Option<usize>,
+    pub response_format: ResponseFormat,
     pub context_policy: Option<ContextPolicy>,
     /// When the host's call began.
     pub started_at: std::time::Instant,
@@ -100,6 +105,9 @@ pub struct TurnOutput {
     pub usage: Usage,
     pub context: ContextReport,
     pub token_ids: Vec<u32>,
+    pub logprobs: Vec<TokenLogprob>,
+    /// What the response should tell the host (a reply cut short under a response_format).
+    pub warnings: Vec<String>,
 }
 
 pub struct Session {
@@ -275,20 +283,26 @@ impl Session {
             max_tokens: turn.max_tokens,
             stop: turn.stop,
             stop_token_ids: turn.stop_token_ids,
-            ignore_eos: false,
-            top_logprobs: None,
+            ignore_eos: turn.ignore_eos,
+            top_logprobs: turn.top_logprobs,
             prompt_logprobs: false,
             started_at: turn.started_at,
         };
+        let mut constraint = structured::response_constraint(&self.engine, &turn.response_format)?;
         let mut ordered = PolicyAfterCacheLookup {
             inner: events,
             context: &context,
             announced: false,
         };
-        let output = self
-            .engine
-            .generate(&mut self.cache, &request, None, &mut ordered)?;
+        let output = self.engine.generate(
+            &mut self.cache,
+            &request,
+            constraint.as_deref_mut(),
+            &mut ordered,
+        )?;
         self.turns += 1;
+        let warnings =
+            structured::check_reply(&turn.response_format, &output.text, output.finish_reason)?;
 
         let reply = Message::new(Role::Assistant, output.text.clone());
         if output.finish_reason != FinishReason::Cancelled {
@@ -302,6 +316,8 @@ impl Session {
             usage: output.usage,
             context,
             token_ids: output.token_ids,
+            logprobs: output.logprobs,
+            warnings,
         })
     }
 
