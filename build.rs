@@ -14,6 +14,15 @@ fn main() {
     let header = out_dir.join("smallmind.h");
 
     println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=build.rs");
+
+    // The shared library carries a versioned soname, as a C library installed under a prefix
+    // does: programs link against libsmallmind.so.0, and scripts/install lays out
+    // libsmallmind.so.0.1.0 with the .so.0 and .so links. Bump the 0 with an incompatible ABI
+    // change (SMALLMIND_ABI_VERSION).
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libsmallmind.so.0");
+    }
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!(
         "cargo:rustc-env=SMALLMIND_GENERATED_HEADER={}",

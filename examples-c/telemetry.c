@@ -96,11 +96,17 @@ int main(int argc, char **argv) {
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a fruit.\"}]}",
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a color.\"}]}",
         "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a tree.\"}], "
-        "\"context_policy\": {\"type\": \"keep_last_n_turns\", \"max_turns\": 1}}",
+        "\"context_policy\": {\"type\": \"keep_last_n_turns\", \"max_turns\": 0}}",
     };
     int tokens = 0;
-    smallmind_chat_callbacks callbacks = {&tokens,          on_token,           on_request_start,   on_first_token,
-                                          on_context_policy_applied, on_kv_cache_access, on_request_complete};
+    smallmind_chat_callbacks callbacks = SMALLMIND_CHAT_CALLBACKS_INIT;
+    callbacks.user_data = &tokens;
+    callbacks.on_token = on_token;
+    callbacks.on_request_start = on_request_start;
+    callbacks.on_first_token = on_first_token;
+    callbacks.on_context_policy_applied = on_context_policy_applied;
+    callbacks.on_kv_cache_access = on_kv_cache_access;
+    callbacks.on_request_complete = on_request_complete;
     int failed = 0;
     for (int turn = 0; turn < 3 && !failed; turn++) {
         printf("\n--- turn %d: %s\n", turn + 1, requests[turn]);

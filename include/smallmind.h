@@ -9,43 +9,66 @@
 #include <stdint.h>
 
 /*
- `max_tokens` when neither the request nor the chat options give one, for every call.
+ Work one render may do, in minijinja fuel (about one instruction, or 64 bytes of data
+ created): a hostile template can neither hang the caller nor exhaust its memory. A
+ thousand-message conversation through a real template takes well under 1% of it.
  */
-#define DEFAULT_MAX_TOKENS 512
+#define MAX_TEMPLATE_FUEL 4000000
 
 /*
- More alternatives than this per token is a mistake, not a use case.
+ Nesting of macro calls, includes and recursive loops in one render, kept low enough that
+ the deepest stays within a small thread stack.
  */
-#define MAX_TOP_LOGPROBS 100
+#define MAX_TEMPLATE_RECURSION 64
 
 /*
- Seeds, given or drawn, stay below 2^53 so that JSON readers that parse numbers as doubles
- (JavaScript, some .NET setups) read them back exactly.
+ Size of a rendered prompt (16 MiB: more text than any model's context can hold).
  */
-#define MAX_SEED ((1 << 53) - 1)
-
-/*
- The most digits in a row a constrained reply may hold where the grammar allows anything
- else: small models decoding a number greedily go on with digits forever
- ("10.50000100001…", Gemma 3 270M at temperature 0). Where only digits are allowed (a
- pattern such as `[0-9]{16}`) they are still generated.
- */
-#define MAX_DIGIT_RUN 12
-
-/*
- The most times one token may follow itself in a constrained reply. Small models decoding
- greedily inside a JSON value fall into runs of one token ("10.5000000…", "!!!!…") that
- only max_tokens ends; past this many the repeated token is forbidden, whenever the grammar
- allows something else, and the value moves on. Measured on the twenty schemas of
- tests/structured.rs: without it Gemma 3 270M at temperature 0 never closes a number.
- */
-#define MAX_TOKEN_RUN 4
+#define MAX_RENDERED_BYTES (16 << 20)
 
 /*
  The ABI version of this header: bumped whenever a struct layout or function signature
- changes incompatibly.
+ changes incompatibly. 2: `smallmind_chat_callbacks` starts with `struct_size`
+ (and grows at its end only from then on).
  */
-#define SMALLMIND_ABI_VERSION 1
+#define SMALLMIND_ABI_VERSION 2
+
+/*
+ Transformer blocks (the largest released models have under 200).
+ */
+#define MAX_LAYERS 1024
+
+/*
+ Width of the residual stream, of the FFN, and of the concatenated heads.
+ */
+#define MAX_WIDTH (1 << 20)
+
+/*
+ Attention heads (query or key/value).
+ */
+#define MAX_HEADS 4096
+
+/*
+ Positions of the training context, and of the context an engine may be given
+ (16,777,216; the longest released contexts are 10M).
+ */
+#define MAX_CONTEXT (1 << 24)
+
+/*
+ The tensors one transformer block needs at least (norms, q, k, v, o, gate, up, down).
+ */
+#define TENSORS_PER_LAYER 9
+
+/*
+ Positions the cache grows by: its buffers hold a whole number of chunks (at most the
+ cache's limit), so what a chat holds is its length rounded up to one chunk, never a
+ doubling of it and never the whole context up front.
+ */
+#define KV_CHUNK_POSITIONS 64
+
+#define FILE_VERSION 1
+
+#define KV_VERSION 1
 
 /*
  The result of every smallmind call. 0 is success; each error has its own code, and
@@ -120,6 +143,12 @@ typedef struct smallmind_chat smallmind_chat;
 typedef struct smallmind_engine smallmind_engine;
 
 /*
+ The host's answer to a callback that asks for data (`execute_tool`, `retrieve`). Owned by
+ the library and valid only during that callback; fill it with `smallmind_host_result_set`.
+ */
+typedef struct smallmind_host_result smallmind_host_result;
+
+/*
  Measured figures of one request, as passed to `on_request_complete`.
  */
 typedef struct smallmind_usage {
@@ -149,8 +178,18 @@ typedef struct smallmind_usage {
  token), on_token for each piece, on_request_complete (also when cancelled). A request that
  fails before it starts (bad input, context overflow) calls none of them. Every figure is
  measured, and agrees with the response's "usage" and "context".
+
+ The struct grows at its end only. `struct_size` says which fields the host knows: 0 (a
+ zero-initialised struct) means `user_data` and the six callbacks from `on_token` to
+ `on_request_complete`; any other value is the host's `sizeof(smallmind_chat_callbacks)`, and
+ fields that do not lie wholly within it count as NULL. Initialise with
+ `SMALLMIND_CHAT_CALLBACKS_INIT` and set the fields you use.
  */
 typedef struct smallmind_chat_callbacks {
+  /*
+   0 or `sizeof(smallmind_chat_callbacks)` as the host compiled it (see above).
+   */
+  uint32_t struct_size;
   /*
    Passed back as the first argument of every callback.
    */
@@ -195,6 +234,54 @@ typedef struct smallmind_chat_callbacks {
   void (*on_request_complete)(void *user_data,
                               const char *session_id,
                               const struct smallmind_usage *usage);
+  /*
+   Runs a tool call the model made (requests with "tools"). `call_json` is
+   {"id", "name", "arguments"} (arguments a JSON object). Answer with
+   `smallmind_host_result_set(result, content)` (the text the model reads as the tool's
+   result; the library copies it) and return 0; the send then continues the conversation
+   with that result. Return non-zero to cancel the send (finish_reason "cancelled"). Without
+   this callback a send that calls tools returns finish_reason "tool_calls" for the host to
+   run them.
+   */
+  int32_t (*execute_tool)(void *user_data,
+                          const char *session_id,
+                          const char *call_json,
+                          struct smallmind_host_result *result);
+  /*
+   A tool call ran through `execute_tool`, taking `elapsed_ms`.
+   */
+  void (*on_tool_call)(void *user_data, const char *session_id, const char *name, double elapsed_ms);
+  /*
+   Supplies retrieved chunks for this send: `query` is the last user message. Answer with
+   `smallmind_host_result_set(result, json)`, `json` an array of {"id", "content", "source"?,
+   "title"?, "score"?}, and return 0; they join the request's "retrieved_context". Return
+   non-zero to cancel the send.
+   */
+  int32_t (*retrieve)(void *user_data,
+                      const char *session_id,
+                      const char *query,
+                      struct smallmind_host_result *result);
+  /*
+   This send needs `requested_bytes` of KV cache (the most its turn can hold) and the
+   engine's `kv_budget_bytes` (`budget_bytes`) cannot make room: every other chat holding
+   a cache is busy, or this one alone is over the budget. The send then returns
+   SMALLMIND_ERR_BUDGET_EXCEEDED (no other callback of this send runs). With only
+   `max_sessions` set, `budget_bytes` is UINT64_MAX.
+   */
+  void (*on_kv_budget_exceeded)(void *user_data,
+                                const char *session_id,
+                                uint64_t requested_bytes,
+                                uint64_t budget_bytes);
+  /*
+   To make room for this send, the KV cache of the idle chat `evicted_session_id` (least
+   recently used) was released: `tokens` positions, `bytes` bytes. Its next send
+   recomputes its prompt and replies the same. Called before on_request_start, once per
+   evicted chat.
+   */
+  void (*on_kv_eviction)(void *user_data,
+                         const char *evicted_session_id,
+                         uint32_t tokens,
+                         uint64_t bytes);
 } smallmind_chat_callbacks;
 
 /*
@@ -221,9 +308,26 @@ extern "C" {
 #endif // __cplusplus
 
 /*
+ Answers the callback that passed `result`: copies `content` (UTF-8, NUL-terminated) into it.
+ A second call replaces the first answer. Only during that callback, on its thread.
+ Errors: INVALID_ARGUMENT (NULL pointers; `content` not UTF-8, which also fails the send
+ with the same message).
+
+ # Safety
+ `result` is NULL or the pointer the callback received; `content` is NULL or NUL-terminated.
+ */
+smallmind_status smallmind_host_result_set(struct smallmind_host_result *result,
+                                           const char *content);
+
+/*
  Creates a chat on `engine`. `options_json` may be NULL or
- {"session_id", "system_prompt", "context_policy": {"type": "keep_all" | "keep_last_n_turns"
- (+"max_turns") | "sliding_window" (+"max_tokens")}, "kv_cache" (default true),
+ {"session_id", "system_prompt" (rendered first when the conversation has no system
+ message; a system message in the conversation wins; never written into the history),
+ "parse_special_in_content" (default false: message content is tokenized as plain text, so
+ only the template's own markup becomes special tokens; true: special-token text in content
+ becomes special tokens too), "context_policy": {"type": "keep_all" | "keep_last_n_turns"
+ (+"max_turns": turns kept before the new one, 0 = only the new one) | "sliding_window"
+ (+"window_tokens", also accepted as "max_tokens": the prompt's budget)}, "kv_cache" (default true),
  "max_kv_tokens" (at most the engine's context_length), and the generation options of
  `smallmind_engine_complete` as defaults for every send}.
  On success `*out` receives a chat freed with `smallmind_chat_free`. Thread-safe.
@@ -258,7 +362,10 @@ void smallmind_chat_free(struct smallmind_chat *chat);
  "prefill_ms", "decode_ms", "prefill_tokens_per_second", "decode_tokens_per_second"},
  "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "seed",
  "logprobs"? (as in `smallmind_engine_complete`, when asked for), "warnings"}. Under a
- JSON "response_format" "message.content" is the JSON text, as for completions. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
+ JSON "response_format" "message.content" is the JSON text, as for completions. "id" is
+ unique in the process ("chatcmpl-" + a random part drawn once per process + a counter).
+ After a cancel, "usage" counts only the prompt tokens really processed (cached +
+ evaluated), and its rates come from those. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
  returns SMALLMIND_OK with the text so far and leaves the history as it was.
  `cb` may be NULL; callbacks run on this thread, in the order documented at
  `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.
@@ -278,7 +385,7 @@ smallmind_status smallmind_chat_send(struct smallmind_chat *chat,
  Renders the prompt that `smallmind_chat_send` with the same request would give the model
  now (the history, the messages, the system prompt and the context policy applied), without
  generating or changing anything: {"prompt": the template's text, "prompt_token_ids": [...],
- "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}}. For checking
+ "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "warnings"}. For checking
  templates and policies. `*out_json` is freed with `smallmind_string_free`. BUSY while a
  send runs. Errors as for `smallmind_chat_send`.
 
@@ -317,8 +424,9 @@ smallmind_status smallmind_chat_reset(struct smallmind_chat *chat);
 smallmind_status smallmind_chat_history(const struct smallmind_chat *chat, char **out_json);
 
 /*
- The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 1,
- "session_id", "options", "history"} for hosts that store it themselves; restore it with
+ The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 2,
+ "session_id", "options", "history"} for hosts that store it themselves, without its KV
+ cache (`smallmind_chat_export_with_options` adds it); restore it with
  `smallmind_chat_import`. `*out_json` is freed with `smallmind_string_free`. BUSY while a
  send runs.
 
@@ -328,8 +436,11 @@ smallmind_status smallmind_chat_history(const struct smallmind_chat *chat, char 
 smallmind_status smallmind_chat_export(const struct smallmind_chat *chat, char **out_json);
 
 /*
- Restores a chat from `smallmind_chat_export`'s JSON onto `engine` (its KV cache is
- rebuilt on the first send). Envelopes from newer versions are refused (INVALID_JSON).
+ Restores a chat from `smallmind_chat_export`'s JSON onto `engine`: its options, history
+ and, when the envelope carries "kv_snapshot" that fits this engine, its KV cache (when
+ it does not fit — another model, kv_type or context — the history loads, the snapshot
+ is dropped and the next response's "warnings" says why; the next turn recomputes).
+ Version 1 envelopes migrate; newer versions are refused (INVALID_JSON, naming both).
  On success `*out` receives a chat freed with `smallmind_chat_free`.
 
  # Safety
@@ -338,6 +449,70 @@ smallmind_status smallmind_chat_export(const struct smallmind_chat *chat, char *
 smallmind_status smallmind_chat_import(struct smallmind_engine *engine,
                                        const char *json,
                                        struct smallmind_chat **out);
+
+/*
+ Like `smallmind_chat_export`, with `options_json` NULL or {"include_kv": bool} (default
+ false). With the KV cache the envelope carries "kv_snapshot": the KV section of a saved
+ file (README "Saving chats" gives its layout) encoded as base64 (RFC 4648 standard
+ alphabet, padded), about 1.33 times its size. `*out_json` is freed with
+ `smallmind_string_free`. BUSY while a send runs. Errors: INVALID_JSON (options).
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_export_with_options(const struct smallmind_chat *chat,
+                                                    const char *options_json,
+                                                    char **out_json);
+
+/*
+ Like `smallmind_chat_import`, with `options_json` NULL or chat options (as for
+ `smallmind_chat_create`) that replace the exported ones, e.g. a new "session_id".
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_import_with_options(struct smallmind_engine *engine,
+                                                    const char *json,
+                                                    const char *options_json,
+                                                    struct smallmind_chat **out);
+
+/*
+ Saves the chat to the file at `path` (UTF-8): its options and history, and with
+ `options_json` {"include_kv": true} its KV cache too, so a loaded chat's next turn skips
+ recomputing the prompt. `options_json` may be NULL (= {"include_kv": false}).
+ Atomic: the bytes go to a temporary file in the same directory, which is flushed, renamed
+ over `path`, and the directory flushed; a crash at any instant leaves the old file or the
+ new one. When this call returns no temporary file is left (a save killed part-way may
+ leave `.<name>.smallmind-tmp.<pid>.<n>`, which the next save to `path` removes).
+ BUSY while a send runs on the chat. Errors: INVALID_ARGUMENT, INVALID_JSON (options),
+ IO (the message names the path and the system's reason).
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_save(const struct smallmind_chat *chat,
+                                     const char *path,
+                                     const char *options_json);
+
+/*
+ Loads a chat saved by `smallmind_chat_save` (or a file holding an exported JSON
+ envelope) onto `engine`. `options_json` may be NULL or chat options (as for
+ `smallmind_chat_create`) that replace the saved ones, e.g. a new "session_id".
+ A saved KV cache is used when it was made by this model (fingerprint) with the same
+ kv_type, context_length and KV limit; otherwise the history loads, the cache is dropped,
+ the next response's "warnings" says why and its turn recomputes the prompt. Older
+ versions migrate; newer ones are refused naming both versions.
+ On success `*out` receives a chat freed with `smallmind_chat_free`.
+ Errors: INVALID_ARGUMENT, IO (missing, unreadable, truncated or corrupt file: the message
+ gives the byte offset), INVALID_JSON (a bad envelope: the message gives the JSON path).
+
+ # Safety
+ Pointers are NULL or valid; strings NUL-terminated.
+ */
+smallmind_status smallmind_chat_load(struct smallmind_engine *engine,
+                                     const char *path,
+                                     const char *options_json,
+                                     struct smallmind_chat **out);
 
 /*
  The library version, e.g. "0.1.0". Static: do not free.
@@ -364,8 +539,10 @@ const char *smallmind_last_error(void);
 void smallmind_string_free(char *s);
 
 /*
- Loads a model. `options_json`: {"model_path" (required), "threads", "context_length",
- "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
+ Loads a model. `options_json`: {"model_path" (required; UTF-8 like all JSON text, so a
+ path that is not UTF-8 is reached through a symbolic link with a UTF-8 name), "threads",
+ "context_length" (above the model's training context loads with a warning, sent to on_log
+ and listed in `smallmind_engine_info`'s "warnings"), "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
  engine the caller frees with `smallmind_engine_free`; on failure `*out` is untouched.
  Errors: INVALID_ARGUMENT, INVALID_JSON, IO (file missing), MODEL_LOAD (malformed file),
  UNSUPPORTED_MODEL, CANCELLED (the progress callback returned non-zero).
@@ -388,8 +565,9 @@ void smallmind_engine_free(struct smallmind_engine *engine);
 
 /*
  Model facts as JSON: architecture, sizes, context length, tensor types, chat template,
- fingerprint, threads, load time, and "constraint_trie_ms": how long building the token trie
- for constrained decoding took (null until the first request with a JSON response_format).
+ fingerprint, threads, load time, "warnings" (the load's, e.g. a context_length above the
+ training context), and "constraint_trie_ms": how long building the token trie for
+ constrained decoding took (null until the first request with a JSON response_format).
  `*out_json` is freed with `smallmind_string_free`.
  Thread-safe.
 
@@ -476,3 +654,13 @@ smallmind_status smallmind_engine_complete(struct smallmind_engine *engine,
 #endif  // __cplusplus
 
 #endif  /* SMALLMIND_H */
+
+/* Initialises a smallmind_chat_callbacks with its struct_size set and every callback NULL:
+ *   smallmind_chat_callbacks cb = SMALLMIND_CHAT_CALLBACKS_INIT;
+ *   cb.on_token = my_on_token; */
+#ifdef __cplusplus
+#define SMALLMIND_CHAT_CALLBACKS_INIT \
+    ([] { smallmind_chat_callbacks cb{}; cb.struct_size = static_cast<uint32_t>(sizeof cb); return cb; }())
+#else
+#define SMALLMIND_CHAT_CALLBACKS_INIT {.struct_size = (uint32_t)sizeof(smallmind_chat_callbacks)}
+#endif

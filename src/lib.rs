@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod sample;
+pub mod store;
 pub mod tokenizer;
 
 pub use error::{Error, ErrorKind};

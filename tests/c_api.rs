@@ -38,7 +38,7 @@ fn library_dir() -> PathBuf {
         deps.clone(),
         deps.parent().expect("target/<profile>").to_path_buf(),
     ];
-    candidates
+    let dir = candidates
         .iter()
         .find(|dir| dir.join("libsmallmind.so").exists())
         .cloned()
@@ -47,7 +47,16 @@ fn library_dir() -> PathBuf {
                 "{} has no libsmallmind.so; build the library first (`cargo build --release`)",
                 deps.display()
             )
-        })
+        });
+    // The library's soname is libsmallmind.so.0 (build.rs): a program linked with -lsmallmind
+    // loads that name, which cargo does not lay out, so a link to the build's copy stands in.
+    let soname = dir.join("libsmallmind.so.0");
+    match std::os::unix::fs::symlink("libsmallmind.so", &soname) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("cannot link {}: {e}", soname.display()),
+    }
+    dir
 }
 
 fn repo() -> PathBuf {
@@ -122,6 +131,46 @@ fn run_with_input(program: &Path, args: &[&str], stdin: &str) -> Output {
         result.status
     );
     Output { stdout, stderr }
+}
+
+/// Runs `program` with `SMALLMIND_DEBUG_INJECT_PANIC` naming the session whose forward pass
+/// panics.
+fn run_with_injected_panic(program: &Path, args: &[&str], session: &str) -> Output {
+    let result = Command::new(program)
+        .args(args)
+        .env("SMALLMIND_DEBUG_INJECT_PANIC", session)
+        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+        .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        .output()
+        .expect("run the C program");
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(
+        result.status.success(),
+        "{} failed ({}):\n{stdout}\n{stderr}",
+        program.display(),
+        result.status
+    );
+    Output { stdout, stderr }
+}
+
+fn synthetic_model() -> String {
+    path_arg(&models::oracle_dir().join("synthetic/synth-llama3-q8_0.gguf")).to_string()
+}
+
+#[test]
+fn a_chat_survives_a_panic_in_its_forward_pass() {
+    let _alone = exclusive();
+    for (name, flags) in [("test_panic", &[][..]), ("test_panic_asan", SANITIZERS)] {
+        let program = compile(name, &["tests/c/test_panic.c"], flags);
+        let out = run_with_injected_panic(&program, &[&synthetic_model()], "victim");
+        assert!(
+            out.stdout.contains(" 0 failed"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
 }
 
 fn run(program: &Path, args: &[&str]) -> Output {
@@ -237,6 +286,60 @@ fn c_chat_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
     ));
 }
 
+fn fixture_v1() -> String {
+    path_arg(&repo().join("tests/fixtures/chat-export-v1.json")).to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = out_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_persist_tests(name: &str, flags: &[&str]) {
+    let program = compile(name, &["tests/c/test_persist.c"], flags);
+    let dir = scratch(&format!("{name}-files"));
+    let out = run(&program, &[&smollm2(), &fixture_v1(), path_arg(&dir)]);
+    assert!(
+        out.stdout.contains("test_persist: ") && out.stdout.contains(" 0 failed"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+#[test]
+fn c_persistence_and_budget_tests_pass() {
+    let _alone = exclusive();
+    run_persist_tests("test_persist", &[]);
+}
+
+#[test]
+fn c_persistence_and_budget_tests_pass_under_address_and_undefined_behaviour_sanitizers() {
+    let _alone = exclusive();
+    run_persist_tests("test_persist_asan", SANITIZERS);
+}
+
+/// A host built against the header from before the tool fields (a smaller struct_size).
+#[test]
+fn a_host_compiled_against_the_header_before_the_tool_fields_works() {
+    let _alone = exclusive();
+    for (name, flags) in [
+        ("test_old_header", &[][..]),
+        ("test_old_header_asan", SANITIZERS),
+    ] {
+        let program = compile(name, &["tests/c/test_old_header.c"], flags);
+        let out = run(&program, &[&smollm2()]);
+        assert!(
+            out.stdout.contains(" 0 failed"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 /// Every program in examples-c/, built and run as a user would (short replies).
 fn run_examples(suffix: &str, flags: &[&str]) {
     let model = smollm2();
@@ -346,6 +449,47 @@ fn run_examples(suffix: &str, flags: &[&str]) {
             telemetry.stdout
         );
     }
+
+    // A chat that survives restarts: the second run resumes the first's conversation and
+    // its KV cache from the file.
+    let persist = build("persist");
+    let dir = scratch(&format!("persist{suffix}-state"));
+    let state = dir.join("chat.smchat");
+    let first = run(
+        &persist,
+        &[&model, path_arg(&state), "What is the capital of France?"],
+    );
+    assert!(
+        first.stderr.contains("[new conversation]"),
+        "{}",
+        first.stderr
+    );
+    assert!(first.stderr.contains("[saved to "), "{}", first.stderr);
+    let second = run(&persist, &[&model, path_arg(&state), "And of Italy?"]);
+    assert!(
+        second.stderr.contains("[resumed ") && second.stderr.contains(": 3 messages]"),
+        "system, user, assistant: {}",
+        second.stderr
+    );
+    let usage = second
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("[prompt "))
+        .expect("a usage line");
+    assert!(
+        !usage.contains(" 0 cached"),
+        "the saved KV cache is reused: {usage}"
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("chat.smchat")],
+        "no temporary file"
+    );
 
     let threads = run(&build("threads"), &[&model]);
     for thread in ["[thread 1] ", "[thread 2] "] {

@@ -111,7 +111,8 @@ fn the_models_own_template_renders_llama_cpps_chat_prompt() {
 #[test]
 fn keep_last_n_turns_drops_whole_oldest_turns_and_keeps_the_system_message() {
     let chat = chat(json!({"temperature": 0}));
-    let policy = json!({"type": "keep_last_n_turns", "max_turns": 2});
+    // max_turns counts the turns kept before the new one (the fourth question).
+    let policy = json!({"type": "keep_last_n_turns", "max_turns": 1});
     let request = json!({"messages": four_turns(), "history": "replace", "context_policy": policy, "max_tokens": 2});
     let rendered = render(&chat, request.clone());
     let prompt = rendered["prompt"].as_str().unwrap();
@@ -226,7 +227,8 @@ fn keep_all_refuses_a_conversation_that_does_not_fit_naming_both_sizes() {
     assert_eq!(err.kind, ErrorKind::ContextOverflow);
     assert!(
         err.message
-            .contains("+ 16 reserved for the reply, but the context holds 64 tokens"),
+            .contains("tokens, more than the context holds (64 tokens, set by context_length)")
+            && err.message.contains("raise context_length to at least"),
         "{}",
         err.message
     );
@@ -278,7 +280,7 @@ fn export_then_import_restores_the_options_and_the_history() {
     let exported = original.export_json().unwrap();
     let envelope: Value = serde_json::from_str(&exported).unwrap();
     assert_eq!(envelope["format"], "smallmind.chat");
-    assert_eq!(envelope["version"], 1);
+    assert_eq!(envelope["version"], 2);
 
     let restored = Chat::import(engine(), &exported).unwrap();
     assert_eq!(restored.session_id(), "round-trip");
@@ -302,15 +304,19 @@ fn export_then_import_restores_the_options_and_the_history() {
         continued["usage"]["prompt_tokens_details"]["cached_tokens"], 0,
         "its cache is rebuilt by the first send"
     );
-    assert_eq!(history(&restored).len(), 5, "system, two turns");
+    assert_eq!(
+        history(&restored).len(),
+        4,
+        "two turns: the system prompt option is rendered, never recorded"
+    );
 
-    let newer = exported.replace("\"version\":1", "\"version\":2");
+    let newer = exported.replace("\"version\":2", "\"version\":3");
     let err = Chat::import(engine(), &newer)
         .err()
         .expect("a newer envelope is refused");
     assert_eq!(err.kind, ErrorKind::InvalidJson);
     assert!(
-        err.message.contains("newer smallmind (format version 2)"),
+        err.message.contains("newer smallmind (format version 3)"),
         "{}",
         err.message
     );
@@ -495,7 +501,7 @@ fn bad_input_gives_its_own_error_kind_and_says_what_to_fix() {
         (json!({"messages": hi, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}).to_string(), ErrorKind::InvalidJson, "response_format.json_schema needs a \"name\""),
         (json!({"messages": hi, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "https://example.com/s.json"}}}}).to_string(), ErrorKind::InvalidArgument, "$ref"),
         (json!({"messages": hi, "retrieved_context": [{"id": "a", "content": "b"}]}).to_string(), ErrorKind::InvalidArgument, "retrieved_context is not supported"),
-        (json!({"messages": hi, "max_tokens": 100000}).to_string(), ErrorKind::ContextOverflow, "100000 reserved for the reply"),
+        (json!({"messages": hi, "max_tokens": 100000}).to_string(), ErrorKind::ContextOverflow, "max_tokens 100000 reserves the whole context"),
     ];
     for (request, kind, message) in cases {
         let err = chat
@@ -524,7 +530,7 @@ fn bad_input_gives_its_own_error_kind_and_says_what_to_fix() {
         (
             r#"{"context_policy": {"type": "sliding_window", "max_tokens": 0}}"#,
             ErrorKind::InvalidArgument,
-            "max_tokens must be at least 1",
+            "window_tokens (max_tokens) must be at least 1",
         ),
         (
             r#"{"max_kv_tokens": 9000}"#,

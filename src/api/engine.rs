@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{parse, to_json};
-use crate::engine::{Engine, EngineOptions};
+use crate::engine::{BudgetLimits, Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::model::KvType;
 
@@ -21,6 +21,8 @@ pub struct EngineOptionsJson {
     #[serde(default)]
     pub use_mmap: Option<bool>,
     #[serde(default)]
+    pub vocab_only: Option<bool>,
+    #[serde(default)]
     pub kv_budget_bytes: Option<u64>,
     #[serde(default)]
     pub max_sessions: Option<u32>,
@@ -34,9 +36,14 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
             "model_path is empty: give the path of a GGUF file",
         ));
     }
-    if raw.kv_budget_bytes.is_some() || raw.max_sessions.is_some() {
+    if raw.kv_budget_bytes == Some(0) {
         return Err(Error::invalid_argument(
-            "kv_budget_bytes and max_sessions are not supported yet by this version of smallmind; remove them",
+            "kv_budget_bytes must be at least 1 (omit it for no budget)",
+        ));
+    }
+    if raw.max_sessions == Some(0) {
+        return Err(Error::invalid_argument(
+            "max_sessions must be at least 1 (omit it for no limit)",
         ));
     }
     let kv_type = match raw.kv_type.as_deref() {
@@ -66,6 +73,13 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
         context_length,
         kv_type,
         use_mmap: raw.use_mmap.unwrap_or(true),
+        budget: BudgetLimits {
+            kv_budget_bytes: raw
+                .kv_budget_bytes
+                .map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
+            max_sessions: raw.max_sessions.map(|n| n as usize),
+        },
+        vocab_only: raw.vocab_only.unwrap_or(false),
     })
 }
 
@@ -73,15 +87,16 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
 struct InfoJson<'a> {
     architecture: &'a str,
     name: Option<&'a str>,
+    vocab_only: bool,
     n_vocab: usize,
-    n_ctx_train: usize,
+    n_ctx_train: Option<usize>,
     context_length: usize,
-    n_embd: usize,
-    n_layer: usize,
-    n_head: usize,
-    n_head_kv: usize,
-    head_dim: usize,
-    n_ff: usize,
+    n_embd: Option<usize>,
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_head_kv: Option<usize>,
+    head_dim: Option<usize>,
+    n_ff: Option<usize>,
     n_params: u64,
     file_bytes: u64,
     tensor_types: serde_json::Map<String, serde_json::Value>,
@@ -96,6 +111,24 @@ struct InfoJson<'a> {
     /// request with a `response_format` or grammar; null before.
     constraint_trie_ms: Option<f64>,
     smallmind_version: &'static str,
+    warnings: &'a [String],
+    kv_cache: KvCacheJson,
+}
+
+/// The engine-wide KV budget and what every chat's cache holds now.
+#[derive(Serialize)]
+struct KvCacheJson {
+    /// null: no budget.
+    budget_bytes: Option<usize>,
+    max_sessions: Option<usize>,
+    used_bytes: usize,
+    /// Chats on the engine.
+    sessions: usize,
+    /// Chats holding a KV cache.
+    resident_sessions: usize,
+    evictions: u64,
+    /// Positions a cache grows by.
+    chunk_positions: usize,
 }
 
 /// `smallmind_engine_info` output.
@@ -104,6 +137,7 @@ pub fn info_json(engine: &Engine) -> Result<String> {
     to_json(&InfoJson {
         architecture: &info.architecture,
         name: info.name.as_deref(),
+        vocab_only: info.vocab_only,
         n_vocab: info.n_vocab,
         n_ctx_train: info.n_ctx_train,
         context_length: info.context_length,
@@ -132,5 +166,18 @@ pub fn info_json(engine: &Engine) -> Result<String> {
         load_ms: info.load_ms,
         constraint_trie_ms: crate::chat::structured::constraint_environment_build_ms(engine),
         smallmind_version: env!("CARGO_PKG_VERSION"),
+        warnings: &info.warnings,
+        kv_cache: {
+            let stats = engine.kv_budget().stats();
+            KvCacheJson {
+                budget_bytes: stats.budget_bytes,
+                max_sessions: stats.max_sessions,
+                used_bytes: stats.used_bytes,
+                sessions: stats.sessions,
+                resident_sessions: stats.resident_sessions,
+                evictions: stats.evictions,
+                chunk_positions: crate::model::KV_CHUNK_POSITIONS,
+            }
+        },
     })
 }

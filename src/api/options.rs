@@ -11,15 +11,15 @@ use crate::error::{Error, Result};
 use crate::sample::SamplingParams;
 
 /// `max_tokens` when neither the request nor the chat options give one, for every call.
-pub const DEFAULT_MAX_TOKENS: usize = 512;
+pub(crate) const DEFAULT_MAX_TOKENS: usize = 512;
 /// More alternatives than this per token is a mistake, not a use case.
-pub const MAX_TOP_LOGPROBS: usize = 100;
+pub(crate) const MAX_TOP_LOGPROBS: usize = 100;
 /// Seeds, given or drawn, stay below 2^53 so that JSON readers that parse numbers as doubles
 /// (JavaScript, some .NET setups) read them back exactly.
-pub const MAX_SEED: u64 = (1 << 53) - 1;
+pub(crate) const MAX_SEED: u64 = (1 << 53) - 1;
 
 /// The JSON names of the option fields, in the order they are documented.
-pub const OPTION_FIELDS: [&str; 15] = [
+pub(crate) const OPTION_FIELDS: [&str; 15] = [
     "max_tokens",
     "temperature",
     "top_k",

@@ -98,7 +98,7 @@ fn median_and_spread(mut v: Vec<f64>) -> (f64, f64) {
 /// Tokens per second of evaluating `n` prompt tokens in one pass from an empty cache.
 fn prefill_rate(engine: &Engine, n: usize) -> f64 {
     let tokens: Vec<u32> = (0..n)
-        .map(|i| (100 + i * 7) as u32 % engine.model.hparams.n_vocab as u32)
+        .map(|i| (100 + i * 7) as u32 % engine.tokenizer.n_vocab() as u32)
         .collect();
     let mut cache = engine.new_cache();
     let mut scratch = ForwardScratch::default();
@@ -111,7 +111,8 @@ fn prefill_rate(engine: &Engine, n: usize) -> f64 {
             Logits::None
         };
         engine
-            .model
+            .model()
+            .expect("the benchmark loads the weights")
             .forward(
                 engine.pool(),
                 chunk,
@@ -135,7 +136,8 @@ fn decode_rate(engine: &Engine, n: usize) -> f64 {
     let start = Instant::now();
     for _ in 0..n {
         engine
-            .model
+            .model()
+            .expect("the benchmark loads the weights")
             .forward(
                 engine.pool(),
                 &[token],

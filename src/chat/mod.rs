@@ -10,14 +10,14 @@ mod template;
 mod types;
 
 pub use message::{FunctionCall, Message, Role, ToolCall};
-pub use policy::{ContextPolicy, PolicyOutcome, apply_policy};
+pub use policy::{ContextLimits, ContextPolicy, PolicyOutcome, apply_policy};
 pub use runtime::Chat;
 pub use session::{
-    ChatEvents, ContextReport, HistoryMode, PreparedPrompt, Session, SessionConfig, Turn,
-    TurnOutput,
+    ChatEvents, ContextReport, HistoryMode, HostReply, PreparedPrompt, Session, SessionConfig,
+    Turn, TurnOutput,
 };
-pub use template::{BuiltinFormat, ChatTemplate, TemplateContext, TemplateError};
+pub use template::{BuiltinFormat, ChatTemplate, RenderedPrompt, TemplateContext, TemplateError};
 pub use types::{
-    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, render_json,
-    response_json,
+    ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, random_session_id,
+    render_json, response_json,
 };

@@ -15,10 +15,15 @@ pub enum ContextPolicy {
     /// instead of being silently ignored (serde ignores extra fields on unit variants). The
     /// default.
     KeepAll {},
-    /// Keep at most `max_turns` turns (then drop more if still too long).
+    /// Keep the newest turn (the one being answered) and at most `max_turns` turns before it
+    /// (then drop more if still too long). `max_turns: 0` keeps only the newest turn.
     KeepLastNTurns { max_turns: u32 },
-    /// Keep the newest turns that fit in `max_tokens`.
-    SlidingWindow { max_tokens: u32 },
+    /// Keep the newest turns whose prompt fits in `max_tokens` (also accepted as
+    /// `window_tokens`, the clearer name: it is the prompt's window, not the reply's length).
+    SlidingWindow {
+        #[serde(alias = "window_tokens")]
+        max_tokens: u32,
+    },
 }
 
 impl Default for ContextPolicy {
@@ -38,11 +43,8 @@ impl ContextPolicy {
 
     pub fn validate(&self) -> Result<()> {
         match self {
-            Self::KeepLastNTurns { max_turns: 0 } => Err(Error::invalid_argument(
-                "context_policy.max_turns must be at least 1",
-            )),
             Self::SlidingWindow { max_tokens: 0 } => Err(Error::invalid_argument(
-                "context_policy.max_tokens must be at least 1",
+                "context_policy.window_tokens (max_tokens) must be at least 1",
             )),
             _ => Ok(()),
         }
@@ -77,12 +79,78 @@ fn turns(messages: &[Message]) -> Vec<Vec<usize>> {
     turns
 }
 
-fn overflow(prompt: u32, reserve: u32, context: u32, what: &str) -> Error {
+/// The sizes an overflow is judged against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextLimits {
+    /// Positions the session's KV cache holds.
+    pub context: u32,
+    /// The option that sets `context`: "context_length" (engine) or "max_kv_tokens" (chat).
+    pub context_option: &'static str,
+    /// Tokens kept free for the reply (the turn's max_tokens).
+    pub reserve: u32,
+}
+
+/// The overflow error: which limit was hit and only the fixes that would help.
+/// `prompt` is the smallest prompt the policy may keep; `window` the sliding window;
+/// `can_drop` whether another policy could drop older turns.
+fn overflow(
+    prompt: u32,
+    limits: ContextLimits,
+    window: Option<u32>,
+    can_drop: bool,
+    what: &str,
+) -> Error {
+    let ContextLimits {
+        context,
+        context_option,
+        reserve,
+    } = limits;
+    let needed = u64::from(prompt) + u64::from(reserve);
+    let mut problems: Vec<String> = Vec::new();
+    let mut fixes: Vec<String> = Vec::new();
+    if needed > u64::from(context) {
+        problems.push(if reserve >= context {
+            format!(
+                "max_tokens {reserve} reserves the whole context ({context} tokens, set by {context_option}) for the reply, leaving no room for {what} ({prompt} tokens)"
+            )
+        } else if prompt >= context {
+            format!(
+                "{what} is {prompt} tokens, more than the context holds ({context} tokens, set by {context_option})"
+            )
+        } else {
+            format!(
+                "{what} is {prompt} tokens + {reserve} reserved for the reply, but the context holds {context} tokens (set by {context_option})"
+            )
+        });
+        if prompt < context {
+            fixes.push(format!("lower max_tokens to at most {}", context - prompt));
+        }
+        fixes.push(format!("raise {context_option} to at least {needed}"));
+    }
+    if let Some(window) = window.filter(|&w| prompt > w) {
+        problems.push(format!(
+            "{what} is {prompt} tokens, more than the sliding window's window_tokens {window}"
+        ));
+        fixes.push(format!("raise window_tokens to at least {prompt}"));
+    }
+    // With the reply's room filling the context, no prompt is short enough.
+    if reserve < context {
+        fixes.push("shorten the messages".to_string());
+    }
+    if can_drop && reserve < context {
+        fixes.push(
+            "use context_policy sliding_window or keep_last_n_turns to drop older turns".into(),
+        );
+    }
+    let last = fixes.pop().unwrap_or_default();
+    let advice = if fixes.is_empty() {
+        last
+    } else {
+        format!("{}, or {last}", fixes.join(", "))
+    };
     Error::new(
         ErrorKind::ContextOverflow,
-        format!(
-            "{what} is {prompt} tokens + {reserve} reserved for the reply, but the context holds {context} tokens; use context_policy sliding_window or keep_last_n_turns, shorten the messages, or lower max_tokens"
-        ),
+        format!("{}: {advice}", problems.join("; and ")),
     )
 }
 
@@ -91,24 +159,26 @@ fn overflow(prompt: u32, reserve: u32, context: u32, what: &str) -> Error {
 pub fn apply_policy(
     policy: &ContextPolicy,
     messages: &[Message],
-    context_length: u32,
-    reserve_for_reply: u32,
+    limits: ContextLimits,
     token_count: &mut dyn FnMut(&[usize]) -> Result<u32>,
 ) -> Result<PolicyOutcome> {
     policy.validate()?;
     let all: Vec<usize> = (0..messages.len()).collect();
     let tokens_before = token_count(&all)?;
-    let budget = context_length.saturating_sub(reserve_for_reply);
-    let limit = match policy {
-        ContextPolicy::SlidingWindow { max_tokens } => budget.min(*max_tokens),
-        _ => budget,
+    let budget = limits.context.saturating_sub(limits.reserve);
+    let window = match policy {
+        ContextPolicy::SlidingWindow { max_tokens } => Some(*max_tokens),
+        _ => None,
     };
+    let limit = window.map_or(budget, |w| budget.min(w));
+    let turns = turns(messages);
     if let ContextPolicy::KeepAll {} = policy {
         if tokens_before > budget {
             return Err(overflow(
                 tokens_before,
-                reserve_for_reply,
-                context_length,
+                limits,
+                None,
+                turns.len() > 1,
                 "the conversation",
             ));
         }
@@ -125,13 +195,12 @@ pub fn apply_policy(
         .copied()
         .filter(|&i| messages[i].role == Role::System)
         .collect();
-    let turns = turns(messages);
+    // The newest turn (the one being answered) is always kept and not counted.
     let max_turns = match policy {
         ContextPolicy::KeepLastNTurns { max_turns } => *max_turns as usize,
         _ => usize::MAX,
     };
-    // The newest turn (the one being answered) is always kept.
-    let mut first_turn = turns.len().saturating_sub(max_turns.max(1));
+    let mut first_turn = turns.len().saturating_sub(max_turns.saturating_add(1));
     let select = |first: usize| -> Vec<usize> {
         let mut kept: Vec<usize> = pinned
             .iter()
@@ -151,8 +220,9 @@ pub fn apply_policy(
         if first_turn + 1 >= turns.len() {
             return Err(overflow(
                 tokens,
-                reserve_for_reply,
-                context_length.min(limit + reserve_for_reply),
+                limits,
+                window,
+                false,
                 "the system messages and the last turn",
             ));
         }
@@ -188,6 +258,14 @@ mod tests {
         ]
     }
 
+    fn limits(context: u32, reserve: u32) -> ContextLimits {
+        ContextLimits {
+            context,
+            context_option: "context_length",
+            reserve,
+        }
+    }
+
     /// Ten tokens per message.
     fn count(calls: &mut usize) -> impl FnMut(&[usize]) -> Result<u32> + '_ {
         move |kept: &[usize]| {
@@ -202,8 +280,7 @@ mod tests {
         let out = apply_policy(
             &ContextPolicy::KeepAll {},
             &conversation(),
-            100,
-            20,
+            limits(100, 20),
             &mut count(&mut calls),
         )
         .unwrap();
@@ -211,8 +288,7 @@ mod tests {
         let err = apply_policy(
             &ContextPolicy::KeepAll {},
             &conversation(),
-            80,
-            20,
+            limits(80, 20),
             &mut count(&mut calls),
         )
         .unwrap_err();
@@ -228,7 +304,13 @@ mod tests {
     fn sliding_window_drops_whole_turns_oldest_first_and_pins_system() {
         let mut calls = 0;
         let policy = ContextPolicy::SlidingWindow { max_tokens: 45 };
-        let out = apply_policy(&policy, &conversation(), 1000, 10, &mut count(&mut calls)).unwrap();
+        let out = apply_policy(
+            &policy,
+            &conversation(),
+            limits(1000, 10),
+            &mut count(&mut calls),
+        )
+        .unwrap();
         // Turn 2 (u2, a2, t2) is kept whole with sys and u3: 50 > 45, so it goes too.
         assert_eq!(out.kept, vec![0, 6]);
         assert_eq!(out.dropped, vec![1, 2, 3, 4, 5]);
@@ -237,8 +319,7 @@ mod tests {
         let out = apply_policy(
             &ContextPolicy::SlidingWindow { max_tokens: 50 },
             &conversation(),
-            1000,
-            10,
+            limits(1000, 10),
             &mut count(&mut calls),
         )
         .unwrap();
@@ -252,11 +333,33 @@ mod tests {
     #[test]
     fn keep_last_n_turns_counts_turns_and_is_deterministic() {
         let mut calls = 0;
-        let policy = ContextPolicy::KeepLastNTurns { max_turns: 2 };
-        let a = apply_policy(&policy, &conversation(), 1000, 10, &mut count(&mut calls)).unwrap();
-        let b = apply_policy(&policy, &conversation(), 1000, 10, &mut count(&mut calls)).unwrap();
+        // max_turns counts the turns before the one being answered (u3).
+        let policy = ContextPolicy::KeepLastNTurns { max_turns: 1 };
+        let a = apply_policy(
+            &policy,
+            &conversation(),
+            limits(1000, 10),
+            &mut count(&mut calls),
+        )
+        .unwrap();
+        let b = apply_policy(
+            &policy,
+            &conversation(),
+            limits(1000, 10),
+            &mut count(&mut calls),
+        )
+        .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.kept, vec![0, 3, 4, 5, 6]);
+        let only_new = ContextPolicy::KeepLastNTurns { max_turns: 0 };
+        let out = apply_policy(
+            &only_new,
+            &conversation(),
+            limits(1000, 10),
+            &mut count(&mut calls),
+        )
+        .unwrap();
+        assert_eq!(out.kept, vec![0, 6]);
     }
 
     #[test]
@@ -302,20 +405,27 @@ mod tests {
         let err = apply_policy(
             &ContextPolicy::SlidingWindow { max_tokens: 10 },
             &conversation(),
-            1000,
-            10,
+            limits(1000, 10),
             &mut count(&mut calls),
         )
         .unwrap_err();
         assert_eq!(err.kind, ErrorKind::ContextOverflow);
-        let err = apply_policy(
-            &ContextPolicy::KeepLastNTurns { max_turns: 0 },
-            &conversation(),
-            1000,
-            10,
-            &mut count(&mut calls),
-        )
-        .unwrap_err();
-        assert!(err.message.contains("max_turns"));
+        assert!(
+            err.message
+                .contains("more than the sliding window's window_tokens 10")
+                && err.message.contains("raise window_tokens to at least 20")
+                && !err.message.contains("context_policy"),
+            "{}",
+            err.message
+        );
+        let err = ContextPolicy::SlidingWindow { max_tokens: 0 }
+            .validate()
+            .unwrap_err();
+        assert!(err.message.contains("window_tokens"));
+        assert_eq!(
+            serde_json::from_str::<ContextPolicy>(r#"{"type":"sliding_window","window_tokens":7}"#)
+                .unwrap(),
+            ContextPolicy::SlidingWindow { max_tokens: 7 }
+        );
     }
 }

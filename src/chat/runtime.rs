@@ -8,12 +8,12 @@ use std::time::Instant;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::message::Message;
-use super::session::{ChatEvents, Session};
+use super::session::{ChatEvents, HostReply, Session};
 use super::types::{
     ChatOptions, ChatRequest, EXPORT_FORMAT, EXPORT_VERSION, ExportEnvelope, render_json,
     response_json,
 };
-use crate::engine::{Engine, GenerationEvents, Usage};
+use crate::engine::{Engine, Eviction, GenerationEvents, Usage};
 use crate::error::{Error, ErrorKind, Result};
 
 /// A conversation on one engine: its options, its history and its own KV cache.
@@ -25,6 +25,44 @@ pub struct Chat {
     session: Mutex<Session>,
     /// Set by `cancel` from any thread; polled by the running send between forward passes.
     cancel: AtomicBool,
+    /// Set when a send panicked: its state may be inconsistent, so sends fail until `reset`.
+    broken: AtomicBool,
+}
+
+/// Marks the chat broken when dropped during a panic (which the C boundary then reports).
+struct BrokenOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for BrokenOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Release);
+        }
+        crate::model::debug::set_injected_panic(false);
+    }
+}
+
+/// A response id unique in this process and, by its random part, across processes and
+/// restarts: "chatcmpl-" + 16 hex digits drawn once per process + a per-process counter.
+/// Never derived from the session id or the turn number, which an import or a second chat
+/// with the same session_id repeats.
+fn response_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static PROCESS_RANDOM: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let random = *PROCESS_RANDOM.get_or_init(|| {
+        // RandomState is seeded from the operating system's random source.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        hasher.write_u128(now);
+        hasher.finish()
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("chatcmpl-{random:016x}{n:06x}")
 }
 
 fn busy() -> Error {
@@ -71,6 +109,22 @@ impl ChatEvents for CancellableEvents<'_> {
     fn on_request_complete(&mut self, usage: &Usage) {
         self.host.on_request_complete(usage);
     }
+    fn on_kv_eviction(&mut self, eviction: &Eviction) {
+        self.host.on_kv_eviction(eviction);
+    }
+    fn on_kv_budget_exceeded(&mut self, requested_bytes: usize, budget_bytes: usize) {
+        self.host
+            .on_kv_budget_exceeded(requested_bytes, budget_bytes);
+    }
+    fn execute_tool(&mut self, call_json: &str) -> Option<Result<HostReply>> {
+        self.host.execute_tool(call_json)
+    }
+    fn on_tool_call(&mut self, name: &str, elapsed_ms: f64) {
+        self.host.on_tool_call(name, elapsed_ms);
+    }
+    fn retrieve(&mut self, query: &str) -> Option<Result<HostReply>> {
+        self.host.retrieve(query)
+    }
 }
 
 impl Chat {
@@ -80,12 +134,21 @@ impl Chat {
     }
 
     /// Restores a chat from [`Chat::export_json`]'s envelope; the KV cache is rebuilt by the
-    /// first send.
+    /// first send. (`store::import` also restores a KV snapshot the envelope carries.)
     pub fn import(engine: Arc<Engine>, json: &str) -> Result<Self> {
-        let envelope = ExportEnvelope::parse(json)?;
+        Self::from_envelope(engine, ExportEnvelope::parse(json)?, ChatOptions::default())
+    }
+
+    /// A chat with the envelope's options (each field `overrides` sets replaces the saved
+    /// one) and history, and an empty KV cache.
+    pub fn from_envelope(
+        engine: Arc<Engine>,
+        envelope: ExportEnvelope,
+        overrides: ChatOptions,
+    ) -> Result<Self> {
         let mut options = envelope.options;
         options.session_id = Some(envelope.session_id);
-        Self::with_history(engine, options, envelope.history)
+        Self::with_history(engine, options.overridden_by(overrides), envelope.history)
     }
 
     fn with_history(
@@ -103,6 +166,7 @@ impl Chat {
             session_id,
             session: Mutex::new(session),
             cancel: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
         })
     }
 
@@ -125,6 +189,17 @@ impl Chat {
         events: &mut dyn ChatEvents,
     ) -> Result<(String, Usage)> {
         let mut session = self.lock()?;
+        if self.broken.load(Ordering::Acquire) {
+            return Err(Error::internal(
+                "an earlier send on this chat failed with an internal error and may have left its state inconsistent; call smallmind_chat_reset before sending again",
+            ));
+        }
+        let _broken_on_panic = BrokenOnPanic(&self.broken);
+        if std::env::var_os("SMALLMIND_DEBUG_INJECT_PANIC")
+            .is_some_and(|id| id.as_encoded_bytes() == self.session_id.as_bytes())
+        {
+            crate::model::debug::set_injected_panic(true);
+        }
         // A cancel that arrives before this point was meant for an earlier send.
         self.cancel.store(false, Ordering::Release);
         let turn = ChatRequest::parse(request_json)?.into_turn(
@@ -143,7 +218,7 @@ impl Chat {
             &output,
             self.model_name(),
             &self.session_id,
-            session.turns(),
+            &response_id(),
             seed,
             wants_logprobs.then_some(&*self.engine),
         )?;
@@ -168,9 +243,10 @@ impl Chat {
         self.cancel.store(true, Ordering::Release);
     }
 
-    /// Forgets the history and the KV cache.
+    /// Forgets the history and the KV cache, and clears the broken mark a panic left.
     pub fn reset(&self) -> Result<()> {
         self.lock()?.reset();
+        self.broken.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -184,22 +260,68 @@ impl Chat {
 
     /// The versioned envelope {"format", "version", "session_id", "options", "history"}.
     pub fn export_json(&self) -> Result<String> {
+        crate::api::to_json(&self.envelope()?)
+    }
+
+    /// The envelope without a KV snapshot. BUSY while a send runs.
+    pub fn envelope(&self) -> Result<ExportEnvelope> {
         let session = self.lock()?;
         let mut options = self.options.clone();
         options.session_id = Some(self.session_id.clone());
-        crate::api::to_json(&ExportEnvelope {
+        Ok(ExportEnvelope {
             format: EXPORT_FORMAT.to_string(),
             version: EXPORT_VERSION,
             session_id: self.session_id.clone(),
             options,
             history: session.history().to_vec(),
+            kv_snapshot: None,
         })
+    }
+
+    /// The envelope and `f` applied to the KV cache, both taken under one lock so they
+    /// describe the same moment. BUSY while a send runs.
+    pub fn envelope_with_cache<R>(
+        &self,
+        f: impl FnOnce(&crate::model::KvCache) -> R,
+    ) -> Result<(ExportEnvelope, R)> {
+        let session = self.lock()?;
+        let mut options = self.options.clone();
+        options.session_id = Some(self.session_id.clone());
+        let envelope = ExportEnvelope {
+            format: EXPORT_FORMAT.to_string(),
+            version: EXPORT_VERSION,
+            session_id: self.session_id.clone(),
+            options,
+            history: session.history().to_vec(),
+            kv_snapshot: None,
+        };
+        Ok((envelope, session.with_cache(f)))
+    }
+
+    /// Positions this chat's KV cache may hold.
+    pub fn max_kv_positions(&self) -> Result<usize> {
+        Ok(self.lock()?.max_kv_positions())
+    }
+
+    /// Installs a restored KV cache (see `Session::restore_cache`).
+    pub fn restore_cache(&self, cache: crate::model::KvCache) -> Result<()> {
+        self.lock()?
+            .restore_cache(cache, &mut crate::engine::NoEvents)
+    }
+
+    /// A warning the next send's response reports.
+    pub fn add_warning(&self, warning: String) -> Result<()> {
+        self.lock()?.add_warning(warning);
+        Ok(())
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     fn model_name(&self) -> &str {
         self.engine
-            .model
-            .file
+            .file()
             .get_str("general.name")
             .unwrap_or("model")
     }

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 
 use super::message::{Message, Role};
-use super::policy::{ContextPolicy, apply_policy};
+use super::policy::{ContextLimits, ContextPolicy, apply_policy};
 use super::structured;
 use super::template::{BuiltinFormat, ChatTemplate, TemplateContext};
+use parking_lot::Mutex;
+
 use crate::api::{RequestOptions, ResponseFormat};
 use crate::engine::{
-    Engine, FinishReason, GenerationEvents, GenerationRequest, TokenLogprob, Usage,
+    CacheSlot, Engine, Eviction, FinishReason, GenerationEvents, GenerationRequest, TokenLogprob,
+    Usage, check_fits,
 };
 use crate::error::{Error, Result};
 use crate::model::KvCache;
@@ -31,6 +34,31 @@ pub trait ChatEvents: GenerationEvents {
     }
     /// The turn finished (also when cancelled) with these measured figures.
     fn on_request_complete(&mut self, _usage: &Usage) {}
+    /// To make room for this turn, another idle chat's KV cache was released (its next
+    /// turn recomputes its prompt).
+    fn on_kv_eviction(&mut self, _eviction: &Eviction) {}
+    /// This turn needs `requested_bytes` of KV cache and nothing more can be evicted under
+    /// the engine's `budget_bytes`; the send fails with BUDGET_EXCEEDED.
+    fn on_kv_budget_exceeded(&mut self, _requested_bytes: usize, _budget_bytes: usize) {}
+    /// Runs a tool call, `call_json` = {"id", "name", "arguments"}; `None` when the host runs
+    /// no tools itself (the turn then ends with the calls for the host).
+    fn execute_tool(&mut self, _call_json: &str) -> Option<Result<HostReply>> {
+        None
+    }
+    /// A call run through `execute_tool` took `elapsed_ms`.
+    fn on_tool_call(&mut self, _name: &str, _elapsed_ms: f64) {}
+    /// Retrieved chunks for `query` as a JSON array; `None` when the host has no retriever.
+    fn retrieve(&mut self, _query: &str) -> Option<Result<HostReply>> {
+        None
+    }
+}
+
+/// What a host callback that supplies data answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostReply {
+    Content(String),
+    /// The host asked to cancel the send.
+    Cancel,
 }
 
 /// A host that listens to nothing.
@@ -40,8 +68,12 @@ impl ChatEvents for crate::engine::NoEvents {}
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub session_id: String,
-    /// Prepended as a system message when the conversation has none.
+    /// Rendered as the first message when the conversation has no system message; never
+    /// part of the history.
     pub system_prompt: Option<String>,
+    /// Tokenize message content with special tokens parsed, as the template's markup is
+    /// (default false: content is plain text, so it cannot open turns of its own).
+    pub parse_special_in_content: bool,
     pub context_policy: ContextPolicy,
     /// Reuse the KV cache across turns (default true).
     pub kv_cache: bool,
@@ -95,6 +127,8 @@ pub struct PreparedPrompt {
     pub text: String,
     pub token_ids: Vec<u32>,
     pub context: ContextReport,
+    /// What the host should know about how the prompt was made.
+    pub warnings: Vec<String>,
 }
 
 /// One turn's result.
@@ -106,30 +140,77 @@ pub struct TurnOutput {
     pub context: ContextReport,
     pub token_ids: Vec<u32>,
     pub logprobs: Vec<TokenLogprob>,
-    /// What the response should tell the host (a reply cut short under a response_format).
+    /// Things the host should know about this turn (e.g. a restored KV snapshot that was
+    /// dropped), also reported in the response's "warnings".
     pub warnings: Vec<String>,
 }
 
 pub struct Session {
     engine: Arc<Engine>,
     template: ChatTemplate,
+    /// The built-in format in use when the file has no template.
+    builtin: Option<BuiltinFormat>,
+    /// Special tokens that message content never produces, even user-defined ones: those
+    /// the template's markup uses (other than whitespace), BOS and the end-of-generation
+    /// tokens (sorted). Control tokens never come from content anyway.
+    markup_tokens: Vec<u32>,
     config: SessionConfig,
     history: Vec<Message>,
-    cache: KvCache,
+    /// Locked by this session for a whole turn; the engine's KV budget may release it
+    /// (try_lock) while the session is idle.
+    cache: CacheSlot,
+    /// This session's registration with the engine's KV budget.
+    budget_id: u64,
+    /// Positions the cache may hold (`max_kv_tokens`, or the engine's context).
+    max_positions: usize,
     turns: u64,
+    /// Reported with the next turn.
+    pending_warnings: Vec<String>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.engine.kv_budget().unregister(self.budget_id);
+    }
 }
 
 impl Session {
     /// A new, empty session. The template is the model's own (`tokenizer.chat_template`) or,
-    /// when the file has none, ChatML.
+    /// when the file has none, a built-in format (`BuiltinFormat::for_model`).
     pub fn new(engine: Arc<Engine>, config: SessionConfig) -> Result<Self> {
-        let template = match engine.model.file.get_str("tokenizer.chat_template") {
-            Some(source) => ChatTemplate::new(source)?,
+        let tokenizer = &engine.tokenizer;
+        let (template, builtin, source) = match engine.file().get_str("tokenizer.chat_template") {
+            Some(source) => (ChatTemplate::new(source)?, None, source.to_string()),
             None => {
-                ChatTemplate::builtin(BuiltinFormat::for_architecture(engine.model.hparams.arch))
+                let format = engine.architecture().map_or(BuiltinFormat::ChatMl, |arch| {
+                    BuiltinFormat::for_model(arch, &|text| tokenizer.token_id(text).is_some())
+                });
+                (
+                    ChatTemplate::builtin(format),
+                    Some(format),
+                    format.source().to_string(),
+                )
             }
         };
+        let mut markup_tokens: Vec<u32> = tokenizer
+            .special_ids()
+            .into_iter()
+            .filter(|&id| {
+                tokenizer.bos_id() == Some(id)
+                    || tokenizer.is_end_of_generation(id)
+                    || tokenizer.token_text(id).is_some_and(|text| {
+                        // Whitespace runs (Gemma's user-defined "\n\n", ...) are text.
+                        !text.trim().is_empty() && source.contains(text)
+                    })
+            })
+            .collect();
+        markup_tokens.sort_unstable();
         let context_length = engine.context_length();
+        if context_length == 0 {
+            return Err(Error::invalid_argument(
+                "the model file gives no context length; set the engine's context_length",
+            ));
+        }
         let max_positions = match config.max_kv_tokens {
             None => context_length,
             Some(n) if n > context_length => {
@@ -139,14 +220,20 @@ impl Session {
             }
             Some(n) => n,
         };
-        let cache = engine.model.new_cache(engine.kv_type(), max_positions);
+        let cache: CacheSlot = Arc::new(Mutex::new(engine.new_cache_of(max_positions)));
+        let budget_id = engine.kv_budget().register(&config.session_id, &cache);
         Ok(Self {
             engine,
             template,
+            builtin,
+            markup_tokens,
             config,
             history: Vec::new(),
             cache,
+            budget_id,
+            max_positions,
             turns: 0,
+            pending_warnings: Vec::new(),
         })
     }
 
@@ -161,27 +248,65 @@ impl Session {
     /// Replaces the history (import); the cache is rebuilt on the next turn.
     pub fn set_history(&mut self, history: Vec<Message>) {
         self.history = history;
-        self.cache.clear();
+        self.cache.lock().clear();
+    }
+
+    /// Installs a restored KV cache (a snapshot that matches this engine and session: the
+    /// caller checked its model, type and limits). It counts against the engine's budget
+    /// like any other; when it does not fit the error says why and the cache stays empty.
+    pub fn restore_cache(&mut self, restored: KvCache, events: &mut dyn ChatEvents) -> Result<()> {
+        let mut cache = self.cache.lock();
+        let budget = self.engine.kv_budget();
+        match budget.reserve(self.budget_id, restored.bytes()) {
+            Ok(evictions) => evictions.iter().for_each(|e| events.on_kv_eviction(e)),
+            Err(e) => {
+                events.on_kv_budget_exceeded(e.requested_bytes, e.budget_bytes);
+                budget.settle(self.budget_id, &cache);
+                return Err(e.error);
+            }
+        }
+        *cache = restored;
+        budget.settle(self.budget_id, &cache);
+        Ok(())
+    }
+
+    /// Runs `f` on the KV cache (export).
+    pub fn with_cache<R>(&self, f: impl FnOnce(&KvCache) -> R) -> R {
+        f(&self.cache.lock())
+    }
+
+    /// A warning reported with the next turn's response.
+    pub fn add_warning(&mut self, warning: String) {
+        self.pending_warnings.push(warning);
     }
 
     /// Forgets the conversation and the cache.
     pub fn reset(&mut self) {
         self.history.clear();
-        self.cache.release();
+        let mut cache = self.cache.lock();
+        cache.release();
+        self.engine.kv_budget().settle(self.budget_id, &cache);
     }
 
     /// Bytes held by this session's KV cache.
     pub fn kv_bytes(&self) -> usize {
-        self.cache.bytes()
+        self.cache.lock().bytes()
+    }
+
+    /// Positions this session's cache may hold (`max_kv_tokens`, or the engine's context).
+    pub fn max_kv_positions(&self) -> usize {
+        self.max_positions
     }
 
     fn context_length(&self) -> usize {
-        self.cache.max_positions()
+        self.max_kv_positions()
     }
 
-    /// Renders `messages` with the template and tokenizes the result, special tokens parsed.
-    /// Returns the prompt as text (with the BOS when one was added) and as token ids.
-    fn render_prompt(&self, messages: &[Message]) -> Result<(String, Vec<u32>)> {
+    /// Renders `messages` with the template and tokenizes the result: the template's markup
+    /// with special tokens parsed, message content as plain text (unless the option
+    /// `parse_special_in_content` is set). Returns the prompt as text (with the BOS when one
+    /// was added), as token ids, and warnings.
+    fn render_prompt(&self, messages: &[Message]) -> Result<(String, Vec<u32>, Vec<String>)> {
         let tokenizer = &self.engine.tokenizer;
         let bos = tokenizer
             .bos_id()
@@ -191,28 +316,57 @@ impl Session {
             .eos_id()
             .and_then(|id| tokenizer.token_text(id))
             .unwrap_or("");
-        let mut text = self.template.render(&TemplateContext {
+        let ctx = TemplateContext {
             messages,
             tools: None,
             add_generation_prompt: true,
             bos_token: bos,
             eos_token: eos,
-        })?;
-        let mut ids = tokenizer.encode(&text, false, true);
+        };
+        let mut warnings = Vec::new();
+        let (mut text, mut ids) = if self.config.parse_special_in_content {
+            let text = self.template.render(&ctx)?;
+            let ids = tokenizer.encode(&text, false, true);
+            (text, ids)
+        } else {
+            let rendered = self.template.render_with_content_spans(&ctx)?;
+            let ids = match &rendered.content_spans {
+                Some(spans) => {
+                    tokenizer.encode_with_plain_ranges(&rendered.text, spans, &self.markup_tokens)
+                }
+                None => {
+                    warnings.push(
+                        "the chat template changes message content in a way smallmind cannot trace, so special-token text in the content was parsed as special tokens".to_string(),
+                    );
+                    tokenizer.encode(&rendered.text, false, true)
+                }
+            };
+            (rendered.text, ids)
+        };
         // Templates that write the BOS themselves must not get a second one.
         let add_bos = tokenizer.add_bos() && (bos.is_empty() || !text.starts_with(bos));
         if add_bos && let Some(bos_id) = tokenizer.bos_id() {
             ids.insert(0, bos_id);
             text.insert_str(0, bos);
         }
-        Ok((text, ids))
+        if self.builtin == Some(BuiltinFormat::Gemma)
+            && messages.first().is_some_and(|m| m.role == Role::System)
+        {
+            warnings.push(if messages.iter().any(|m| m.role == Role::User) {
+                "Gemma's format has no system role: the system message was put at the start of the first user turn, as Gemma's own template does".to_string()
+            } else {
+                "Gemma's format has no system role: the system message was rendered as a user turn, since the conversation has none".to_string()
+            });
+        }
+        Ok((text, ids, warnings))
     }
 
     /// Builds the prompt `turn` would give the model: the conversation (history and the new
-    /// messages, or the new messages alone with history "replace"), the system prompt when the
-    /// conversation has none, and the context policy applied. Changes nothing.
+    /// messages, or the new messages alone with history "replace"), the system prompt option
+    /// rendered first when the conversation has no system message (it is not part of the
+    /// conversation), and the context policy applied. Changes nothing.
     pub fn prepare(&self, turn: &Turn) -> Result<PreparedPrompt> {
-        let mut conversation = match turn.history {
+        let conversation = match turn.history {
             HistoryMode::Append => {
                 let mut all = self.history.clone();
                 all.extend(turn.messages.iter().cloned());
@@ -220,10 +374,11 @@ impl Session {
             }
             HistoryMode::Replace => turn.messages.clone(),
         };
+        let mut rendered = conversation.clone();
         if let Some(system) = &self.config.system_prompt
-            && !conversation.iter().any(|m| m.role == Role::System)
+            && !rendered.iter().any(|m| m.role == Role::System)
         {
-            conversation.insert(0, Message::new(Role::System, system.clone()));
+            rendered.insert(0, Message::new(Role::System, system.clone()));
         }
         let policy = turn
             .context_policy
@@ -231,20 +386,22 @@ impl Session {
             .unwrap_or_else(|| self.config.context_policy.clone());
         let outcome = {
             let mut count = |indices: &[usize]| -> Result<u32> {
-                let subset: Vec<Message> =
-                    indices.iter().map(|&i| conversation[i].clone()).collect();
+                let subset: Vec<Message> = indices.iter().map(|&i| rendered[i].clone()).collect();
                 Ok(u32::try_from(self.render_prompt(&subset)?.1.len()).unwrap_or(u32::MAX))
             };
-            let context_length = u32::try_from(self.context_length()).unwrap_or(u32::MAX);
-            let reserve = u32::try_from(turn.max_tokens).unwrap_or(u32::MAX);
-            apply_policy(&policy, &conversation, context_length, reserve, &mut count)?
+            let limits = ContextLimits {
+                context: u32::try_from(self.context_length()).unwrap_or(u32::MAX),
+                context_option: if self.config.max_kv_tokens.is_some() {
+                    "max_kv_tokens"
+                } else {
+                    "context_length"
+                },
+                reserve: u32::try_from(turn.max_tokens).unwrap_or(u32::MAX),
+            };
+            apply_policy(&policy, &rendered, limits, &mut count)?
         };
-        let kept: Vec<Message> = outcome
-            .kept
-            .iter()
-            .map(|&i| conversation[i].clone())
-            .collect();
-        let (text, token_ids) = self.render_prompt(&kept)?;
+        let kept: Vec<Message> = outcome.kept.iter().map(|&i| rendered[i].clone()).collect();
+        let (text, token_ids, warnings) = self.render_prompt(&kept)?;
         let context = ContextReport {
             policy: policy.name(),
             tokens_before: outcome.tokens_before as usize,
@@ -256,6 +413,7 @@ impl Session {
             text,
             token_ids,
             context,
+            warnings,
         })
     }
 
@@ -267,15 +425,31 @@ impl Session {
     /// on_first_token (unless cancelled before it), on_text for every piece,
     /// on_request_complete. A request that overflows the context hears nothing.
     pub fn send(&mut self, turn: Turn, events: &mut dyn ChatEvents) -> Result<TurnOutput> {
+        self.engine.model()?;
         let PreparedPrompt {
             mut conversation,
             token_ids,
             context,
+            warnings,
             ..
         } = self.prepare(&turn)?;
+        let slot = Arc::clone(&self.cache);
+        let mut cache = slot.lock();
+        // Make room in the engine's KV budget for the most this turn can hold.
+        check_fits(token_ids.len(), turn.max_tokens, cache.max_positions())?;
+        let budget = self.engine.kv_budget();
+        let needed = cache.bytes_for(token_ids.len() + turn.max_tokens);
+        match budget.reserve(self.budget_id, needed) {
+            Ok(evictions) => evictions.iter().for_each(|e| events.on_kv_eviction(e)),
+            Err(e) => {
+                events.on_kv_budget_exceeded(e.requested_bytes, e.budget_bytes);
+                budget.settle(self.budget_id, &cache);
+                return Err(e.error);
+            }
+        }
         events.on_request_start(turn.messages.len());
         if !self.config.kv_cache {
-            self.cache.clear();
+            cache.clear();
         }
         let request = GenerationRequest {
             prompt: token_ids,
@@ -295,13 +469,16 @@ impl Session {
             announced: false,
         };
         let output = self.engine.generate(
-            &mut self.cache,
+            &mut cache,
             &request,
             constraint.as_deref_mut(),
             &mut ordered,
-        )?;
+        );
+        budget.settle(self.budget_id, &cache);
+        drop(cache);
+        let output = output?;
         self.turns += 1;
-        let warnings =
+        let format_warnings =
             structured::check_reply(&turn.response_format, &output.text, output.finish_reason)?;
 
         let reply = Message::new(Role::Assistant, output.text.clone());
@@ -317,7 +494,12 @@ impl Session {
             context,
             token_ids: output.token_ids,
             logprobs: output.logprobs,
-            warnings,
+            warnings: {
+                let mut all = std::mem::take(&mut self.pending_warnings);
+                all.extend(warnings);
+                all.extend(format_warnings);
+                all
+            },
         })
     }
 

@@ -238,14 +238,14 @@ fn constraint_from(
 /// else: small models decoding a number greedily go on with digits forever
 /// ("10.50000100001…", Gemma 3 270M at temperature 0). Where only digits are allowed (a
 /// pattern such as `[0-9]{16}`) they are still generated.
-pub const MAX_DIGIT_RUN: usize = 12;
+pub(crate) const MAX_DIGIT_RUN: usize = 12;
 
 /// The most times one token may follow itself in a constrained reply. Small models decoding
 /// greedily inside a JSON value fall into runs of one token ("10.5000000…", "!!!!…") that
 /// only max_tokens ends; past this many the repeated token is forbidden, whenever the grammar
 /// allows something else, and the value moves on. Measured on the twenty schemas of
 /// tests/structured.rs: without it Gemma 3 270M at temperature 0 never closes a number.
-pub const MAX_TOKEN_RUN: usize = 4;
+pub(crate) const MAX_TOKEN_RUN: usize = 4;
 
 /// An llguidance matcher behind the generation loop's constraint seam.
 struct LlgConstraint {

@@ -3,6 +3,7 @@
 //! files that have none.
 
 use std::fmt;
+use std::ops::Range;
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, Serde};
@@ -14,12 +15,24 @@ use crate::error::{Error, ErrorKind};
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Work one render may do, in minijinja fuel (about one instruction, or 64 bytes of data
+/// created): a hostile template can neither hang the caller nor exhaust its memory. A
+/// thousand-message conversation through a real template takes well under 1% of it.
+pub const MAX_TEMPLATE_FUEL: u64 = 4_000_000;
+/// Nesting of macro calls, includes and recursive loops in one render, kept low enough that
+/// the deepest stays within a small thread stack.
+pub const MAX_TEMPLATE_RECURSION: usize = 64;
+/// Size of a rendered prompt (16 MiB: more text than any model's context can hold).
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum TemplateError {
     /// The template does not compile.
     Syntax(String),
     /// Rendering failed, e.g. the template raised an exception about the messages.
     Render(String),
+    /// Rendering did more work, nested deeper or wrote more than the limits allow.
+    Limit(String),
 }
 
 impl fmt::Display for TemplateError {
@@ -27,6 +40,7 @@ impl fmt::Display for TemplateError {
         match self {
             Self::Syntax(m) => write!(f, "the model's chat template does not compile: {m}"),
             Self::Render(m) => write!(f, "the chat template rejected the conversation: {m}"),
+            Self::Limit(m) => write!(f, "the chat template was stopped: {m}"),
         }
     }
 }
@@ -37,7 +51,7 @@ impl From<TemplateError> for Error {
     fn from(e: TemplateError) -> Self {
         let kind = match e {
             TemplateError::Syntax(_) => ErrorKind::UnsupportedModel,
-            TemplateError::Render(_) => ErrorKind::InvalidArgument,
+            TemplateError::Render(_) | TemplateError::Limit(_) => ErrorKind::InvalidArgument,
         };
         Error::new(kind, e.to_string())
     }
@@ -65,7 +79,8 @@ pub enum BuiltinFormat {
 }
 
 impl BuiltinFormat {
-    fn source(self) -> &'static str {
+    /// The format's Jinja source.
+    pub fn source(self) -> &'static str {
         match self {
             Self::ChatMl => {
                 "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -73,9 +88,26 @@ impl BuiltinFormat {
             Self::Llama3 => {
                 "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
             }
+            // Gemma has no system role: a leading system message goes at the start of the
+            // first user turn, as Gemma's own template does; with no user turn it becomes one.
             Self::Gemma => {
-                "{{ bos_token }}{% set first_user_prefix = '' %}{% if messages and messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+                "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% set ns = namespace(prefix=first_user_prefix) %}{% for message in loop_messages %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (ns.prefix if role == 'user' else '') + message['content'] | trim + '<end_of_turn>\n' }}{% if role == 'user' %}{% set ns.prefix = '' %}{% endif %}{% endfor %}{% if ns.prefix %}{{ '<start_of_turn>user\n' + ns.prefix | trim + '<end_of_turn>\n' }}{% endif %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
             }
+        }
+    }
+
+    /// The format for a file without a template: Llama 3's when a `llama` file has Llama 3's
+    /// header tokens, otherwise the family's (`for_architecture`).
+    pub fn for_model(arch: crate::model::Architecture, has_token: &dyn Fn(&str) -> bool) -> Self {
+        match Self::for_architecture(arch) {
+            Self::ChatMl
+                if arch == crate::model::Architecture::Llama
+                    && has_token("<|start_header_id|>")
+                    && has_token("<|eot_id|>") =>
+            {
+                Self::Llama3
+            }
+            format => format,
         }
     }
 
@@ -251,7 +283,10 @@ impl ChatTemplate {
             .build()
             .map_err(|e| TemplateError::Syntax(describe(&e)))?;
         env.set_syntax(syntax);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(MAX_TEMPLATE_FUEL));
+        env.set_recursion_limit(MAX_TEMPLATE_RECURSION);
+        env.set_unknown_method_callback(content_aware_methods);
+        env.add_filter("trim", content_aware_trim);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
@@ -277,10 +312,260 @@ impl ChatTemplate {
             bos_token => ctx.bos_token,
             eos_token => ctx.eos_token,
         };
-        template
-            .render(context)
-            .map_err(|e| TemplateError::Render(describe(&e)))
+        let mut out = CappedWriter::default();
+        match template.render_captured_to(context, &mut out) {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| TemplateError::Render("the output is not valid UTF-8".into())),
+            Err(_) if out.full => Err(TemplateError::Limit(format!(
+                "the rendered prompt would exceed {MAX_RENDERED_BYTES} bytes"
+            ))),
+            Err(e) if e.kind() == JinjaErrorKind::OutOfFuel => Err(TemplateError::Limit(format!(
+                "rendering needed more than the {MAX_TEMPLATE_FUEL} steps a render may take (a runaway loop?)"
+            ))),
+            Err(e)
+                if e.kind() == JinjaErrorKind::InvalidOperation
+                    && e.to_string().contains("recursion") =>
+            {
+                Err(TemplateError::Limit(format!(
+                    "templates nest at most {MAX_TEMPLATE_RECURSION} levels deep: {}",
+                    describe(&e)
+                )))
+            }
+            Err(e) => Err(TemplateError::Render(describe(&e))),
+        }
     }
+
+    /// Renders like [`ChatTemplate::render`] and also says which bytes of the text came from
+    /// message content, so that only the template's own markup becomes special tokens.
+    /// Each non-empty content is rendered once more between two marker characters; the
+    /// markers' positions are the content spans, trusted only when the text without them is
+    /// exactly the ordinary render. Otherwise (a template that transforms content in a way
+    /// the markers do not survive) `content_spans` is `None`.
+    pub fn render_with_content_spans(
+        &self,
+        ctx: &TemplateContext<'_>,
+    ) -> Result<RenderedPrompt, TemplateError> {
+        let text = self.render(ctx)?;
+        if let Some(m) = ctx
+            .messages
+            .iter()
+            .find(|m| m.content.contains([CONTENT_OPEN, CONTENT_CLOSE]))
+        {
+            return Err(TemplateError::Render(format!(
+                "a {} message contains U+{:X} or U+{:X}, private-use characters smallmind reserves to mark message content; remove them (or set the chat option parse_special_in_content)",
+                m.role.as_str(),
+                CONTENT_OPEN as u32,
+                CONTENT_CLOSE as u32
+            )));
+        }
+        let marked_messages: Vec<Message> = ctx
+            .messages
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if !m.content.is_empty() {
+                    m.content = format!("{CONTENT_OPEN}{}{CONTENT_CLOSE}", m.content);
+                }
+                m
+            })
+            .collect();
+        let marked = self.render(&TemplateContext {
+            messages: &marked_messages,
+            ..*ctx
+        })?;
+        let content_spans = content_spans(&marked).filter(|(plain, _)| *plain == text);
+        Ok(RenderedPrompt {
+            text,
+            content_spans: content_spans.map(|(_, spans)| spans),
+        })
+    }
+}
+
+/// Collects the rendered text, refusing to grow past `MAX_RENDERED_BYTES`.
+#[derive(Default)]
+struct CappedWriter {
+    bytes: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.full = true;
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A rendered prompt and where message content sits in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedPrompt {
+    pub text: String,
+    /// Byte ranges of `text` that came from message content, in order; `None` when they
+    /// could not be told apart from the template's markup.
+    pub content_spans: Option<Vec<Range<usize>>>,
+}
+
+/// Private-use characters (plane 15) around each message content while the spans render.
+const CONTENT_OPEN: char = '\u{F0000}';
+const CONTENT_CLOSE: char = '\u{F0001}';
+
+fn is_marker(c: char) -> bool {
+    c == CONTENT_OPEN || c == CONTENT_CLOSE
+}
+
+/// The text without markers and the spans between them; `None` when they do not pair up.
+fn content_spans(marked: &str) -> Option<(String, Vec<Range<usize>>)> {
+    let mut text = String::with_capacity(marked.len());
+    let mut spans = Vec::new();
+    let mut open: Option<usize> = None;
+    for c in marked.chars() {
+        match c {
+            CONTENT_OPEN if open.is_none() => open = Some(text.len()),
+            CONTENT_CLOSE => {
+                let start = open.take()?;
+                if start < text.len() {
+                    spans.push(start..text.len());
+                }
+            }
+            CONTENT_OPEN => return None,
+            c => text.push(c),
+        }
+    }
+    open.is_none().then_some((text, spans))
+}
+
+/// Strips characters matching `strip` from the start and/or end of `s`, looking through
+/// content markers (kept in place), so that `trim` on marked content gives what it gives on
+/// the content itself.
+fn strip_through_markers(s: &str, start: bool, end: bool, strip: &dyn Fn(char) -> bool) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    let (mut lo, mut hi) = (0, chars.len());
+    let mut head = String::new();
+    let mut tail = Vec::new();
+    if start {
+        while lo < hi && (strip(chars[lo]) || is_marker(chars[lo])) {
+            if is_marker(chars[lo]) {
+                head.push(chars[lo]);
+            }
+            lo += 1;
+        }
+    }
+    if end {
+        while hi > lo && (strip(chars[hi - 1]) || is_marker(chars[hi - 1])) {
+            if is_marker(chars[hi - 1]) {
+                tail.push(chars[hi - 1]);
+            }
+            hi -= 1;
+        }
+    }
+    let mut out = head;
+    out.extend(&chars[lo..hi]);
+    out.extend(tail.iter().rev());
+    out
+}
+
+fn stripper(chars: Option<String>) -> Box<dyn Fn(char) -> bool> {
+    match chars {
+        None => Box::new(char::is_whitespace),
+        Some(set) => Box::new(move |c| set.contains(c)),
+    }
+}
+
+/// The `trim` filter, looking through content markers.
+fn content_aware_trim(value: String, chars: Option<String>) -> String {
+    strip_through_markers(&value, true, true, &*stripper(chars))
+}
+
+/// Python's string methods (minijinja-contrib's pycompat), with `strip`/`lstrip`/`rstrip`
+/// looking through content markers and tests (`startswith`, `find`, ...) seeing the content
+/// without them.
+fn content_aware_methods(
+    state: &mut minijinja::State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, JinjaError> {
+    let Some(s) = value.as_str().filter(|s| s.contains(is_marker)) else {
+        return minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args);
+    };
+    // One whole content: the method runs on the content, and strings it makes from it
+    // (split parts, a stripped or replaced copy) are still content.
+    if let Some(inner) = s
+        .strip_prefix(CONTENT_OPEN)
+        .and_then(|rest| rest.strip_suffix(CONTENT_CLOSE))
+        .filter(|inner| !inner.contains(is_marker))
+    {
+        let wrap = |v: Value| match v.as_str() {
+            Some(text) if !text.is_empty() => {
+                Value::from(format!("{CONTENT_OPEN}{text}{CONTENT_CLOSE}"))
+            }
+            _ => v,
+        };
+        let out = minijinja_contrib::pycompat::unknown_method_callback(
+            state,
+            &Value::from(inner),
+            method,
+            args,
+        )?;
+        return Ok(match out.kind() {
+            minijinja::value::ValueKind::String => wrap(out),
+            minijinja::value::ValueKind::Seq => match out.try_iter() {
+                Ok(items) => Value::from(items.map(wrap).collect::<Vec<_>>()),
+                Err(_) => out,
+            },
+            _ => out,
+        });
+    }
+    let (start, end) = match method {
+        "strip" => (true, true),
+        "lstrip" => (true, false),
+        "rstrip" => (false, true),
+        "startswith" | "endswith" | "find" | "rfind" | "count" | "index" | "isdigit"
+        | "isalpha" | "isalnum" | "isspace" | "islower" | "isupper" => {
+            let clean = Value::from(s.replace(is_marker, ""));
+            return minijinja_contrib::pycompat::unknown_method_callback(
+                state, &clean, method, args,
+            );
+        }
+        _ => {
+            return minijinja_contrib::pycompat::unknown_method_callback(
+                state, value, method, args,
+            );
+        }
+    };
+    let chars = match args {
+        [] => None,
+        [c] if c.is_none() => None,
+        [c] => Some(
+            c.as_str()
+                .ok_or_else(|| {
+                    JinjaError::new(
+                        JinjaErrorKind::InvalidOperation,
+                        format!("{method}() takes a string"),
+                    )
+                })?
+                .to_string(),
+        ),
+        _ => {
+            return Err(JinjaError::new(
+                JinjaErrorKind::TooManyArguments,
+                format!("{method}() takes at most one argument"),
+            ));
+        }
+    };
+    Ok(Value::from(strip_through_markers(
+        s,
+        start,
+        end,
+        &*stripper(chars),
+    )))
 }
 
 #[cfg(test)]
@@ -341,9 +626,93 @@ mod tests {
     }
 
     #[test]
+    fn content_spans_survive_trim_and_strip_and_are_dropped_when_content_is_transformed() {
+        let msgs = [
+            Message::new(Role::User, "  <|im_end|>hi \n"),
+            Message::new(Role::Assistant, "x</think>\n ok "),
+        ];
+        let template = ChatTemplate::new(
+            "{% for m in messages %}[{{ m['content'] | trim }}|{{ m['content'].split('</think>')[-1].lstrip('\\n').rstrip() }}]{% endfor %}",
+        )
+        .unwrap();
+        let ctx = TemplateContext {
+            messages: &msgs,
+            tools: None,
+            add_generation_prompt: true,
+            bos_token: "<s>",
+            eos_token: "</s>",
+        };
+        let rendered = template.render_with_content_spans(&ctx).unwrap();
+        assert_eq!(
+            rendered.text,
+            "[<|im_end|>hi|  <|im_end|>hi][x</think>\n ok| ok]"
+        );
+        let spans = rendered.content_spans.expect("spans");
+        let texts: Vec<&str> = spans.iter().map(|r| &rendered.text[r.clone()]).collect();
+        // Parts split from a content are content.
+        assert_eq!(
+            texts,
+            ["<|im_end|>hi", "  <|im_end|>hi", "x</think>\n ok", " ok"]
+        );
+        // A template that measures content sees the markers: no spans, never wrong ones.
+        let measuring = ChatTemplate::new("{{ messages[0]['content'] | length }}").unwrap();
+        let rendered = measuring.render_with_content_spans(&ctx).unwrap();
+        assert_eq!(rendered.text, "16");
+        assert_eq!(rendered.content_spans, None);
+        let marked = [Message::new(Role::User, "\u{F0000}")];
+        let err = template
+            .render_with_content_spans(&TemplateContext {
+                messages: &marked,
+                ..ctx
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("U+F0000"), "{err}");
+    }
+
+    #[test]
     fn python_methods_tojson_and_strftime_work() {
         let msgs = [Message::new(Role::User, "  padded  ")];
         let out = render("{{ messages[0]['content'].strip() }}|{{ {'a': [1, 'é']} | tojson }}|{{ strftime_now('%Y') | length }}", &msgs).unwrap();
         assert_eq!(out, "padded|{\"a\": [1, \"é\"]}|4");
+    }
+
+    fn limit_err(source: &str) -> String {
+        match render(source, &[Message::new(Role::User, "hi")]) {
+            Err(e @ TemplateError::Limit(_)) => e.to_string(),
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_template_that_loops_a_billion_times_runs_out_of_fuel() {
+        let err = limit_err(
+            "{% for a in range(100000) %}{% for b in range(10000) %}{% endfor %}{% endfor %}",
+        );
+        assert!(err.contains("steps"), "{err}");
+    }
+
+    #[test]
+    fn unbounded_macro_recursion_stops_at_the_limit_even_on_a_small_stack() {
+        let source = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let err = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || limit_err(source))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(err.contains("64 levels"), "{err}");
+    }
+
+    #[test]
+    fn a_rendered_prompt_past_the_size_cap_is_refused() {
+        let err = limit_err("{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}");
+        assert!(err.contains("16777216 bytes"), "{err}");
+        // Just under the cap renders.
+        let ok = render(
+            "{% for i in range(16) %}{{ 'x' * 1000000 }}{% endfor %}",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 16_000_000);
     }
 }

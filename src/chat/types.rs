@@ -21,6 +21,8 @@ struct ChatFields {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     system_prompt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    parse_special_in_content: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     context_policy: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     kv_cache: Option<bool>,
@@ -33,6 +35,7 @@ struct ChatFields {
 pub struct ChatOptions {
     pub session_id: Option<String>,
     pub system_prompt: Option<String>,
+    pub parse_special_in_content: Option<bool>,
     pub context_policy: Option<ContextPolicy>,
     pub kv_cache: Option<bool>,
     pub max_kv_tokens: Option<u32>,
@@ -40,10 +43,23 @@ pub struct ChatOptions {
     pub generation: RequestOptions,
 }
 
-fn session_counter() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+/// A new session id: 128 random bits as hex, "session-<32 hex digits>". Saved chats of
+/// different processes meet in one store, so ids come from the OS-seeded keys of std's
+/// `RandomState` (fresh random keys per process, advanced for every instance), mixed with
+/// the time and the process id, never from a per-process counter.
+pub fn random_session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let half = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u128(nanos);
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("session-{:016x}{:016x}", half(1), half(2))
 }
 
 /// `context_policy`, with a message that says what is valid (serde's would name Rust types).
@@ -65,6 +81,21 @@ fn context_policy(value: Option<serde_json::Value>) -> Result<Option<ContextPoli
 }
 
 impl ChatOptions {
+    /// These options with every field `overrides` sets replaced (load and import options).
+    pub fn overridden_by(self, overrides: ChatOptions) -> ChatOptions {
+        ChatOptions {
+            session_id: overrides.session_id.or(self.session_id),
+            system_prompt: overrides.system_prompt.or(self.system_prompt),
+            context_policy: overrides.context_policy.or(self.context_policy),
+            kv_cache: overrides.kv_cache.or(self.kv_cache),
+            max_kv_tokens: overrides.max_kv_tokens.or(self.max_kv_tokens),
+            parse_special_in_content: overrides
+                .parse_special_in_content
+                .or(self.parse_special_in_content),
+            generation: overrides.generation.over(&self.generation),
+        }
+    }
+
     pub fn parse(json: Option<&str>) -> Result<Self> {
         match json {
             None => Ok(Self::default()),
@@ -81,6 +112,7 @@ impl ChatOptions {
         Ok(Self {
             session_id: fields.session_id,
             system_prompt: fields.system_prompt,
+            parse_special_in_content: fields.parse_special_in_content,
             context_policy: context_policy(fields.context_policy)
                 .map_err(|e| Error::new(e.kind, format!("chat options: {}", e.message)))?,
             kv_cache: fields.kv_cache,
@@ -107,11 +139,9 @@ impl ChatOptions {
         check_chat_max_tokens(self.generation.max_tokens)?;
         self.generation.resolve(engine)?;
         Ok(SessionConfig {
-            session_id: self
-                .session_id
-                .clone()
-                .unwrap_or_else(|| format!("session-{}", session_counter())),
+            session_id: self.session_id.clone().unwrap_or_else(random_session_id),
             system_prompt: self.system_prompt.clone(),
+            parse_special_in_content: self.parse_special_in_content.unwrap_or(false),
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),
             max_kv_tokens: self.max_kv_tokens.map(|n| n as usize),
@@ -128,6 +158,7 @@ impl Serialize for ChatOptions {
         let fields = ChatFields {
             session_id: self.session_id.clone(),
             system_prompt: self.system_prompt.clone(),
+            parse_special_in_content: self.parse_special_in_content,
             context_policy: self
                 .context_policy
                 .as_ref()
@@ -321,7 +352,7 @@ pub fn response_json(
     out: &TurnOutput,
     model: &str,
     session_id: &str,
-    turn_number: u64,
+    id: &str,
     seed: u64,
     logprobs: Option<&Engine>,
 ) -> Result<String> {
@@ -333,7 +364,7 @@ pub fn response_json(
         ));
     }
     crate::api::to_json(&ChatResponseJson {
-        id: format!("chatcmpl-{session_id}-{turn_number}"),
+        id: id.to_string(),
         model,
         session_id,
         message: ReplyJson {
@@ -354,6 +385,7 @@ struct RenderJson<'a> {
     prompt: &'a str,
     prompt_token_ids: &'a [u32],
     context: ContextJson<'a>,
+    warnings: &'a [String],
 }
 
 /// The JSON of `smallmind_chat_render`: the prompt a send would give the model.
@@ -362,14 +394,20 @@ pub fn render_json(prepared: &PreparedPrompt) -> Result<String> {
         prompt: &prepared.text,
         prompt_token_ids: &prepared.token_ids,
         context: ContextJson::from(&prepared.context),
+        warnings: &prepared.warnings,
     })
 }
 
-/// The versioned envelope of `smallmind_chat_export` / `_import`.
+/// The versioned envelope of `smallmind_chat_export` / `_import`, and the JSON part of a
+/// saved file.
+///
+/// Versions: 1 (smallmind 0.1.0: format, version, session_id, options, history) and 2 (adds
+/// the optional "kv_snapshot": the KV section of a saved file, base64, standard alphabet
+/// with padding). Version 1 envelopes migrate on read; newer ones are refused.
 pub const EXPORT_FORMAT: &str = "smallmind.chat";
-pub const EXPORT_VERSION: u32 = 1;
+pub const EXPORT_VERSION: u32 = 2;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportEnvelope {
     pub format: String,
@@ -377,28 +415,61 @@ pub struct ExportEnvelope {
     pub session_id: String,
     pub options: ChatOptions,
     pub history: Vec<Message>,
+    /// The KV snapshot, base64 (present only when exported with "include_kv").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_snapshot: Option<String>,
+}
+
+/// Version 1, as smallmind 0.1.0 wrote it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportEnvelopeV1 {
+    format: String,
+    #[allow(dead_code)]
+    version: u32,
+    session_id: String,
+    options: ChatOptions,
+    history: Vec<Message>,
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        Error::invalid_json(format!("session export: {path}: {}", e.into_inner()))
+    })
 }
 
 impl ExportEnvelope {
+    /// Parses an envelope of any version this smallmind reads, migrated to the current one.
     pub fn parse(json: &str) -> Result<Self> {
         let value: serde_json::Value = parse("session export", json)?;
-        match (
+        let version = match (
             value.get("format").and_then(|f| f.as_str()),
             value.get("version").and_then(|v| v.as_u64()),
         ) {
-            (Some(EXPORT_FORMAT), Some(v)) if v == EXPORT_VERSION as u64 => {}
+            (Some(EXPORT_FORMAT), Some(v)) if (1..=EXPORT_VERSION as u64).contains(&v) => v,
             (Some(EXPORT_FORMAT), Some(v)) if v > EXPORT_VERSION as u64 => {
                 return Err(Error::invalid_json(format!(
-                    "this session was exported by a newer smallmind (format version {v}); this version reads version {EXPORT_VERSION}"
+                    "this session was exported by a newer smallmind (format version {v}); this version reads versions 1 to {EXPORT_VERSION}"
                 )));
             }
             _ => {
                 return Err(Error::invalid_json(format!(
-                    "not a smallmind session export: expected \"format\": \"{EXPORT_FORMAT}\" and \"version\": {EXPORT_VERSION}"
+                    "not a smallmind session export: expected \"format\": \"{EXPORT_FORMAT}\" and \"version\" from 1 to {EXPORT_VERSION}"
                 )));
             }
+        };
+        if version == 1 {
+            let v1: ExportEnvelopeV1 = from_value(value)?;
+            return Ok(Self {
+                format: v1.format,
+                version: EXPORT_VERSION,
+                session_id: v1.session_id,
+                options: v1.options,
+                history: v1.history,
+                kv_snapshot: None,
+            });
         }
-        serde_json::from_value(value)
-            .map_err(|e| Error::invalid_json(format!("session export: {e}")))
+        from_value(value)
     }
 }

@@ -148,6 +148,7 @@ impl Engine {
         mut constraint: Option<&mut (dyn TokenConstraint + 'static)>,
         events: &mut dyn GenerationEvents,
     ) -> Result<GenerationOutput> {
+        let model = self.model()?;
         let start = request.started_at;
         let prompt = &request.prompt;
         if prompt.is_empty() {
@@ -175,7 +176,7 @@ impl Engine {
 
         let mut scratch = ForwardScratch::default();
         let mut logits = Vec::new();
-        let n_vocab = self.model.hparams.n_vocab;
+        let n_vocab = model.hparams.n_vocab;
         let mut prompt_logprobs = Vec::new();
         let mut logprob_row = Vec::new();
         let prefill_start = Instant::now();
@@ -200,8 +201,7 @@ impl Engine {
             } else {
                 Logits::None
             };
-            self.model
-                .forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
+            model.forward(&self.pool, chunk, cache, wanted, &mut scratch, &mut logits)?;
             if request.prompt_logprobs {
                 if pos == 0 {
                     prompt_logprobs.push(None);
@@ -222,8 +222,10 @@ impl Engine {
         }
         let prefill_ms = prefill_start.elapsed().as_secs_f64() * 1000.0;
 
+        // Prompt tokens really in the cache: all of them, or up to the chunk where a cancel
+        // stopped the prefill (rates are computed from these, never from the whole prompt).
         let mut usage = Usage {
-            prompt_tokens: prompt.len(),
+            prompt_tokens: pos,
             cached_tokens: reusable,
             prefill_ms,
             ..Usage::default()
@@ -325,7 +327,7 @@ impl Engine {
             if output.token_ids.len() == request.max_tokens {
                 break;
             }
-            self.model.forward(
+            model.forward(
                 &self.pool,
                 &[token],
                 cache,
@@ -404,11 +406,25 @@ pub fn check_fits(prompt_len: usize, max_tokens: usize, max_positions: usize) ->
         return Err(Error::new(
             ErrorKind::ContextOverflow,
             format!(
-                "the prompt is {prompt_len} tokens and max_tokens is {max_tokens}, but the context holds {max_positions} tokens; shorten the prompt or lower max_tokens"
+                "the prompt is {prompt_len} tokens and max_tokens is {max_tokens}, but the context holds {max_positions} tokens (context_length): {}",
+                fit_advice(prompt_len, max_tokens, max_positions)
             ),
         ));
     }
     Ok(())
+}
+
+/// The fixes that would make an overflowing prompt fit, and only those.
+fn fit_advice(prompt_len: usize, max_tokens: usize, max_positions: usize) -> String {
+    let needed = prompt_len.max(prompt_len + max_tokens.saturating_sub(1));
+    if prompt_len <= max_positions {
+        format!(
+            "lower max_tokens to at most {}, raise context_length to at least {needed}, or shorten the prompt",
+            max_positions + 1 - prompt_len
+        )
+    } else {
+        format!("shorten the prompt, or raise context_length to at least {needed}")
+    }
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

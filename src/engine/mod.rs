@@ -1,6 +1,7 @@
 //! The engine: a loaded model with its tokenizer and worker threads, and the generation loop
 //! every higher layer (raw completion, chat sessions) runs on.
 
+mod budget;
 mod fingerprint;
 mod generate;
 
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use budget::{BudgetExceeded, BudgetLimits, BudgetStats, CacheSlot, Eviction, KvBudget};
 pub use generate::{
     FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob,
     Usage, check_fits,
@@ -31,6 +33,11 @@ pub struct EngineOptions {
     pub kv_type: KvType,
     /// Map the file (default) or read it into memory.
     pub use_mmap: bool,
+    /// The KV budget shared by every chat of the engine.
+    pub budget: BudgetLimits,
+    /// Load the metadata and tokenizer only (llama.cpp's `vocab_only`), for any architecture:
+    /// tokenizing, detokenizing, info and prompt rendering work; generation is refused.
+    pub vocab_only: bool,
 }
 
 impl EngineOptions {
@@ -41,6 +48,8 @@ impl EngineOptions {
             context_length: None,
             kv_type: KvType::F16,
             use_mmap: true,
+            budget: BudgetLimits::default(),
+            vocab_only: false,
         }
     }
 }
@@ -74,13 +83,18 @@ impl LoadObserver for SilentLoad {
 /// A model ready to run, shared by every session and thread.
 #[derive(Debug)]
 pub struct Engine {
-    pub model: Model,
+    /// `None` for a vocab-only engine.
+    model: Option<Model>,
+    file: Arc<GgufFile>,
     pub tokenizer: Tokenizer,
     pool: ThreadPool,
     context_length: usize,
     kv_type: KvType,
     fingerprint: String,
     load_time: Duration,
+    /// What the host should know about how the model was loaded (also sent to `on_log`).
+    warnings: Vec<String>,
+    kv_budget: KvBudget,
 }
 
 /// Number of cores this process may use.
@@ -138,6 +152,15 @@ impl Engine {
                 ),
             ));
         }
+        if options.model_path.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "model_path '{}' is a directory; give the path of a .gguf file (for example one inside it)",
+                    options.model_path.display()
+                ),
+            ));
+        }
         observer.log(
             LogLevel::Info,
             &format!("loading {}", options.model_path.display()),
@@ -156,24 +179,50 @@ impl Engine {
                 "loading was cancelled by the progress callback",
             ));
         }
-        let mut layer_progress =
-            |done: usize, total: usize| observer.progress(0.15 + 0.8 * done as f32 / total as f32);
-        let model = Model::load(Arc::clone(&file), &mut layer_progress)?;
-        if tokenizer.n_vocab() != model.hparams.n_vocab {
-            return Err(Error::new(
-                ErrorKind::ModelLoad,
-                format!(
-                    "the tokenizer has {} tokens but token_embd.weight has {} rows",
-                    tokenizer.n_vocab(),
-                    model.hparams.n_vocab
-                ),
-            ));
-        }
+        let model = if options.vocab_only {
+            None
+        } else {
+            let mut layer_progress = |done: usize, total: usize| {
+                observer.progress(0.15 + 0.8 * done as f32 / total as f32)
+            };
+            let model = Model::load(Arc::clone(&file), &mut layer_progress)?;
+            if tokenizer.n_vocab() != model.hparams.n_vocab {
+                return Err(Error::new(
+                    ErrorKind::ModelLoad,
+                    format!(
+                        "the tokenizer has {} tokens but token_embd.weight has {} rows",
+                        tokenizer.n_vocab(),
+                        model.hparams.n_vocab
+                    ),
+                ));
+            }
+            Some(model)
+        };
         let context_length = match options.context_length {
-            None => model.hparams.n_ctx_train,
+            None => model
+                .as_ref()
+                .map(|m| m.hparams.n_ctx_train)
+                .or_else(|| metadata_context_length(&file))
+                .unwrap_or(0),
             Some(0) => return Err(Error::invalid_argument("context_length must be at least 1")),
+            Some(n) if n > crate::model::limits::MAX_CONTEXT => {
+                return Err(Error::invalid_argument(format!(
+                    "context_length is {n}; smallmind holds at most {} positions",
+                    crate::model::limits::MAX_CONTEXT
+                )));
+            }
             Some(n) => n,
         };
+        let mut warnings = Vec::new();
+        if let Some(n_ctx_train) = model.as_ref().map(|m| m.hparams.n_ctx_train)
+            && context_length > n_ctx_train
+        {
+            let warning = format!(
+                "context_length {context_length} is above the {n_ctx_train} tokens this model was trained on; past that, its output usually degrades (omit context_length to use the training context)"
+            );
+            observer.log(LogLevel::Warn, &warning);
+            warnings.push(warning);
+        }
         let fingerprint = fingerprint::of_file(&file);
         if !observer.progress(1.0) {
             return Err(Error::new(
@@ -182,25 +231,60 @@ impl Engine {
             ));
         }
         let load_time = start.elapsed();
+        let layers = match &model {
+            Some(m) => format!("{} layers", m.hparams.n_layer),
+            None => "vocabulary only".to_string(),
+        };
         observer.log(
             LogLevel::Info,
             &format!(
-                "loaded {} ({} layers, {} tokens) in {:.0} ms with {threads} threads",
-                model.hparams.arch.name(),
-                model.hparams.n_layer,
-                model.hparams.n_vocab,
+                "loaded {} ({layers}, {} tokens) in {:.0} ms with {threads} threads",
+                file.get_str("general.architecture").unwrap_or("?"),
+                tokenizer.n_vocab(),
                 load_time.as_secs_f64() * 1000.0
             ),
         );
         Ok(Arc::new(Engine {
             model,
+            file,
             tokenizer,
             pool: ThreadPool::new(threads),
             context_length,
             kv_type: options.kv_type,
             fingerprint,
             load_time,
+            warnings,
+            kv_budget: KvBudget::new(options.budget),
         }))
+    }
+
+    /// The model's weights; a vocab-only engine has none and says so.
+    pub fn model(&self) -> Result<&Model> {
+        self.model.as_ref().ok_or_else(|| {
+            Error::invalid_argument(
+                "this engine was created with \"vocab_only\": true and holds no weights; it tokenizes and renders prompts only. Create the engine without vocab_only to generate",
+            )
+        })
+    }
+
+    pub fn is_vocab_only(&self) -> bool {
+        self.model.is_none()
+    }
+
+    /// The GGUF file: metadata, and the weights unless vocab-only.
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// The architecture when smallmind runs it (always, unless vocab-only).
+    pub fn architecture(&self) -> Option<crate::model::Architecture> {
+        match &self.model {
+            Some(m) => Some(m.hparams.arch),
+            None => self
+                .file
+                .get_str("general.architecture")
+                .and_then(crate::model::Architecture::from_name),
+        }
     }
 
     pub fn pool(&self) -> &ThreadPool {
@@ -224,15 +308,33 @@ impl Engine {
         self.load_time
     }
 
+    /// Warnings of the load (e.g. a context longer than the model's training context).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The KV budget every chat of this engine shares.
+    pub fn kv_budget(&self) -> &KvBudget {
+        &self.kv_budget
+    }
+
     /// An empty KV cache for one sequence of this engine.
     pub fn new_cache(&self) -> KvCache {
-        self.model.new_cache(self.kv_type, self.context_length)
+        self.new_cache_of(self.context_length)
+    }
+
+    /// An empty KV cache of `max_positions` (a vocab-only engine's has no layers).
+    pub fn new_cache_of(&self, max_positions: usize) -> KvCache {
+        match &self.model {
+            Some(m) => m.new_cache(self.kv_type, max_positions),
+            None => KvCache::new(self.kv_type, 0, 0, max_positions),
+        }
     }
 
     /// Facts about the loaded model for introspection.
     pub fn info(&self) -> ModelInfo {
-        let hp = &self.model.hparams;
-        let file = &self.model.file;
+        let hp = self.model.as_ref().map(|m| &m.hparams);
+        let file = &self.file;
         let mut tensor_types: Vec<(GgmlType, usize)> = Vec::new();
         let mut n_params = 0u64;
         for t in &file.tensors {
@@ -244,17 +346,23 @@ impl Engine {
         }
         tensor_types.sort_by_key(|(ty, _)| ty.id());
         ModelInfo {
-            architecture: hp.arch.name().to_string(),
+            architecture: file
+                .get_str("general.architecture")
+                .unwrap_or_default()
+                .to_string(),
             name: file.get_str("general.name").map(str::to_string),
-            n_vocab: hp.n_vocab,
-            n_ctx_train: hp.n_ctx_train,
+            vocab_only: hp.is_none(),
+            n_vocab: self.tokenizer.n_vocab(),
+            n_ctx_train: hp
+                .map(|hp| hp.n_ctx_train)
+                .or_else(|| metadata_context_length(file)),
             context_length: self.context_length,
-            n_embd: hp.n_embd,
-            n_layer: hp.n_layer,
-            n_head: hp.n_head,
-            n_head_kv: hp.n_head_kv,
-            head_dim: hp.head_dim,
-            n_ff: hp.n_ff,
+            n_embd: hp.map(|hp| hp.n_embd),
+            n_layer: hp.map(|hp| hp.n_layer),
+            n_head: hp.map(|hp| hp.n_head),
+            n_head_kv: hp.map(|hp| hp.n_head_kv),
+            head_dim: hp.map(|hp| hp.head_dim),
+            n_ff: hp.map(|hp| hp.n_ff),
             n_params,
             file_bytes: file.file_len(),
             tensor_types: tensor_types
@@ -268,24 +376,34 @@ impl Engine {
             threads: self.pool.n_threads(),
             fingerprint: self.fingerprint.clone(),
             load_ms: self.load_time.as_secs_f64() * 1000.0,
+            warnings: self.warnings.clone(),
         }
     }
 }
 
-/// What `Engine::info` reports.
+/// `{arch}.context_length` from the metadata, for engines that do not load the model.
+fn metadata_context_length(file: &GgufFile) -> Option<usize> {
+    let arch = file.get_str("general.architecture")?;
+    file.get_u64(&format!("{arch}.context_length"))
+        .map(|n| n as usize)
+}
+
+/// What `Engine::info` reports. The model's shape is `None` for a vocab-only engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
+    /// `general.architecture`.
     pub architecture: String,
     pub name: Option<String>,
+    pub vocab_only: bool,
     pub n_vocab: usize,
-    pub n_ctx_train: usize,
+    pub n_ctx_train: Option<usize>,
     pub context_length: usize,
-    pub n_embd: usize,
-    pub n_layer: usize,
-    pub n_head: usize,
-    pub n_head_kv: usize,
-    pub head_dim: usize,
-    pub n_ff: usize,
+    pub n_embd: Option<usize>,
+    pub n_layer: Option<usize>,
+    pub n_head: Option<usize>,
+    pub n_head_kv: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub n_ff: Option<usize>,
     pub n_params: u64,
     pub file_bytes: u64,
     /// Tensor type name and how many tensors use it.
@@ -297,4 +415,5 @@ pub struct ModelInfo {
     pub threads: usize,
     pub fingerprint: String,
     pub load_ms: f64,
+    pub warnings: Vec<String>,
 }

@@ -2,8 +2,12 @@
 
 use std::ffi::{CString, c_char, c_void};
 
+use super::boundary::{ffi_call, str_arg};
+use super::smallmind_status;
 use crate::chat::ChatEvents;
-use crate::engine::{GenerationEvents, LoadObserver, LogLevel, Usage};
+use crate::chat::HostReply;
+use crate::engine::{Eviction, GenerationEvents, LoadObserver, LogLevel, Usage};
+use crate::error::{Error, Result};
 
 /// Measured figures of one request, as passed to `on_request_complete`.
 #[repr(C)]
@@ -47,9 +51,17 @@ impl From<&Usage> for smallmind_usage {
 /// token), on_token for each piece, on_request_complete (also when cancelled). A request that
 /// fails before it starts (bad input, context overflow) calls none of them. Every figure is
 /// measured, and agrees with the response's "usage" and "context".
+///
+/// The struct grows at its end only. `struct_size` says which fields the host knows: 0 (a
+/// zero-initialised struct) means `user_data` and the six callbacks from `on_token` to
+/// `on_request_complete`; any other value is the host's `sizeof(smallmind_chat_callbacks)`, and
+/// fields that do not lie wholly within it count as NULL. Initialise with
+/// `SMALLMIND_CHAT_CALLBACKS_INIT` and set the fields you use.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct smallmind_chat_callbacks {
+    /// 0 or `sizeof(smallmind_chat_callbacks)` as the host compiled it (see above).
+    pub struct_size: u32,
     /// Passed back as the first argument of every callback.
     pub user_data: *mut c_void,
     /// A piece of generated text: whole UTF-8 characters, `len` bytes, also NUL-terminated.
@@ -98,6 +110,169 @@ pub struct smallmind_chat_callbacks {
             usage: *const smallmind_usage,
         ),
     >,
+    /// Runs a tool call the model made (requests with "tools"). `call_json` is
+    /// {"id", "name", "arguments"} (arguments a JSON object). Answer with
+    /// `smallmind_host_result_set(result, content)` (the text the model reads as the tool's
+    /// result; the library copies it) and return 0; the send then continues the conversation
+    /// with that result. Return non-zero to cancel the send (finish_reason "cancelled"). Without
+    /// this callback a send that calls tools returns finish_reason "tool_calls" for the host to
+    /// run them.
+    pub execute_tool: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            session_id: *const c_char,
+            call_json: *const c_char,
+            result: *mut smallmind_host_result,
+        ) -> i32,
+    >,
+    /// A tool call ran through `execute_tool`, taking `elapsed_ms`.
+    pub on_tool_call: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            session_id: *const c_char,
+            name: *const c_char,
+            elapsed_ms: f64,
+        ),
+    >,
+    /// Supplies retrieved chunks for this send: `query` is the last user message. Answer with
+    /// `smallmind_host_result_set(result, json)`, `json` an array of {"id", "content", "source"?,
+    /// "title"?, "score"?}, and return 0; they join the request's "retrieved_context". Return
+    /// non-zero to cancel the send.
+    pub retrieve: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            session_id: *const c_char,
+            query: *const c_char,
+            result: *mut smallmind_host_result,
+        ) -> i32,
+    >,
+    /// This send needs `requested_bytes` of KV cache (the most its turn can hold) and the
+    /// engine's `kv_budget_bytes` (`budget_bytes`) cannot make room: every other chat holding
+    /// a cache is busy, or this one alone is over the budget. The send then returns
+    /// SMALLMIND_ERR_BUDGET_EXCEEDED (no other callback of this send runs). With only
+    /// `max_sessions` set, `budget_bytes` is UINT64_MAX.
+    pub on_kv_budget_exceeded: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            session_id: *const c_char,
+            requested_bytes: u64,
+            budget_bytes: u64,
+        ),
+    >,
+    /// To make room for this send, the KV cache of the idle chat `evicted_session_id` (least
+    /// recently used) was released: `tokens` positions, `bytes` bytes. Its next send
+    /// recomputes its prompt and replies the same. Called before on_request_start, once per
+    /// evicted chat.
+    pub on_kv_eviction: Option<
+        unsafe extern "C" fn(
+            user_data: *mut c_void,
+            evicted_session_id: *const c_char,
+            tokens: u32,
+            bytes: u64,
+        ),
+    >,
+}
+
+/// The host's answer to a callback that asks for data (`execute_tool`, `retrieve`). Owned by
+/// the library and valid only during that callback; fill it with `smallmind_host_result_set`.
+pub struct smallmind_host_result {
+    /// Which callback this answers, for error messages.
+    callback: &'static str,
+    answer: Option<Result<String>>,
+}
+
+impl smallmind_host_result {
+    fn new(callback: &'static str) -> Self {
+        Self {
+            callback,
+            answer: None,
+        }
+    }
+}
+
+/// Answers the callback that passed `result`: copies `content` (UTF-8, NUL-terminated) into it.
+/// A second call replaces the first answer. Only during that callback, on its thread.
+/// Errors: INVALID_ARGUMENT (NULL pointers; `content` not UTF-8, which also fails the send
+/// with the same message).
+///
+/// # Safety
+/// `result` is NULL or the pointer the callback received; `content` is NULL or NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_host_result_set(
+    result: *mut smallmind_host_result,
+    content: *const c_char,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: NULL or the live result the library passed to the running callback.
+        let result =
+            unsafe { result.as_mut() }.ok_or_else(|| Error::invalid_argument("result is NULL"))?;
+        let callback = result.callback;
+        // SAFETY: NULL or NUL-terminated per the contract.
+        match unsafe { str_arg(content, "content") } {
+            Ok(text) => {
+                result.answer = Some(Ok(text.to_string()));
+                Ok(())
+            }
+            Err(e) => {
+                let e = Error::invalid_argument(format!(
+                    "the {callback} callback's result: {}",
+                    e.message
+                ));
+                result.answer = Some(Err(e.clone()));
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Bytes of the table a `struct_size` of 0 stands for: `struct_size`, `user_data` and the six
+/// callbacks of ABI version 1, up to `on_request_complete`.
+const FIRST_TABLE_SIZE: usize = std::mem::offset_of!(smallmind_chat_callbacks, on_request_complete)
+    + std::mem::size_of::<usize>();
+
+// Every field after `struct_size` is pointer-sized and pointer-aligned, so "the fields that lie
+// wholly within struct_size" are the bytes up to struct_size rounded down to a pointer.
+const _: () = assert!(
+    std::mem::offset_of!(smallmind_chat_callbacks, user_data) == std::mem::size_of::<usize>()
+);
+const _: () =
+    assert!(std::mem::size_of::<smallmind_chat_callbacks>() % std::mem::size_of::<usize>() == 0);
+
+impl smallmind_chat_callbacks {
+    /// The host's table as this library sees it: the fields within the host's `struct_size`
+    /// copied, every later field NULL. The only way the FFI reads a host's table, so a host
+    /// compiled against an older, smaller header is never read past its end.
+    ///
+    /// # Safety
+    /// `ptr` is NULL or points to a readable table of `struct_size` bytes (of the version-1
+    /// size when `struct_size` is 0), valid for this call.
+    pub(crate) unsafe fn read(ptr: *const Self) -> Result<Option<Self>> {
+        if ptr.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: non-null; every table starts with its u32 struct_size (read unaligned-safe).
+        let declared = unsafe { ptr.cast::<u32>().read_unaligned() } as usize;
+        let host_size = match declared {
+            0 => FIRST_TABLE_SIZE,
+            n if n < FIRST_TABLE_SIZE => {
+                return Err(Error::invalid_argument(format!(
+                    "smallmind_chat_callbacks.struct_size is {n}, smaller than the oldest table ({FIRST_TABLE_SIZE} bytes); set it to sizeof(smallmind_chat_callbacks) (SMALLMIND_CHAT_CALLBACKS_INIT does) or to 0"
+                )));
+            }
+            n => n,
+        };
+        let copy = host_size.min(std::mem::size_of::<Self>());
+        let copy = copy - copy % std::mem::size_of::<usize>();
+        let mut table = std::mem::MaybeUninit::<Self>::zeroed();
+        // SAFETY: the host guarantees `host_size` >= `copy` readable bytes at `ptr`; the
+        // destination is a local of size_of::<Self>() >= `copy`; the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), table.as_mut_ptr().cast::<u8>(), copy)
+        };
+        // SAFETY: all-zero bytes are a valid table (struct_size 0, NULL pointers, None
+        // callbacks), and the copied prefix consists of whole fields the host initialised.
+        Ok(Some(unsafe { table.assume_init() }))
+    }
 }
 
 /// Engine-level callbacks, given to `smallmind_engine_create`. Every field may be NULL.
@@ -146,15 +321,16 @@ impl LoadObserver for LoadCallbacks<'_> {
 }
 
 /// Calls the host's per-request callbacks.
-pub(crate) struct RequestCallbacks<'a> {
-    cb: Option<&'a smallmind_chat_callbacks>,
+pub(crate) struct RequestCallbacks {
+    /// The host's table, read with [`smallmind_chat_callbacks::read`].
+    cb: Option<smallmind_chat_callbacks>,
     session_id: CString,
     /// Reused buffer holding a NUL-terminated copy of each piece.
     piece: Vec<u8>,
 }
 
-impl<'a> RequestCallbacks<'a> {
-    pub fn new(cb: Option<&'a smallmind_chat_callbacks>, session_id: &str) -> Self {
+impl RequestCallbacks {
+    pub fn new(cb: Option<smallmind_chat_callbacks>, session_id: &str) -> Self {
         Self {
             cb,
             session_id: CString::new(session_id.replace('\0', " ")).unwrap_or_default(),
@@ -165,6 +341,7 @@ impl<'a> RequestCallbacks<'a> {
     pub fn request_start(&mut self, message_count: u32) {
         if let Some((f, ud)) = self
             .cb
+            .as_ref()
             .and_then(|c| c.on_request_start.map(|f| (f, c.user_data)))
         {
             // SAFETY: host-supplied function; session_id outlives the call.
@@ -175,6 +352,7 @@ impl<'a> RequestCallbacks<'a> {
     pub fn context_policy_applied(&mut self, policy: &str, before: u32, after: u32) {
         if let Some((f, ud)) = self
             .cb
+            .as_ref()
             .and_then(|c| c.on_context_policy_applied.map(|f| (f, c.user_data)))
         {
             let policy = CString::new(policy).unwrap_or_default();
@@ -186,6 +364,7 @@ impl<'a> RequestCallbacks<'a> {
     pub fn request_complete(&mut self, usage: &Usage) {
         if let Some((f, ud)) = self
             .cb
+            .as_ref()
             .and_then(|c| c.on_request_complete.map(|f| (f, c.user_data)))
         {
             let usage = smallmind_usage::from(usage);
@@ -195,10 +374,11 @@ impl<'a> RequestCallbacks<'a> {
     }
 }
 
-impl GenerationEvents for RequestCallbacks<'_> {
+impl GenerationEvents for RequestCallbacks {
     fn on_cache_lookup(&mut self, cached_tokens: usize) {
         if let Some((f, ud)) = self
             .cb
+            .as_ref()
             .and_then(|c| c.on_kv_cache_access.map(|f| (f, c.user_data)))
         {
             let n = u32::try_from(cached_tokens).unwrap_or(u32::MAX);
@@ -210,6 +390,7 @@ impl GenerationEvents for RequestCallbacks<'_> {
     fn on_first_token(&mut self, elapsed_ms: f64) {
         if let Some((f, ud)) = self
             .cb
+            .as_ref()
             .and_then(|c| c.on_first_token.map(|f| (f, c.user_data)))
         {
             // SAFETY: host-supplied function; session_id outlives the call.
@@ -218,7 +399,11 @@ impl GenerationEvents for RequestCallbacks<'_> {
     }
 
     fn on_text(&mut self, text: &str) -> bool {
-        let Some((f, ud)) = self.cb.and_then(|c| c.on_token.map(|f| (f, c.user_data))) else {
+        let Some((f, ud)) = self
+            .cb
+            .as_ref()
+            .and_then(|c| c.on_token.map(|f| (f, c.user_data)))
+        else {
             return true;
         };
         self.piece.clear();
@@ -230,7 +415,73 @@ impl GenerationEvents for RequestCallbacks<'_> {
     }
 }
 
-impl ChatEvents for RequestCallbacks<'_> {
+/// A callback that answers through a `smallmind_host_result`.
+type AskFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const c_char,
+    *const c_char,
+    *mut smallmind_host_result,
+) -> i32;
+
+impl RequestCallbacks {
+    /// Calls `f` with `argument` and a fresh result, and returns what the host answered.
+    fn ask(
+        &self,
+        f: AskFn,
+        user_data: *mut c_void,
+        callback: &'static str,
+        argument: &str,
+    ) -> Result<HostReply> {
+        let argument = CString::new(argument.replace('\0', " ")).unwrap_or_default();
+        let mut result = smallmind_host_result::new(callback);
+        // SAFETY: host-supplied function; the strings and the result outlive the call, and the
+        // result is only reached through the pointer during it.
+        let verdict = unsafe {
+            f(
+                user_data,
+                self.session_id.as_ptr(),
+                argument.as_ptr(),
+                &mut result,
+            )
+        };
+        if verdict != 0 {
+            return Ok(HostReply::Cancel);
+        }
+        match result.answer {
+            Some(answer) => answer.map(HostReply::Content),
+            None => Err(Error::invalid_argument(format!(
+                "the {callback} callback returned 0 without calling smallmind_host_result_set; answer with smallmind_host_result_set, or return non-zero to cancel"
+            ))),
+        }
+    }
+}
+
+impl ChatEvents for RequestCallbacks {
+    fn execute_tool(&mut self, call_json: &str) -> Option<Result<HostReply>> {
+        let (f, ud) = self
+            .cb
+            .as_ref()
+            .and_then(|c| c.execute_tool.map(|f| (f, c.user_data)))?;
+        Some(self.ask(f, ud, "execute_tool", call_json))
+    }
+    fn retrieve(&mut self, query: &str) -> Option<Result<HostReply>> {
+        let (f, ud) = self
+            .cb
+            .as_ref()
+            .and_then(|c| c.retrieve.map(|f| (f, c.user_data)))?;
+        Some(self.ask(f, ud, "retrieve", query))
+    }
+    fn on_tool_call(&mut self, name: &str, elapsed_ms: f64) {
+        if let Some((f, ud)) = self
+            .cb
+            .as_ref()
+            .and_then(|c| c.on_tool_call.map(|f| (f, c.user_data)))
+        {
+            let name = CString::new(name.replace('\0', " ")).unwrap_or_default();
+            // SAFETY: host-supplied function; both strings outlive the call.
+            unsafe { f(ud, self.session_id.as_ptr(), name.as_ptr(), elapsed_ms) };
+        }
+    }
     fn on_request_start(&mut self, message_count: usize) {
         self.request_start(u32::try_from(message_count).unwrap_or(u32::MAX));
     }
@@ -245,5 +496,36 @@ impl ChatEvents for RequestCallbacks<'_> {
     }
     fn on_request_complete(&mut self, usage: &Usage) {
         self.request_complete(usage);
+    }
+    fn on_kv_budget_exceeded(&mut self, requested_bytes: usize, budget_bytes: usize) {
+        if let Some((f, ud)) = self
+            .cb
+            .as_ref()
+            .and_then(|c| c.on_kv_budget_exceeded.map(|f| (f, c.user_data)))
+        {
+            let wide = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+            // SAFETY: host-supplied function; session_id outlives the call.
+            unsafe {
+                f(
+                    ud,
+                    self.session_id.as_ptr(),
+                    wide(requested_bytes),
+                    wide(budget_bytes),
+                )
+            };
+        }
+    }
+    fn on_kv_eviction(&mut self, eviction: &Eviction) {
+        if let Some((f, ud)) = self
+            .cb
+            .as_ref()
+            .and_then(|c| c.on_kv_eviction.map(|f| (f, c.user_data)))
+        {
+            let id = CString::new(eviction.session_id.replace('\0', " ")).unwrap_or_default();
+            let tokens = u32::try_from(eviction.tokens).unwrap_or(u32::MAX);
+            let bytes = u64::try_from(eviction.bytes).unwrap_or(u64::MAX);
+            // SAFETY: host-supplied function; the id outlives the call.
+            unsafe { f(ud, id.as_ptr(), tokens, bytes) };
+        }
     }
 }

@@ -10,6 +10,20 @@ use super::engine::engine_ref;
 use super::{smallmind_chat_callbacks, smallmind_engine, smallmind_status};
 use crate::chat::Chat;
 use crate::error::{Error, Result};
+use crate::store;
+
+/// An optional JSON string argument: NULL is `None`.
+///
+/// # Safety
+/// `ptr` is NULL or a NUL-terminated string valid for the call.
+unsafe fn optional_str<'a>(ptr: *const c_char, name: &str) -> Result<Option<&'a str>> {
+    if ptr.is_null() {
+        Ok(None)
+    } else {
+        // SAFETY: non-null and NUL-terminated per the caller's contract.
+        unsafe { str_arg(ptr, name) }.map(Some)
+    }
+}
 
 /// A conversation: its history and its own KV cache, on one engine.
 /// Created by `smallmind_chat_create` / `_import`, freed by `smallmind_chat_free`.
@@ -35,8 +49,13 @@ fn into_handle(chat: Chat) -> *mut smallmind_chat {
 }
 
 /// Creates a chat on `engine`. `options_json` may be NULL or
-/// {"session_id", "system_prompt", "context_policy": {"type": "keep_all" | "keep_last_n_turns"
-/// (+"max_turns") | "sliding_window" (+"max_tokens")}, "kv_cache" (default true),
+/// {"session_id", "system_prompt" (rendered first when the conversation has no system
+/// message; a system message in the conversation wins; never written into the history),
+/// "parse_special_in_content" (default false: message content is tokenized as plain text, so
+/// only the template's own markup becomes special tokens; true: special-token text in content
+/// becomes special tokens too), "context_policy": {"type": "keep_all" | "keep_last_n_turns"
+/// (+"max_turns": turns kept before the new one, 0 = only the new one) | "sliding_window"
+/// (+"window_tokens", also accepted as "max_tokens": the prompt's budget)}, "kv_cache" (default true),
 /// "max_kv_tokens" (at most the engine's context_length), and the generation options of
 /// `smallmind_engine_complete` as defaults for every send}.
 /// On success `*out` receives a chat freed with `smallmind_chat_free`. Thread-safe.
@@ -94,7 +113,10 @@ pub unsafe extern "C" fn smallmind_chat_free(chat: *mut smallmind_chat) {
 /// "prefill_ms", "decode_ms", "prefill_tokens_per_second", "decode_tokens_per_second"},
 /// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "seed",
 /// "logprobs"? (as in `smallmind_engine_complete`, when asked for), "warnings"}. Under a
-/// JSON "response_format" "message.content" is the JSON text, as for completions. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
+/// JSON "response_format" "message.content" is the JSON text, as for completions. "id" is
+/// unique in the process ("chatcmpl-" + a random part drawn once per process + a counter).
+/// After a cancel, "usage" counts only the prompt tokens really processed (cached +
+/// evaluated), and its rates come from those. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
 /// returns SMALLMIND_OK with the text so far and leaves the history as it was.
 /// `cb` may be NULL; callbacks run on this thread, in the order documented at
 /// `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.
@@ -118,8 +140,9 @@ pub unsafe extern "C" fn smallmind_chat_send(
         // SAFETY: per the function's contract.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_response_json, "out_response_json")?;
-        // SAFETY: cb is NULL or valid for the call.
-        let mut events = RequestCallbacks::new(unsafe { cb.as_ref() }, chat.session_id());
+        // SAFETY: cb is NULL or a table of its struct_size, valid for the call.
+        let table = unsafe { smallmind_chat_callbacks::read(cb) }?;
+        let mut events = RequestCallbacks::new(table, chat.session_id());
         let (response, _usage) = chat.send(json, started_at, &mut events)?;
         let response = string_to_c(response)?;
         // SAFETY: checked non-null.
@@ -131,7 +154,7 @@ pub unsafe extern "C" fn smallmind_chat_send(
 /// Renders the prompt that `smallmind_chat_send` with the same request would give the model
 /// now (the history, the messages, the system prompt and the context policy applied), without
 /// generating or changing anything: {"prompt": the template's text, "prompt_token_ids": [...],
-/// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}}. For checking
+/// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "warnings"}. For checking
 /// templates and policies. `*out_json` is freed with `smallmind_string_free`. BUSY while a
 /// send runs. Errors as for `smallmind_chat_send`.
 ///
@@ -206,8 +229,9 @@ pub unsafe extern "C" fn smallmind_chat_history(
     })
 }
 
-/// The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 1,
-/// "session_id", "options", "history"} for hosts that store it themselves; restore it with
+/// The session as a versioned JSON envelope {"format": "smallmind.chat", "version": 2,
+/// "session_id", "options", "history"} for hosts that store it themselves, without its KV
+/// cache (`smallmind_chat_export_with_options` adds it); restore it with
 /// `smallmind_chat_import`. `*out_json` is freed with `smallmind_string_free`. BUSY while a
 /// send runs.
 ///
@@ -229,8 +253,11 @@ pub unsafe extern "C" fn smallmind_chat_export(
     })
 }
 
-/// Restores a chat from `smallmind_chat_export`'s JSON onto `engine` (its KV cache is
-/// rebuilt on the first send). Envelopes from newer versions are refused (INVALID_JSON).
+/// Restores a chat from `smallmind_chat_export`'s JSON onto `engine`: its options, history
+/// and, when the envelope carries "kv_snapshot" that fits this engine, its KV cache (when
+/// it does not fit — another model, kv_type or context — the history loads, the snapshot
+/// is dropped and the next response's "warnings" says why; the next turn recomputes).
+/// Version 1 envelopes migrate; newer versions are refused (INVALID_JSON, naming both).
 /// On success `*out` receives a chat freed with `smallmind_chat_free`.
 ///
 /// # Safety
@@ -248,6 +275,128 @@ pub unsafe extern "C" fn smallmind_chat_import(
         let text = unsafe { str_arg(json, "json") }?;
         out_arg(out, "out")?;
         let chat = Chat::import(Arc::clone(&engine.engine), text)?;
+        // SAFETY: checked non-null.
+        unsafe { *out = into_handle(chat) };
+        Ok(())
+    })
+}
+
+/// Like `smallmind_chat_export`, with `options_json` NULL or {"include_kv": bool} (default
+/// false). With the KV cache the envelope carries "kv_snapshot": the KV section of a saved
+/// file (README "Saving chats" gives its layout) encoded as base64 (RFC 4648 standard
+/// alphabet, padded), about 1.33 times its size. `*out_json` is freed with
+/// `smallmind_string_free`. BUSY while a send runs. Errors: INVALID_JSON (options).
+///
+/// # Safety
+/// Pointers are NULL or valid; strings NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_chat_export_with_options(
+    chat: *const smallmind_chat,
+    options_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let chat = unsafe { chat_ref(chat) }?;
+        // SAFETY: per the function's contract.
+        let options = unsafe { optional_str(options_json, "options_json") }?;
+        out_arg(out_json, "out_json")?;
+        let text = string_to_c(store::export(chat, options)?)?;
+        // SAFETY: checked non-null.
+        unsafe { *out_json = text };
+        Ok(())
+    })
+}
+
+/// Like `smallmind_chat_import`, with `options_json` NULL or chat options (as for
+/// `smallmind_chat_create`) that replace the exported ones, e.g. a new "session_id".
+///
+/// # Safety
+/// Pointers are NULL or valid; strings NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_chat_import_with_options(
+    engine: *mut smallmind_engine,
+    json: *const c_char,
+    options_json: *const c_char,
+    out: *mut *mut smallmind_chat,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let engine = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the function's contract.
+        let text = unsafe { str_arg(json, "json") }?;
+        // SAFETY: per the function's contract.
+        let options = unsafe { optional_str(options_json, "options_json") }?;
+        out_arg(out, "out")?;
+        let chat = store::import_json(Arc::clone(&engine.engine), text, options)?;
+        // SAFETY: checked non-null.
+        unsafe { *out = into_handle(chat) };
+        Ok(())
+    })
+}
+
+/// Saves the chat to the file at `path` (UTF-8): its options and history, and with
+/// `options_json` {"include_kv": true} its KV cache too, so a loaded chat's next turn skips
+/// recomputing the prompt. `options_json` may be NULL (= {"include_kv": false}).
+/// Atomic: the bytes go to a temporary file in the same directory, which is flushed, renamed
+/// over `path`, and the directory flushed; a crash at any instant leaves the old file or the
+/// new one. When this call returns no temporary file is left (a save killed part-way may
+/// leave `.<name>.smallmind-tmp.<pid>.<n>`, which the next save to `path` removes).
+/// BUSY while a send runs on the chat. Errors: INVALID_ARGUMENT, INVALID_JSON (options),
+/// IO (the message names the path and the system's reason).
+///
+/// # Safety
+/// Pointers are NULL or valid; strings NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_chat_save(
+    chat: *const smallmind_chat,
+    path: *const c_char,
+    options_json: *const c_char,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let chat = unsafe { chat_ref(chat) }?;
+        // SAFETY: per the function's contract.
+        let path = unsafe { str_arg(path, "path") }?;
+        // SAFETY: per the function's contract.
+        let options = unsafe { optional_str(options_json, "options_json") }?;
+        store::save(chat, std::path::Path::new(path), options)
+    })
+}
+
+/// Loads a chat saved by `smallmind_chat_save` (or a file holding an exported JSON
+/// envelope) onto `engine`. `options_json` may be NULL or chat options (as for
+/// `smallmind_chat_create`) that replace the saved ones, e.g. a new "session_id".
+/// A saved KV cache is used when it was made by this model (fingerprint) with the same
+/// kv_type, context_length and KV limit; otherwise the history loads, the cache is dropped,
+/// the next response's "warnings" says why and its turn recomputes the prompt. Older
+/// versions migrate; newer ones are refused naming both versions.
+/// On success `*out` receives a chat freed with `smallmind_chat_free`.
+/// Errors: INVALID_ARGUMENT, IO (missing, unreadable, truncated or corrupt file: the message
+/// gives the byte offset), INVALID_JSON (a bad envelope: the message gives the JSON path).
+///
+/// # Safety
+/// Pointers are NULL or valid; strings NUL-terminated.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smallmind_chat_load(
+    engine: *mut smallmind_engine,
+    path: *const c_char,
+    options_json: *const c_char,
+    out: *mut *mut smallmind_chat,
+) -> smallmind_status {
+    ffi_call(|| {
+        // SAFETY: per the function's contract.
+        let engine = unsafe { engine_ref(engine) }?;
+        // SAFETY: per the function's contract.
+        let path = unsafe { str_arg(path, "path") }?;
+        // SAFETY: per the function's contract.
+        let options = unsafe { optional_str(options_json, "options_json") }?;
+        out_arg(out, "out")?;
+        let chat = store::load(
+            Arc::clone(&engine.engine),
+            std::path::Path::new(path),
+            options,
+        )?;
         // SAFETY: checked non-null.
         unsafe { *out = into_handle(chat) };
         Ok(())

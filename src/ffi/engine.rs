@@ -11,8 +11,9 @@ use crate::engine::Engine;
 use crate::error::Error;
 
 /// The ABI version of this header: bumped whenever a struct layout or function signature
-/// changes incompatibly.
-pub const SMALLMIND_ABI_VERSION: u32 = 1;
+/// changes incompatibly. 2: `smallmind_chat_callbacks` starts with `struct_size`
+/// (and grows at its end only from then on).
+pub const SMALLMIND_ABI_VERSION: u32 = 2;
 
 static VERSION: &std::ffi::CStr = c"0.1.0";
 
@@ -53,8 +54,10 @@ pub unsafe extern "C" fn smallmind_string_free(s: *mut c_char) {
     }
 }
 
-/// Loads a model. `options_json`: {"model_path" (required), "threads", "context_length",
-/// "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
+/// Loads a model. `options_json`: {"model_path" (required; UTF-8 like all JSON text, so a
+/// path that is not UTF-8 is reached through a symbolic link with a UTF-8 name), "threads",
+/// "context_length" (above the model's training context loads with a warning, sent to on_log
+/// and listed in `smallmind_engine_info`'s "warnings"), "kv_type": "f16"|"f32", "use_mmap"}. `cb` may be NULL. On success `*out` receives an
 /// engine the caller frees with `smallmind_engine_free`; on failure `*out` is untouched.
 /// Errors: INVALID_ARGUMENT, INVALID_JSON, IO (file missing), MODEL_LOAD (malformed file),
 /// UNSUPPORTED_MODEL, CANCELLED (the progress callback returned non-zero).
@@ -70,7 +73,18 @@ pub unsafe extern "C" fn smallmind_engine_create(
     ffi_call(|| {
         out_arg(out, "out")?;
         // SAFETY: the caller passes a valid string or NULL.
-        let json = unsafe { str_arg(options_json, "options_json") }?;
+        let json = unsafe { str_arg(options_json, "options_json") }.map_err(|e| {
+            if options_json.is_null() {
+                e
+            } else {
+                // Not UTF-8: most often a model_path copied from a file system that allows
+                // any bytes in names.
+                Error::invalid_argument(format!(
+                    "{}; JSON text is UTF-8, so a model_path that is not valid UTF-8 cannot be given: open the file through a symbolic link (or a copy) whose path is UTF-8",
+                    e.message
+                ))
+            }
+        })?;
         let options = api::parse_engine_options(json)?;
         // SAFETY: cb is NULL or points to a callbacks struct valid for the call.
         let callbacks = unsafe { cb.as_ref() };
@@ -110,8 +124,9 @@ pub(crate) unsafe fn engine_ref<'a>(
 }
 
 /// Model facts as JSON: architecture, sizes, context length, tensor types, chat template,
-/// fingerprint, threads, load time, and "constraint_trie_ms": how long building the token trie
-/// for constrained decoding took (null until the first request with a JSON response_format).
+/// fingerprint, threads, load time, "warnings" (the load's, e.g. a context_length above the
+/// training context), and "constraint_trie_ms": how long building the token trie for
+/// constrained decoding took (null until the first request with a JSON response_format).
 /// `*out_json` is freed with `smallmind_string_free`.
 /// Thread-safe.
 ///
@@ -240,8 +255,9 @@ pub unsafe extern "C" fn smallmind_engine_complete(
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_json, "out_json")?;
         let request = api::completion_request(&engine.engine, json, started_at)?;
-        // SAFETY: cb is NULL or valid for the call.
-        let mut events = RequestCallbacks::new(unsafe { cb.as_ref() }, "");
+        // SAFETY: cb is NULL or a table of its struct_size, valid for the call.
+        let table = unsafe { smallmind_chat_callbacks::read(cb) }?;
+        let mut events = RequestCallbacks::new(table, "");
         events.request_start(0);
         let (response, usage) = api::complete(&engine.engine, &request, &mut events)?;
         events.request_complete(&usage);

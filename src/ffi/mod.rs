@@ -14,7 +14,10 @@ mod chat;
 mod engine;
 mod status;
 
-pub use callbacks::{smallmind_chat_callbacks, smallmind_engine_callbacks, smallmind_usage};
+pub use callbacks::{
+    smallmind_chat_callbacks, smallmind_engine_callbacks, smallmind_host_result,
+    smallmind_host_result_set, smallmind_usage,
+};
 pub use chat::*;
 pub use engine::*;
 pub use status::smallmind_status;

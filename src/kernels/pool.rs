@@ -47,7 +47,8 @@ struct Shared {
     /// Parts of the current job finished.
     done: AtomicUsize,
     /// A worker's part panicked; the dispatcher re-raises it.
-    panicked: AtomicBool,
+    /// The message of the first part that panicked in the current job.
+    panic_message: Mutex<Option<String>>,
     shutdown: AtomicBool,
     /// Workers asleep on `wake`.
     sleepers: Mutex<usize>,
@@ -86,8 +87,13 @@ impl Shared {
             // SAFETY: the part was claimed under the job's epoch, so the job is still running
             // (its caller waits until this part is counted done) and `job` points to it.
             let job = unsafe { &*job };
-            if catch_unwind(AssertUnwindSafe(|| job(part))).is_err() {
-                self.panicked.store(true, Ordering::Relaxed);
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(part))) {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_string());
+                self.panic_message.lock().get_or_insert(message);
             }
             self.done.fetch_add(1, Ordering::Release);
         }
@@ -120,7 +126,7 @@ impl ThreadPool {
             claim: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             done: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
+            panic_message: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
@@ -204,8 +210,8 @@ impl ThreadPool {
             }
         }
         shared.job.store(std::ptr::null_mut(), Ordering::Relaxed);
-        if shared.panicked.swap(false, Ordering::Relaxed) {
-            panic!("a part of a parallel kernel panicked");
+        if let Some(message) = shared.panic_message.lock().take() {
+            panic!("a part of a parallel kernel panicked: {message}");
         }
     }
 }

@@ -4,6 +4,23 @@ use super::ModelError;
 use crate::gguf::GgufFile;
 use crate::kernels::RopeStyle;
 
+/// Limits on what a file may declare, far above every released model and far below what
+/// would overflow a size computation or ask the allocator for terabytes.
+pub mod limits {
+    /// Transformer blocks (the largest released models have under 200).
+    pub const MAX_LAYERS: usize = 1024;
+    /// Width of the residual stream, of the FFN, and of the concatenated heads.
+    pub const MAX_WIDTH: usize = 1 << 20;
+    /// Attention heads (query or key/value).
+    pub const MAX_HEADS: usize = 4096;
+    /// Positions of the training context, and of the context an engine may be given
+    /// (16,777,216; the longest released contexts are 10M).
+    pub const MAX_CONTEXT: usize = 1 << 24;
+    /// The tensors one transformer block needs at least (norms, q, k, v, o, gate, up, down).
+    pub const TENSORS_PER_LAYER: usize = 9;
+}
+use limits::*;
+
 /// The architectures smallmind runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
@@ -86,28 +103,73 @@ impl Hyperparams {
         };
         let optional = |suffix: &str| file.get_u64(&key(suffix)).map(|v| v as usize);
 
-        let n_embd = required("embedding_length")?;
-        let n_layer = required("block_count")?;
-        let n_head = required("attention.head_count")?;
-        let n_head_kv = optional("attention.head_count_kv").unwrap_or(n_head);
-        let n_ff = required("feed_forward_length")?;
-        let n_ctx_train = required("context_length")?;
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-            return Err(ModelError::InvalidHyperparameter(format!(
-                "{arch_name}: head_count {n_head} must be a positive multiple of head_count_kv {n_head_kv}"
+        let invalid = |m: String| ModelError::InvalidHyperparameter(format!("{arch_name}: {m}"));
+        let in_range = |suffix: &str, v: usize, max: usize| -> Result<usize, ModelError> {
+            if v == 0 || v > max {
+                Err(invalid(format!(
+                    "{} is {v}; it must be between 1 and {max}",
+                    key(suffix)
+                )))
+            } else {
+                Ok(v)
+            }
+        };
+
+        let n_embd = in_range("embedding_length", required("embedding_length")?, MAX_WIDTH)?;
+        let n_layer = in_range("block_count", required("block_count")?, MAX_LAYERS)?;
+        // Each block needs its own tensors: a count the file cannot back is refused before
+        // anything is sized by it.
+        if n_layer > file.tensors.len() / TENSORS_PER_LAYER {
+            return Err(invalid(format!(
+                "{} is {n_layer} but the file has only {} tensors, too few for that many blocks",
+                key("block_count"),
+                file.tensors.len()
             )));
         }
-        let head_dim = optional("attention.key_length").unwrap_or(n_embd / n_head);
+        let n_head = in_range(
+            "attention.head_count",
+            required("attention.head_count")?,
+            MAX_HEADS,
+        )?;
+        let n_head_kv = match optional("attention.head_count_kv") {
+            None => n_head,
+            Some(v) => in_range("attention.head_count_kv", v, MAX_HEADS)?,
+        };
+        let n_ff = in_range(
+            "feed_forward_length",
+            required("feed_forward_length")?,
+            MAX_WIDTH,
+        )?;
+        let n_ctx_train = in_range("context_length", required("context_length")?, MAX_CONTEXT)?;
+        if n_head % n_head_kv != 0 {
+            return Err(invalid(format!(
+                "head_count {n_head} must be a multiple of head_count_kv {n_head_kv}"
+            )));
+        }
+        let head_dim = match optional("attention.key_length") {
+            Some(v) => in_range("attention.key_length", v, MAX_WIDTH)?,
+            None if n_embd % n_head == 0 => n_embd / n_head,
+            None => {
+                return Err(invalid(format!(
+                    "embedding_length {n_embd} is not divisible by head_count {n_head}, and the file has no attention.key_length"
+                )));
+            }
+        };
         let value_dim = optional("attention.value_length").unwrap_or(head_dim);
-        if head_dim == 0 || value_dim != head_dim {
-            return Err(ModelError::InvalidHyperparameter(format!(
-                "{arch_name}: key_length {head_dim} and value_length {value_dim} must be equal and positive"
+        if value_dim != head_dim {
+            return Err(invalid(format!(
+                "key_length {head_dim} and value_length {value_dim} must be equal"
+            )));
+        }
+        if n_head.checked_mul(head_dim).is_none_or(|q| q > MAX_WIDTH) {
+            return Err(invalid(format!(
+                "head_count {n_head} x key_length {head_dim} exceeds the widest supported {MAX_WIDTH}"
             )));
         }
         let rope_dims = optional("rope.dimension_count").unwrap_or(head_dim);
         if rope_dims > head_dim || rope_dims % 2 != 0 {
-            return Err(ModelError::InvalidHyperparameter(format!(
-                "{arch_name}: rope.dimension_count {rope_dims} must be even and at most the head size {head_dim}"
+            return Err(invalid(format!(
+                "rope.dimension_count {rope_dims} must be even and at most the head size {head_dim}"
             )));
         }
         let rms_eps = file
@@ -116,6 +178,21 @@ impl Hyperparams {
         let rope_freq_base = file.get_f32(&key("rope.freq_base")).unwrap_or(10_000.0);
         // llama.cpp falls back to 10000 for the local layers when the file has no SWA base.
         let rope_freq_base_local = file.get_f32(&key("rope.freq_base_swa")).unwrap_or(10_000.0);
+        if !(rms_eps.is_finite() && rms_eps >= 0.0) {
+            return Err(invalid(format!(
+                "attention.layer_norm_rms_epsilon is {rms_eps}; it must be a finite number >= 0"
+            )));
+        }
+        for (name, base) in [
+            ("rope.freq_base", rope_freq_base),
+            ("rope.freq_base_swa", rope_freq_base_local),
+        ] {
+            if !(base.is_finite() && base > 0.0) {
+                return Err(invalid(format!(
+                    "{name} is {base}; it must be a finite positive number"
+                )));
+            }
+        }
 
         let (rope_style, sliding_window, sliding_window_pattern, embedding_scale) = match arch {
             Architecture::Llama => (RopeStyle::Normal, None, 1, None),
@@ -128,10 +205,11 @@ impl Hyperparams {
                 Some((n_embd as f32).sqrt()),
             ),
         };
-        if sliding_window_pattern == 0 {
-            return Err(ModelError::InvalidHyperparameter(format!(
-                "{arch_name}: attention.sliding_window_pattern must be at least 1"
-            )));
+        if sliding_window_pattern == 0 || sliding_window == Some(0) {
+            return Err(invalid(
+                "attention.sliding_window and attention.sliding_window_pattern must be at least 1"
+                    .into(),
+            ));
         }
 
         let n_vocab = file

@@ -2,6 +2,11 @@
 
 use half::f16;
 
+/// Positions the cache grows by: its buffers hold a whole number of chunks (at most the
+/// cache's limit), so what a chat holds is its length rounded up to one chunk, never a
+/// doubling of it and never the whole context up front.
+pub const KV_CHUNK_POSITIONS: usize = 64;
+
 use crate::kernels::KvSlice;
 
 /// Storage precision of cached keys and values.
@@ -37,6 +42,64 @@ impl Rows {
         }
     }
 
+    fn len(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::F16(v) => v.len(),
+        }
+    }
+
+    /// Makes room for `total` values exactly (no amortized doubling).
+    fn reserve_total(&mut self, total: usize) {
+        match self {
+            Rows::F32(v) => v.reserve_exact(total.saturating_sub(v.len())),
+            Rows::F16(v) => v.reserve_exact(total.saturating_sub(v.len())),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.capacity(),
+            Rows::F16(v) => v.capacity(),
+        }
+    }
+
+    /// Appends the little-endian bytes of values `range`.
+    fn write_le(&self, range: std::ops::Range<usize>, out: &mut Vec<u8>) {
+        match self {
+            Rows::F32(v) => v[range]
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes())),
+            Rows::F16(v) => v[range]
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_bits().to_le_bytes())),
+        }
+    }
+
+    /// Values from little-endian bytes (the length is a multiple of the value size).
+    fn read_le(ty: KvType, bytes: &[u8], reserve: usize) -> Self {
+        match ty {
+            KvType::F32 => {
+                let mut v = Vec::with_capacity(reserve);
+                v.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+                );
+                Rows::F32(v)
+            }
+            KvType::F16 => {
+                let mut v = Vec::with_capacity(reserve);
+                v.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]]))),
+                );
+                Rows::F16(v)
+            }
+        }
+    }
+
     fn push(&mut self, values: &[f32]) {
         match self {
             Rows::F32(v) => v.extend_from_slice(values),
@@ -67,8 +130,9 @@ impl Rows {
 }
 
 /// Keys and values of every layer for one token sequence, positions 0..len.
-/// Per layer, k and v are (positions, kv_dim); they grow as tokens are appended, so a short
-/// chat does not pay for the whole context up front.
+/// Per layer, k and v are (positions, kv_dim); they grow in chunks of
+/// `KV_CHUNK_POSITIONS` as tokens are appended, so a short chat does not pay for the whole
+/// context up front, and what it holds is predictable (`bytes_for`).
 #[derive(Debug, Clone)]
 pub struct KvCache {
     ty: KvType,
@@ -144,8 +208,86 @@ impl KvCache {
         2 * self.k.len() * self.kv_dim * self.ty.bytes_per_value()
     }
 
+    /// Positions the buffers hold room for once `positions` are stored: whole chunks, at
+    /// most the cache's limit.
+    fn chunked(&self, positions: usize) -> usize {
+        positions
+            .div_ceil(KV_CHUNK_POSITIONS)
+            .saturating_mul(KV_CHUNK_POSITIONS)
+            .min(self.max_positions)
+            .max(positions)
+    }
+
+    /// Bytes the cache holds once it stores `positions` (or more, when it already holds
+    /// more room than that).
+    pub fn bytes_for(&self, positions: usize) -> usize {
+        (self.chunked(positions.min(self.max_positions)) * self.bytes_per_position())
+            .max(self.bytes())
+    }
+
+    pub fn n_layer(&self) -> usize {
+        self.k.len()
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    /// The stored keys and values as little-endian bytes: per layer, K (positions, kv_dim)
+    /// then V (positions, kv_dim), f16 as its 16 bits or f32 as its 32 bits.
+    pub fn write_rows(&self, out: &mut Vec<u8>) {
+        let values = self.tokens.len() * self.kv_dim;
+        for (k, v) in self.k.iter().zip(&self.v) {
+            k.write_le(0..values, out);
+            v.write_le(0..values, out);
+        }
+    }
+
+    /// A cache holding `tokens` with the rows `write_rows` wrote. `rows` must be exactly
+    /// `tokens.len() * bytes_per_position` bytes and `tokens` at most `max_positions`.
+    pub fn from_rows(
+        ty: KvType,
+        n_layer: usize,
+        kv_dim: usize,
+        max_positions: usize,
+        tokens: Vec<u32>,
+        rows: &[u8],
+    ) -> Result<Self, String> {
+        let mut cache = Self::new(ty, n_layer, kv_dim, max_positions);
+        let n = tokens.len();
+        if n > max_positions {
+            return Err(format!(
+                "{n} cached positions do not fit this chat's {max_positions}"
+            ));
+        }
+        let per_matrix = n * kv_dim * ty.bytes_per_value();
+        if rows.len() != 2 * n_layer * per_matrix {
+            return Err(format!(
+                "{} bytes of rows for {n} positions of {n_layer} layers, {kv_dim} values each; expected {}",
+                rows.len(),
+                2 * n_layer * per_matrix
+            ));
+        }
+        let reserve = cache.chunked(n) * kv_dim;
+        if per_matrix > 0 {
+            for (layer, pair) in rows.chunks_exact(2 * per_matrix).enumerate() {
+                let (k, v) = pair.split_at(per_matrix);
+                cache.k[layer] = Rows::read_le(ty, k, reserve);
+                cache.v[layer] = Rows::read_le(ty, v, reserve);
+            }
+        }
+        cache.tokens = tokens;
+        Ok(cache)
+    }
+
     /// Appends the keys and values (batch, kv_dim) of `layer` for the positions being added.
     pub(crate) fn append_layer(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
+        let total = self.k[layer].len() + keys.len();
+        if total > self.k[layer].capacity() {
+            let room = self.chunked(total.div_ceil(self.kv_dim.max(1))) * self.kv_dim;
+            self.k[layer].reserve_total(room);
+            self.v[layer].reserve_total(room);
+        }
         self.k[layer].push(keys);
         self.v[layer].push(values);
     }
@@ -164,6 +306,76 @@ impl KvCache {
         let len = self.tokens.len() * self.kv_dim;
         for rows in self.k.iter_mut().chain(self.v.iter_mut()) {
             rows.truncate(len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(cache: &mut KvCache, positions: usize) {
+        let values = vec![0.5f32; positions * cache.kv_dim()];
+        for layer in 0..cache.n_layer() {
+            cache.append_layer(layer, &values, &values);
+        }
+        cache.commit_tokens(&vec![3; positions]);
+    }
+
+    #[test]
+    fn the_cache_grows_in_whole_chunks_up_to_its_limit() {
+        let mut cache = KvCache::new(KvType::F16, 2, 8, 150);
+        let per_position = cache.bytes_per_position();
+        assert_eq!(per_position, 2 * 2 * 8 * 2);
+        assert_eq!(cache.bytes(), 0, "nothing is reserved up front");
+        append(&mut cache, 1);
+        assert_eq!(cache.bytes(), 64 * per_position);
+        append(&mut cache, 63);
+        assert_eq!(
+            cache.bytes(),
+            64 * per_position,
+            "64 positions fit one chunk"
+        );
+        append(&mut cache, 1);
+        assert_eq!(cache.bytes(), 128 * per_position);
+        assert_eq!(cache.bytes_for(100), 128 * per_position);
+        append(&mut cache, 70);
+        assert_eq!(
+            cache.bytes(),
+            150 * per_position,
+            "the last chunk stops at the limit"
+        );
+        assert_eq!(
+            cache.bytes_for(10),
+            150 * per_position,
+            "what it already holds counts"
+        );
+        cache.release();
+        assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn rows_written_and_read_back_give_the_same_cache() {
+        for ty in [KvType::F16, KvType::F32] {
+            let mut cache = KvCache::new(ty, 3, 4, 100);
+            for i in 0..5 {
+                let k: Vec<f32> = (0..4).map(|j| (i * 4 + j) as f32 * 0.25).collect();
+                let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                for layer in 0..3 {
+                    cache.append_layer(layer, &k, &v);
+                }
+                cache.commit_tokens(&[i as u32]);
+            }
+            let mut rows = Vec::new();
+            cache.write_rows(&mut rows);
+            assert_eq!(rows.len(), 5 * cache.bytes_per_position());
+            let back = KvCache::from_rows(ty, 3, 4, 100, cache.tokens().to_vec(), &rows).unwrap();
+            let mut again = Vec::new();
+            back.write_rows(&mut again);
+            assert_eq!(again, rows);
+            assert_eq!(back.tokens(), cache.tokens());
+            assert!(KvCache::from_rows(ty, 3, 4, 100, vec![1], &rows).is_err());
+            assert!(KvCache::from_rows(ty, 3, 4, 2, cache.tokens().to_vec(), &rows).is_err());
         }
     }
 }

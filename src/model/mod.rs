@@ -10,8 +10,8 @@ mod weights;
 use std::fmt;
 use std::sync::Arc;
 
-pub use hparams::{Architecture, Hyperparams};
-pub use kv_cache::{KvCache, KvType};
+pub use hparams::{Architecture, Hyperparams, limits};
+pub use kv_cache::{KV_CHUNK_POSITIONS, KvCache, KvType};
 pub use weights::{LayerWeights, Matrix, Weights};
 
 use crate::error::{Error, ErrorKind};
@@ -203,10 +203,14 @@ impl Model {
                 max: cache.max_positions(),
             });
         }
-        let result = self.forward_layers(pool, tokens, cache, wanted, scratch, logits);
+        // An error or a panic (unwinding to the host's boundary) leaves the cache as it was:
+        // no layer keeps rows the token list does not account for.
+        let mut guard = RollbackOnUnwind { cache, armed: true };
+        let result = self.forward_layers(pool, tokens, guard.cache, wanted, scratch, logits);
+        guard.armed = false;
         match result {
-            Ok(()) => cache.commit_tokens(tokens),
-            Err(_) => cache.rollback_layers(),
+            Ok(()) => guard.cache.commit_tokens(tokens),
+            Err(_) => guard.cache.rollback_layers(),
         }
         result
     }
@@ -290,6 +294,14 @@ impl Model {
                 }
             }
             cache.append_layer(il, &s.k, &s.v);
+            if il + 1 == w.layers.len() && debug::take_injected_panic() {
+                // Inside a parallel job, as a real kernel panic would be.
+                pool.for_ranges(1 << 16, 1, |range| {
+                    if range.start == 0 {
+                        panic!("{}", debug::INJECTED_PANIC_MESSAGE);
+                    }
+                });
+            }
             let (keys, values) = cache.layer(il);
             let shape = AttentionShape {
                 n_head: hp.n_head,
@@ -372,6 +384,45 @@ impl Model {
         )
         .map_err(quant_err)?;
         Ok(())
+    }
+}
+
+/// Rolls the cache back to its committed tokens when dropped armed, i.e. while a panic
+/// unwinds through `forward`.
+struct RollbackOnUnwind<'a> {
+    cache: &'a mut KvCache,
+    armed: bool,
+}
+
+impl Drop for RollbackOnUnwind<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cache.rollback_layers();
+        }
+    }
+}
+
+/// A way for the C API's tests to make a forward pass panic, as a bug in a kernel would.
+/// Armed per thread and only by `chat::Chat` when the `SMALLMIND_DEBUG_INJECT_PANIC`
+/// environment variable names the chat's session id; never otherwise.
+#[doc(hidden)]
+pub mod debug {
+    use std::cell::Cell;
+
+    pub const INJECTED_PANIC_MESSAGE: &str = "injected panic (SMALLMIND_DEBUG_INJECT_PANIC)";
+
+    thread_local! {
+        static ARMED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Makes this thread's forward passes panic in their last layer until disarmed.
+    pub fn set_injected_panic(armed: bool) {
+        let _ = ARMED.try_with(|a| a.set(armed));
+    }
+
+    /// Whether this thread's next forward pass should panic; consumes the request.
+    pub(super) fn take_injected_panic() -> bool {
+        ARMED.try_with(|a| a.replace(false)).unwrap_or(false)
     }
 }
 

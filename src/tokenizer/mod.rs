@@ -279,7 +279,7 @@ impl Tokenizer {
                     Algorithm::Bpe {
                         pre,
                         merges,
-                        ignore_merges: pre == PreTokenizer::Llama3,
+                        ignore_merges: pre.ignores_merges(),
                         byte_char_ids,
                     },
                     false,
@@ -439,6 +439,69 @@ impl Tokenizer {
             out.extend(self.eos_id);
         }
         out
+    }
+
+    /// Like `encode` with `parse_special`, except inside `plain` (sorted, disjoint byte
+    /// ranges of `text`, e.g. text a user wrote): there no control token is matched, nor a
+    /// user-defined one listed in `never_in_plain` (sorted), and no special token matched
+    /// outside reaches into a plain range. Text between special tokens is still tokenized as
+    /// one fragment, so a plain range without special-token text gives what `encode` gives.
+    pub fn encode_with_plain_ranges(
+        &self,
+        text: &str,
+        plain: &[std::ops::Range<usize>],
+        never_in_plain: &[u32],
+    ) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        let mut raw_start = 0;
+        let mut pos = 0;
+        let mut next_range = 0;
+        while let Some(c) = text[pos..].chars().next() {
+            while next_range < plain.len() && plain[next_range].end <= pos {
+                next_range += 1;
+            }
+            let range = plain.get(next_range);
+            let inside = range.is_some_and(|r| r.start <= pos);
+            // A match must end before the next plain range, or within the current one.
+            let limit = match range {
+                Some(r) if inside => r.end,
+                Some(r) => r.start,
+                None => text.len(),
+            };
+            let found = self
+                .specials_by_first_byte
+                .get(&text.as_bytes()[pos])
+                .and_then(|candidates| {
+                    candidates.iter().copied().find(|&id| {
+                        let token = self.tokens[id as usize].as_str();
+                        let allowed = !inside
+                            || (self.token_types[id as usize] == TYPE_USER_DEFINED
+                                && never_in_plain.binary_search(&id).is_err());
+                        allowed && pos + token.len() <= limit && text[pos..].starts_with(token)
+                    })
+                });
+            match found {
+                Some(id) => {
+                    self.encode_raw(&text[raw_start..pos], &mut out);
+                    out.push(id);
+                    pos += self.tokens[id as usize].len();
+                    raw_start = pos;
+                }
+                None => pos += c.len_utf8(),
+            }
+        }
+        self.encode_raw(&text[raw_start..], &mut out);
+        out
+    }
+
+    /// Ids of the tokens whose text `encode` may match as one token (control and
+    /// user-defined tokens), in no particular order.
+    pub fn special_ids(&self) -> Vec<u32> {
+        self.specials_by_first_byte
+            .values()
+            .flatten()
+            .copied()
+            .collect()
     }
 
     /// The longest special token starting at byte `pos`, if one may be matched there.

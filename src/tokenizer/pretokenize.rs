@@ -1,9 +1,18 @@
 //! Pre-tokenizers: split text into the pieces BPE merges within, reproducing the regexes of
-//! each model family exactly as llama.cpp applies them (hand-written matchers, as llama.cpp's
-//! `unicode_regex_split_custom_*` do).
+//! each model family (llama.cpp's `llama-vocab.cpp`, from Hugging Face's `tokenizer.json`).
 //!
 //! A pre-tokenizer is a chain of splitters. Each splitter cuts every piece from the previous
 //! stage into its matches and the unmatched text between them; pieces never merge.
+//!
+//! The GPT-2 and Llama 3 families run on hand-written matchers (as llama.cpp's
+//! `unicode_regex_split_custom_*` do): they are the hot path of every chat prompt and are
+//! tested equal to the regexes they replace. The other families run their regex with
+//! fancy-regex. It is needed for `\s+(?!\S)` (look-ahead, which the `regex` crate lacks) and
+//! matches the way Hugging Face's Oniguruma runs these patterns (leftmost alternative first,
+//! backtracking); patterns without look-around are handed whole to the `regex` crate's
+//! automata, so they cannot backtrack badly.
+
+use std::sync::OnceLock;
 
 use super::unicode::{Flags, flags};
 
@@ -18,28 +27,49 @@ pub enum PreTokenizer {
     Llama3,
     /// Qwen 2: as Llama 3 with single digits.
     Qwen2,
-    /// SmolLM: single digits, then GPT-2's regex.
+    /// SmolLM, StarCoder, Refact, Command-R: single digits, then GPT-2's regex.
     SmolLm,
+    /// Falcon: punctuation runs (with the backtick), GPT-2, digit triples.
+    Falcon,
+    /// DeepSeek LLM: line breaks, Latin/Greek/Cyrillic-like letter runs, ASCII and full-width
+    /// punctuation, trailing spaces, CJK runs, number runs.
+    DeepSeekLlm,
+    /// DeepSeek Coder: line breaks, letter runs, punctuation runs, CJK runs, single digits.
+    DeepSeekCoder,
+    /// Qwen 3.5: as Qwen 2, with combining marks counted as letters.
+    Qwen35,
 }
 
 impl PreTokenizer {
-    pub const SUPPORTED: &'static str = "default, gpt2, gpt-2, llama3, llama-bpe, qwen2, smollm";
+    pub const SUPPORTED: &'static str = "default, gpt2, gpt-2, mpt, llama3, llama-bpe, qwen2, qwen35, \
+         smollm, starcoder, refact, command-r, falcon, deepseek-llm, deepseek-coder";
 
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "default" => Some(Self::Default),
-            "gpt2" | "gpt-2" => Some(Self::Gpt2),
+            // MPT's regex is GPT-2's.
+            "gpt2" | "gpt-2" | "mpt" => Some(Self::Gpt2),
             "llama3" | "llama-bpe" => Some(Self::Llama3),
             "qwen2" => Some(Self::Qwen2),
-            "smollm" => Some(Self::SmolLm),
+            "qwen35" => Some(Self::Qwen35),
+            "smollm" | "starcoder" | "refact" | "command-r" => Some(Self::SmolLm),
+            "falcon" => Some(Self::Falcon),
+            "deepseek-llm" => Some(Self::DeepSeekLlm),
+            "deepseek-coder" => Some(Self::DeepSeekCoder),
             _ => None,
         }
+    }
+
+    /// Whether a piece that is itself a vocabulary token skips the merges (llama.cpp's
+    /// `ignore_merges`, Hugging Face's `ignore_merges: true`).
+    pub fn ignores_merges(self) -> bool {
+        self == Self::Llama3
     }
 
     fn stages(self) -> &'static [Splitter] {
         match self {
             Self::Default => &[
-                Splitter::PunctuationRuns,
+                Splitter::PunctuationRuns { backtick: false },
                 Splitter::Gpt2,
                 Splitter::NumberRuns,
                 Splitter::AsciiDigitTriples,
@@ -48,6 +78,27 @@ impl PreTokenizer {
             Self::Llama3 => &[Splitter::Llama3 { max_digits: 3 }],
             Self::Qwen2 => &[Splitter::Llama3 { max_digits: 1 }],
             Self::SmolLm => &[Splitter::SingleNumbers, Splitter::Gpt2],
+            Self::Falcon => &[
+                Splitter::PunctuationRuns { backtick: true },
+                Splitter::Gpt2,
+                Splitter::AsciiDigitTriples,
+            ],
+            Self::DeepSeekLlm => &[
+                Splitter::Regex(Pat::LineBreak),
+                Splitter::Regex(Pat::DeepseekLlmLetters),
+                Splitter::Regex(Pat::DeepseekLlmPunctuation),
+                Splitter::Regex(Pat::TrailingSpaces),
+                Splitter::Regex(Pat::CjkRuns),
+                Splitter::Regex(Pat::NumberRuns),
+            ],
+            Self::DeepSeekCoder => &[
+                Splitter::Regex(Pat::LineBreak),
+                Splitter::Regex(Pat::LetterRuns),
+                Splitter::Regex(Pat::PunctuationRuns),
+                Splitter::Regex(Pat::CjkRuns),
+                Splitter::SingleNumbers,
+            ],
+            Self::Qwen35 => &[Splitter::Regex(Pat::Qwen35)],
         }
     }
 
@@ -65,10 +116,92 @@ impl PreTokenizer {
     }
 }
 
+/// A regex pattern, compiled the first time a tokenizer needs it.
+#[derive(Debug)]
+struct Pattern {
+    source: &'static str,
+    compiled: OnceLock<fancy_regex::Regex>,
+}
+
+impl Pattern {
+    const fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            compiled: OnceLock::new(),
+        }
+    }
+
+    fn regex(&self) -> &fancy_regex::Regex {
+        self.compiled.get_or_init(|| {
+            fancy_regex::Regex::new(self.source)
+                .expect("pre-tokenizer patterns are constants; a unit test compiles each")
+        })
+    }
+}
+
+static LINE_BREAK: Pattern = Pattern::new("[\r\n]");
+static DEEPSEEK_LLM_LETTERS: Pattern = Pattern::new(
+    "\\s?[A-Za-z\u{b5}\u{c0}-\u{d6}\u{d8}-\u{f6}\u{f8}-\u{1ba}\u{1bc}-\u{1bf}\u{1c4}-\u{293}\u{295}-\u{2af}\u{370}-\u{373}\u{376}\u{377}\u{37b}-\u{37d}\u{37f}\u{386}\u{388}-\u{38a}\u{38c}\u{38e}-\u{3a1}\u{3a3}-\u{3f5}\u{3f7}-\u{481}\u{48a}-\u{52f}\u{531}-\u{556}\u{10a0}-\u{10c5}\u{13a0}-\u{13f5}\u{13f8}-\u{13fd}\u{1c90}-\u{1cba}\u{1cbd}-\u{1cbf}\u{1d00}-\u{1d2b}\u{1d6b}-\u{1d77}\u{1d79}-\u{1d9a}\u{1e00}-\u{1f15}\u{1f18}-\u{1f1d}\u{1f20}-\u{1f45}\u{1f48}-\u{1f4d}\u{1f50}-\u{1f57}\u{1f59}\u{1f5b}\u{1f5d}\u{1f5f}-\u{1f7d}\u{1f80}-\u{1fb4}\u{1fb6}-\u{1fbc}\u{1fbe}\u{1fc2}-\u{1fc4}\u{1fc6}-\u{1fcc}\u{1fd0}-\u{1fd3}\u{1fd6}-\u{1fdb}\u{1fe0}-\u{1fec}\u{1ff2}-\u{1ff4}\u{1ff6}-\u{1ffc}\u{2102}\u{2107}\u{210a}-\u{2113}\u{2115}\u{2119}-\u{211d}\u{2124}\u{2126}\u{2128}\u{212a}-\u{212d}\u{212f}-\u{2134}\u{2139}\u{213c}-\u{213f}\u{2145}-\u{2149}\u{214e}\u{2183}\u{2184}\u{2c00}-\u{2c7b}\u{2c7e}-\u{2ce4}\u{2ceb}-\u{2cee}\u{2cf2}\u{2cf3}\u{a640}-\u{a66d}\u{a680}-\u{a69b}\u{a722}-\u{a76f}\u{a771}-\u{a787}\u{a78b}-\u{a78e}\u{ab70}-\u{abbf}\u{fb00}-\u{fb06}\u{fb13}-\u{fb17}\u{ff21}-\u{ff3a}\u{ff41}-\u{ff5a}\u{10400}-\u{1044f}\u{104b0}-\u{104d3}\u{104d8}-\u{104fb}\u{10c80}-\u{10cb2}\u{10cc0}-\u{10cf2}\u{118a0}-\u{118df}\u{1e900}-\u{1e943}]+",
+);
+static DEEPSEEK_LLM_PUNCTUATION: Pattern = Pattern::new(
+    "\\s?[!-/:-~\u{ff01}-\u{ff0f}\u{ff1a}-\u{ff5e}\u{2018}-\u{201f}\u{3000}-\u{3002}]+",
+);
+static TRAILING_SPACES: Pattern = Pattern::new("\\s+$");
+static CJK_RUNS: Pattern = Pattern::new("[\u{4e00}-\u{9fa5}\u{800}-\u{4e00}\u{ac00}-\u{d7ff}]+");
+static NUMBER_RUNS: Pattern = Pattern::new("\\p{N}+");
+static LETTER_RUNS: Pattern = Pattern::new("\\s?\\p{L}+");
+static PUNCTUATION_RUNS: Pattern = Pattern::new("\\s?\\p{P}+");
+static QWEN35: Pattern = Pattern::new(
+    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+);
+
+/// The patterns the regex splitters run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pat {
+    LineBreak,
+    DeepseekLlmLetters,
+    DeepseekLlmPunctuation,
+    TrailingSpaces,
+    CjkRuns,
+    NumberRuns,
+    LetterRuns,
+    PunctuationRuns,
+    Qwen35,
+}
+
+impl Pat {
+    #[cfg(test)]
+    const ALL: [Pat; 9] = [
+        Pat::LineBreak,
+        Pat::DeepseekLlmLetters,
+        Pat::DeepseekLlmPunctuation,
+        Pat::TrailingSpaces,
+        Pat::CjkRuns,
+        Pat::NumberRuns,
+        Pat::LetterRuns,
+        Pat::PunctuationRuns,
+        Pat::Qwen35,
+    ];
+
+    fn pattern(self) -> &'static Pattern {
+        match self {
+            Self::LineBreak => &LINE_BREAK,
+            Self::DeepseekLlmLetters => &DEEPSEEK_LLM_LETTERS,
+            Self::DeepseekLlmPunctuation => &DEEPSEEK_LLM_PUNCTUATION,
+            Self::TrailingSpaces => &TRAILING_SPACES,
+            Self::CjkRuns => &CJK_RUNS,
+            Self::NumberRuns => &NUMBER_RUNS,
+            Self::LetterRuns => &LETTER_RUNS,
+            Self::PunctuationRuns => &PUNCTUATION_RUNS,
+            Self::Qwen35 => &QWEN35,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Splitter {
-    /// `[\p{P}\$\+<=>\^~\|]+`
-    PunctuationRuns,
+    /// `[\p{P}\$\+<=>\^~\|]+`, with the backtick too for Falcon.
+    PunctuationRuns { backtick: bool },
     /// `\p{N}+`
     NumberRuns,
     /// `\p{N}`
@@ -79,6 +212,8 @@ enum Splitter {
     Gpt2,
     /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
     Llama3 { max_digits: usize },
+    /// Any other pattern: its matches, and the text between them, become pieces.
+    Regex(Pat),
 }
 
 /// A piece as characters with their byte offsets, so matchers can look around by index.
@@ -126,9 +261,11 @@ impl Splitter {
     fn split_into<'t>(self, piece: &'t str, out: &mut Vec<&'t str>) {
         let chars = Chars::new(piece);
         match self {
-            Self::PunctuationRuns => split_runs(&chars, out, |c| {
+            Self::PunctuationRuns { backtick } => split_runs(&chars, out, |c| {
                 let f = flags(Some(c));
-                f.punctuation || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|')
+                f.punctuation
+                    || matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '~' | '|')
+                    || (backtick && c == '`')
             }),
             Self::NumberRuns => split_runs(&chars, out, |c| flags(Some(c)).number),
             Self::SingleNumbers => split_matches(&chars, out, |chars, pos| {
@@ -143,7 +280,28 @@ impl Splitter {
             Self::Llama3 { max_digits } => split_whole(&chars, out, |chars, pos| {
                 llama3_token_end(chars, pos, max_digits)
             }),
+            Self::Regex(pat) => split_regex(pat.pattern().regex(), piece, out),
         }
+    }
+}
+
+/// Cuts the matches of `regex` (empty ones ignored) from the text between them. A match the
+/// engine gives up on (its backtracking limit) ends the matching: the rest stays one piece.
+fn split_regex<'t>(regex: &fancy_regex::Regex, piece: &'t str, out: &mut Vec<&'t str>) {
+    let mut last = 0;
+    for found in regex.find_iter(piece) {
+        let Ok(m) = found else { break };
+        if m.start() == m.end() {
+            continue;
+        }
+        if last < m.start() {
+            out.push(&piece[last..m.start()]);
+        }
+        out.push(m.as_str());
+        last = m.end();
+    }
+    if last < piece.len() {
+        out.push(&piece[last..]);
     }
 }
 
@@ -359,14 +517,79 @@ mod tests {
             PreTokenizer::Llama3,
             PreTokenizer::Qwen2,
             PreTokenizer::SmolLm,
+            PreTokenizer::Falcon,
+            PreTokenizer::DeepSeekLlm,
+            PreTokenizer::DeepSeekCoder,
+            PreTokenizer::Qwen35,
         ] {
             assert_eq!(pre.split(text).concat(), text, "{pre:?}");
         }
     }
 
+    const GPT2_REGEX: &str =
+        "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)";
+    fn llama3_regex(digits: &str) -> String {
+        format!(
+            "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{{L}}\\p{{N}}]?\\p{{L}}+|\\p{{N}}{digits}| ?[^\\s\\p{{L}}\\p{{N}}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+        )
+    }
+
+    fn regex_split<'t>(pattern: &str, text: &'t str) -> Vec<&'t str> {
+        let mut out = Vec::new();
+        split_regex(&fancy_regex::Regex::new(pattern).unwrap(), text, &mut out);
+        out
+    }
+
+    #[test]
+    fn hand_written_matchers_equal_the_regexes_they_replace() {
+        let texts = [
+            "Hello world's 123  ok!?\n\n x",
+            "I'M 12345 ok.\n\nYes   \t\r\n  tail  ",
+            "Café naïve 日本語 ✓ — emoji 🙂 déjà vu! \t\r\n  $x+=1;  ",
+            "   leading, 'LL 'Ve 'd\u{a0}\u{2003}x\n \n\t\tb ..\n\r\n",
+            "x = [1, 22, 333, 4444]; // naïve ́combining a\u{301}b\u{0}\u{7f}",
+        ];
+        for text in texts {
+            assert_eq!(
+                PreTokenizer::Gpt2.split(text),
+                regex_split(GPT2_REGEX, text),
+                "{text:?}"
+            );
+            assert_eq!(
+                PreTokenizer::Llama3.split(text),
+                regex_split(&llama3_regex("{1,3}"), text),
+                "{text:?}"
+            );
+            assert_eq!(
+                PreTokenizer::Qwen2.split(text),
+                regex_split(&llama3_regex(""), text),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_pattern_compiles() {
+        for pat in Pat::ALL {
+            let source = pat.pattern().source;
+            assert!(fancy_regex::Regex::new(source).is_ok(), "{source}");
+        }
+    }
+
+    #[test]
+    fn deepseek_coder_splits_lines_letters_punctuation_and_digits() {
+        assert_eq!(
+            PreTokenizer::DeepSeekCoder.split("fn a1(x) {\n  42\n}"),
+            [
+                "fn", " a", "1", "(", "x", ")", " {", "\n", "  ", "4", "2", "\n", "}"
+            ]
+        );
+    }
+
     #[test]
     fn unknown_names_are_not_guessed() {
-        assert_eq!(PreTokenizer::from_name("deepseek-llm"), None);
+        assert_eq!(PreTokenizer::from_name("deepseek-v3"), None);
+        assert_eq!(PreTokenizer::from_name("Falcon"), None);
         assert_eq!(
             PreTokenizer::from_name("llama-bpe"),
             Some(PreTokenizer::Llama3)

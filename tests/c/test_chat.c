@@ -240,8 +240,8 @@ static void test_bad_requests(smallmind_engine *engine) {
                       SMALLMIND_ERR_INVALID_ARGUMENT, "stop_token_ids contains 49152");
     expect_send_error(chat,
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"context_policy\": {\"type\": "
-                      "\"keep_last_n_turns\", \"max_turns\": 0}}",
-                      SMALLMIND_ERR_INVALID_ARGUMENT, "max_turns must be at least 1");
+                      "\"sliding_window\", \"window_tokens\": 0}}",
+                      SMALLMIND_ERR_INVALID_ARGUMENT, "window_tokens (max_tokens) must be at least 1");
     /* Fields of later features are refused, never ignored. */
     expect_send_error(chat,
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": [{\"type\": \"function\", "
@@ -262,7 +262,7 @@ static void test_bad_requests(smallmind_engine *engine) {
                       SMALLMIND_ERR_INVALID_ARGUMENT, "retrieved_context is not supported");
     /* The context holds 8192 tokens: a reply that cannot fit is refused before any work. */
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 9000}",
-                      SMALLMIND_ERR_CONTEXT_OVERFLOW, "9000 reserved for the reply, but the context holds 8192 tokens");
+                      SMALLMIND_ERR_CONTEXT_OVERFLOW, "max_tokens 9000 reserves the whole context (8192 tokens, set by context_length)");
     CHECK(history_length(chat) == 0, "failed sends leave no history");
 
     /* What the refusals above allow, checked without generating. */
@@ -533,11 +533,12 @@ static void test_telemetry_and_history(smallmind_engine *engine) {
     CHECK(t.hit && t.cached_tokens > 0, "the second turn reuses the first turn's cache");
     smallmind_string_free(response);
 
-    /* keep_last_n_turns 1 drops turns 1 and 2 (4 messages) and pins the system message. */
+    /* keep_last_n_turns 0 keeps only the new turn: it drops turns 1 and 2 (4 messages) and pins
+     * the system message. */
     cb = telemetry_callbacks(&t, "telemetry-test");
     response = send_ok(chat,
                        "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a tree.\"}], \"context_policy\": "
-                       "{\"type\": \"keep_last_n_turns\", \"max_turns\": 1}}",
+                       "{\"type\": \"keep_last_n_turns\", \"max_turns\": 0}}",
                        &cb);
     check_telemetry(&t, response, 1);
     CHECK(strcmp(t.policy, "keep_last_n_turns") == 0 && t.tokens_before > t.tokens_after, "the policy dropped tokens");
@@ -545,7 +546,9 @@ static void test_telemetry_and_history(smallmind_engine *engine) {
     CHECK(contains(response, "left out 4 older message(s)"), "a warning says that messages were left out");
     CHECK(t.hit, "the pinned system message is still reused from the cache");
     smallmind_string_free(response);
-    CHECK(history_length(chat) == 7, "the history keeps every message (system, 3 turns): policies only shape the prompt");
+    CHECK(history_length(chat) == 6,
+          "the history keeps every message (3 turns; the system_prompt option is rendered, not recorded): policies "
+          "only shape the prompt");
 
     /* No callbacks: a NULL pointer, and a struct whose fields are all NULL. */
     response = send_ok(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a bird.\"}], \"max_tokens\": 2}", NULL);
@@ -554,7 +557,7 @@ static void test_telemetry_and_history(smallmind_engine *engine) {
     memset(&empty, 0, sizeof empty);
     response = send_ok(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Name a fish.\"}], \"max_tokens\": 2}", &empty);
     smallmind_string_free(response);
-    CHECK(history_length(chat) == 11, "both sends were recorded");
+    CHECK(history_length(chat) == 10, "both sends were recorded");
 
     /* Export and import: the restored chat has the same history and renders the same prompt. */
     char *exported = NULL, *history = NULL, *imported_history = NULL, *rendered = NULL, *imported_rendered = NULL;

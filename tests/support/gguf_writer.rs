@@ -163,3 +163,62 @@ impl GgufBuilder {
         out
     }
 }
+
+/// The metadata value of a parsed file, as the writer writes it.
+pub fn meta_of(value: &smallmind::gguf::Value) -> Meta {
+    use smallmind::gguf::Value as V;
+    match value {
+        V::U8(v) => Meta::U8(*v),
+        V::I8(v) => Meta::I8(*v),
+        V::U16(v) => Meta::U16(*v),
+        V::I16(v) => Meta::I16(*v),
+        V::U32(v) => Meta::U32(*v),
+        V::I32(v) => Meta::I32(*v),
+        V::F32(v) => Meta::F32(*v),
+        V::Bool(v) => Meta::Bool(*v),
+        V::String(s) => Meta::Str(s.clone()),
+        V::Array(items) => {
+            let items: Vec<Meta> = items.iter().map(meta_of).collect();
+            let elem = items.first().map_or(8, Meta::type_id);
+            Meta::Array(elem, items)
+        }
+        V::U64(v) => Meta::U64(*v),
+        V::I64(v) => Meta::I64(*v),
+        V::F64(v) => Meta::F64(*v),
+    }
+}
+
+impl GgufBuilder {
+    /// A builder holding every key and tensor of `file`, to rewrite it with changes.
+    pub fn from_file(file: &smallmind::gguf::GgufFile) -> Self {
+        Self {
+            version: file.version,
+            alignment: file.alignment,
+            metadata: file
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), meta_of(v)))
+                .collect(),
+            tensors: file
+                .tensors
+                .iter()
+                .map(|t| Tensor {
+                    name: t.name.clone(),
+                    type_id: t.ggml_type.id(),
+                    dims: t.dims.clone(),
+                    data: file.tensor_bytes(t).to_vec(),
+                    offset: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces the value of `key` (or adds it).
+    pub fn set(mut self, key: &str, value: Meta) -> Self {
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.metadata.push((key.into(), value)),
+        }
+        self
+    }
+}

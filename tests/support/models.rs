@@ -28,6 +28,20 @@ fn cached_model(file: &str, fetch_arg: &str) -> PathBuf {
     path
 }
 
+/// llama.cpp's `models/` test data (vocab files, chat templates) and the jinja2 venv, as
+/// `scripts/fetch-llamacpp-data` leaves them: (models directory, jinja2's python).
+pub fn llamacpp_data() -> (PathBuf, PathBuf) {
+    let cache = cache_dir();
+    let models = cache.join("llama.cpp-11434/models");
+    let python = cache.join("jinja2-venv/bin/python");
+    assert!(
+        cache.join("llama.cpp-11434/.complete").exists() && python.exists(),
+        "llama.cpp's test data is missing from {}: run `scripts/fetch-llamacpp-data` (scripts/test does)",
+        cache.display()
+    );
+    (models, python)
+}
+
 /// The default model, SmolLM2-135M-Instruct Q4_1.
 pub fn smollm2() -> PathBuf {
     cached_model("SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2")

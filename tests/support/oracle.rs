@@ -37,7 +37,8 @@ pub fn last_logits(engine: &Engine, tokens: &[u32]) -> Vec<f32> {
     let mut scratch = ForwardScratch::default();
     let mut logits = Vec::new();
     engine
-        .model
+        .model()
+        .expect("the oracle tests load the weights")
         .forward(
             engine.pool(),
             tokens,
