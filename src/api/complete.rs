@@ -2,30 +2,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{parse, to_json};
-use crate::engine::{Engine, GenerationEvents, GenerationOutput, GenerationRequest, Usage};
+use std::sync::Arc;
+
+use super::options::{RequestOptions, ResponseFormat, token_ids};
+use super::{parse_with_options, to_json};
+use crate::chat::structured;
+use crate::engine::{
+    Engine, GenerationEvents, GenerationOutput, GenerationRequest, TokenLogprob, Usage,
+};
 use crate::error::{Error, Result};
-use crate::sample::SamplingParams;
 
-const DEFAULT_MAX_TOKENS: u32 = 256;
-/// More alternatives than this per token is a mistake, not a use case.
-const MAX_TOP_LOGPROBS: u32 = 100;
-
-/// Stop strings: OpenAI accepts one string or a list.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StopField {
-    One(String),
-    Many(Vec<String>),
-}
-
+/// The completion's own fields; the generation options (`RequestOptions`) are taken out of
+/// the request first.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct CompleteRequest {
+struct CompletionFields {
     #[serde(default)]
     prompt: Option<String>,
     #[serde(default)]
-    prompt_ids: Option<Vec<u32>>,
+    prompt_ids: Option<serde_json::Value>,
     /// With `prompt`: add BOS/EOS as the model's metadata says (default true).
     #[serde(default)]
     add_special: Option<bool>,
@@ -33,115 +28,25 @@ pub struct CompleteRequest {
     #[serde(default)]
     parse_special: Option<bool>,
     #[serde(default)]
-    max_tokens: Option<i64>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_k: Option<i64>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repeat_penalty: Option<f32>,
-    #[serde(default)]
-    repeat_last_n: Option<i64>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    stop: Option<StopField>,
-    #[serde(default)]
-    stop_token_ids: Option<Vec<u32>>,
-    #[serde(default)]
-    ignore_eos: Option<bool>,
-    #[serde(default)]
-    logprobs: Option<u32>,
-    #[serde(default)]
     prompt_logprobs: Option<bool>,
 }
 
-/// Parses the sampling fields shared by completion and chat requests over `base`.
-#[allow(clippy::too_many_arguments)]
-pub fn sampling_params(
-    base: SamplingParams,
-    temperature: Option<f32>,
-    top_k: Option<i64>,
-    top_p: Option<f32>,
-    min_p: Option<f32>,
-    repeat_penalty: Option<f32>,
-    repeat_last_n: Option<i64>,
-    presence_penalty: Option<f32>,
-    frequency_penalty: Option<f32>,
-    seed: Option<u64>,
-) -> Result<SamplingParams> {
-    let mut p = base;
-    if let Some(t) = temperature {
-        p.temperature = t;
-    }
-    if let Some(k) = top_k {
-        p.top_k = u32::try_from(k).map_err(|_| {
-            Error::invalid_argument(format!(
-                "top_k is {k}; it must be 0 (off) or a positive number of tokens"
-            ))
-        })?;
-    }
-    if let Some(v) = top_p {
-        p.top_p = v;
-    }
-    if let Some(v) = min_p {
-        p.min_p = v;
-    }
-    if let Some(v) = repeat_penalty {
-        p.repeat_penalty = v;
-    }
-    if let Some(n) = repeat_last_n {
-        p.repeat_last_n = usize::try_from(n).map_err(|_| {
-            Error::invalid_argument(format!("repeat_last_n is {n}; it must be 0 or more"))
-        })?;
-    }
-    if let Some(v) = presence_penalty {
-        p.presence_penalty = v;
-    }
-    if let Some(v) = frequency_penalty {
-        p.frequency_penalty = v;
-    }
-    p.seed = seed.unwrap_or_else(random_seed);
-    p.validate()?;
-    Ok(p)
+/// A validated completion request.
+#[derive(Debug, Clone)]
+pub struct CompleteRequest {
+    pub generation: GenerationRequest,
+    pub response_format: ResponseFormat,
 }
 
-/// A seed for requests that give none: different for every request, reported in the
-/// response so a run can be reproduced.
-fn random_seed() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    nanos ^ COUNTER.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-}
-
-impl CompleteRequest {
-    fn into_generation(
-        self,
-        engine: &Engine,
-        started_at: std::time::Instant,
-    ) -> Result<GenerationRequest> {
-        let prompt = match (self.prompt, self.prompt_ids) {
-            (Some(_), Some(_)) => {
-                return Err(Error::invalid_argument(
-                    "give either prompt or prompt_ids, not both",
-                ));
-            }
-            (None, None) => {
-                return Err(Error::invalid_argument(
-                    "the request needs prompt (text) or prompt_ids (token ids)",
-                ));
-            }
+impl CompletionFields {
+    fn prompt(self, engine: &Engine) -> Result<Vec<u32>> {
+        match (self.prompt, self.prompt_ids) {
+            (Some(_), Some(_)) => Err(Error::invalid_argument(
+                "give either prompt or prompt_ids, not both",
+            )),
+            (None, None) => Err(Error::invalid_argument(
+                "the request needs prompt (text) or prompt_ids (token ids)",
+            )),
             (Some(text), None) => {
                 let ids = engine.tokenizer.encode(
                     &text,
@@ -153,7 +58,7 @@ impl CompleteRequest {
                         "prompt is empty: it tokenizes to no tokens",
                     ));
                 }
-                ids
+                Ok(ids)
             }
             (None, Some(ids)) => {
                 if self.add_special.is_some() || self.parse_special.is_some() {
@@ -161,69 +66,50 @@ impl CompleteRequest {
                         "add_special and parse_special apply to prompt text; with prompt_ids give the exact ids",
                     ));
                 }
+                let ids = token_ids("prompt_ids", &ids, engine)?;
                 if ids.is_empty() {
                     return Err(Error::invalid_argument(
                         "prompt_ids is empty: give at least one token id",
                     ));
                 }
-                let n_vocab = engine.tokenizer.n_vocab();
-                if let Some(bad) = ids.iter().find(|&&id| id as usize >= n_vocab) {
-                    return Err(Error::invalid_argument(format!(
-                        "prompt_ids contains {bad}, but the vocabulary has {n_vocab} tokens (ids 0..{})",
-                        n_vocab - 1
-                    )));
-                }
-                ids
+                Ok(ids)
             }
-        };
-        let max_tokens = match self.max_tokens {
-            None => DEFAULT_MAX_TOKENS as usize,
-            Some(n) if n < 0 => {
-                return Err(Error::invalid_argument(format!(
-                    "max_tokens is {n}; it must be 0 (score the prompt only) or more"
-                )));
-            }
-            Some(n) => n as usize,
-        };
-        let stop = match self.stop {
-            None => Vec::new(),
-            Some(StopField::One(s)) => vec![s],
-            Some(StopField::Many(v)) => v,
-        };
-        if stop.iter().any(String::is_empty) {
-            return Err(Error::invalid_argument(
-                "stop contains an empty string, which would stop at once; remove it",
-            ));
         }
-        if let Some(k) = self.logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
-            return Err(Error::invalid_argument(format!(
-                "logprobs is {k}; it must be at most {MAX_TOP_LOGPROBS}"
-            )));
-        }
-        let sampling = sampling_params(
-            SamplingParams::default(),
-            self.temperature,
-            self.top_k,
-            self.top_p,
-            self.min_p,
-            self.repeat_penalty,
-            self.repeat_last_n,
-            self.presence_penalty,
-            self.frequency_penalty,
-            self.seed,
-        )?;
-        Ok(GenerationRequest {
-            prompt,
-            sampling,
-            max_tokens,
-            stop,
-            stop_token_ids: self.stop_token_ids.unwrap_or_default(),
-            ignore_eos: self.ignore_eos.unwrap_or(false),
-            top_logprobs: self.logprobs.map(|k| k as usize),
-            prompt_logprobs: self.prompt_logprobs.unwrap_or(false),
-            started_at,
-        })
     }
+}
+
+/// Parses and validates a raw completion request, checking that it fits the context.
+/// `started_at` is when the host's call began: time to first token counts from it.
+pub fn completion_request(
+    engine: &Engine,
+    json: &str,
+    started_at: std::time::Instant,
+) -> Result<CompleteRequest> {
+    let what = "completion request";
+    let (options, fields): (RequestOptions, CompletionFields) = parse_with_options(what, json)?;
+    let prompt_logprobs = fields.prompt_logprobs.unwrap_or(false);
+    let prompt = fields.prompt(engine)?;
+    let resolved = options.resolve(engine)?;
+    let generation = GenerationRequest {
+        prompt,
+        sampling: resolved.sampling,
+        max_tokens: resolved.max_tokens,
+        stop: resolved.stop,
+        stop_token_ids: resolved.stop_token_ids,
+        ignore_eos: resolved.ignore_eos,
+        top_logprobs: resolved.top_logprobs,
+        prompt_logprobs,
+        started_at,
+    };
+    crate::engine::check_fits(
+        generation.prompt.len(),
+        generation.max_tokens,
+        engine.context_length(),
+    )?;
+    Ok(CompleteRequest {
+        generation,
+        response_format: resolved.response_format,
+    })
 }
 
 #[derive(Serialize)]
@@ -262,17 +148,50 @@ impl From<&Usage> for UsageJson {
     }
 }
 
-#[derive(Serialize)]
-struct IdLogprob {
-    id: u32,
-    logprob: f32,
+/// A token's text in logprob entries: its bytes as UTF-8, with U+FFFD where a token holds
+/// only part of a character (the ids say exactly which tokens they were).
+fn piece_text(engine: &Engine, id: u32) -> String {
+    String::from_utf8_lossy(engine.tokenizer.token_to_piece(id, true)).into_owned()
 }
 
 #[derive(Serialize)]
-struct TokenLogprobJson {
+pub struct IdLogprob {
     id: u32,
+    text: String,
+    logprob: f32,
+}
+
+/// One generated token's log-probability and the most likely alternatives. Values are
+/// natural logs of the model's distribution after the constraint of a `response_format`
+/// (forbidden tokens excluded, the rest renormalised) and before penalties and temperature:
+/// with penalties or a temperature the chosen token need not be `top[0]`.
+#[derive(Serialize)]
+pub struct TokenLogprobJson {
+    id: u32,
+    text: String,
     logprob: f32,
     top: Vec<IdLogprob>,
+}
+
+/// The logprob entries of a response.
+pub fn logprobs_json(engine: &Engine, logprobs: &[TokenLogprob]) -> Vec<TokenLogprobJson> {
+    logprobs
+        .iter()
+        .map(|t| TokenLogprobJson {
+            id: t.id,
+            text: piece_text(engine, t.id),
+            logprob: t.logprob,
+            top: t
+                .top
+                .iter()
+                .map(|&(id, logprob)| IdLogprob {
+                    id,
+                    text: piece_text(engine, id),
+                    logprob,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -286,55 +205,32 @@ struct CompleteResponse {
     logprobs: Option<Vec<TokenLogprobJson>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt_logprobs: Option<Vec<Option<f32>>>,
-}
-
-/// Parses and validates a raw completion request, checking that it fits the context.
-/// `started_at` is when the host's call began: time to first token counts from it.
-pub fn completion_request(
-    engine: &Engine,
-    json: &str,
-    started_at: std::time::Instant,
-) -> Result<GenerationRequest> {
-    engine.model()?;
-    let req: CompleteRequest = parse("completion request", json)?;
-    let gen_req = req.into_generation(engine, started_at)?;
-    crate::engine::check_fits(
-        gen_req.prompt.len(),
-        gen_req.max_tokens,
-        engine.context_length(),
-    )?;
-    Ok(gen_req)
+    warnings: Vec<String>,
 }
 
 /// Runs a validated completion request; returns the response JSON and the usage figures.
 pub fn complete(
-    engine: &Engine,
-    gen_req: &GenerationRequest,
+    engine: &Arc<Engine>,
+    request: &CompleteRequest,
     events: &mut dyn GenerationEvents,
 ) -> Result<(String, Usage)> {
+    let gen_req = &request.generation;
+    let mut constraint = structured::response_constraint(engine, &request.response_format)?;
     let mut cache = engine.new_cache();
-    let out: GenerationOutput = engine.generate(&mut cache, gen_req, None, events)?;
+    let out: GenerationOutput =
+        engine.generate(&mut cache, gen_req, constraint.as_deref_mut(), events)?;
+    let warnings = structured::check_reply(&request.response_format, &out.text, out.finish_reason)?;
     let response = CompleteResponse {
+        logprobs: gen_req
+            .top_logprobs
+            .map(|_| logprobs_json(engine, &out.logprobs)),
         text: out.text,
         token_ids: out.token_ids,
         finish_reason: out.finish_reason.as_str(),
         usage: UsageJson::from(&out.usage),
         seed: gen_req.sampling.seed,
-        logprobs: gen_req.top_logprobs.map(|_| {
-            out.logprobs
-                .iter()
-                .map(|t| TokenLogprobJson {
-                    id: t.id,
-                    logprob: t.logprob,
-                    top: t
-                        .top
-                        .iter()
-                        .map(|&(id, logprob)| IdLogprob { id, logprob })
-                        .collect(),
-                })
-                .collect()
-        }),
         prompt_logprobs: gen_req.prompt_logprobs.then_some(out.prompt_logprobs),
+        warnings,
     };
     Ok((to_json(&response)?, out.usage))
 }

@@ -4,10 +4,14 @@
 
 mod complete;
 mod engine;
+pub mod options;
 mod tokenize;
 
-pub use complete::{CompleteRequest, UsageJson, complete, completion_request, sampling_params};
+pub use complete::{
+    CompleteRequest, TokenLogprobJson, UsageJson, complete, completion_request, logprobs_json,
+};
 pub use engine::{EngineOptionsJson, check_chat_template, info_json, parse_engine_options};
+pub use options::{RequestOptions, ResolvedOptions, ResponseFormat, Seed};
 pub use tokenize::{detokenize, tokenize};
 
 use serde::de::DeserializeOwned;
@@ -41,6 +45,33 @@ pub fn parse<T: DeserializeOwned>(what: &str, json: &str) -> Result<T> {
         .end()
         .map_err(|e| Error::invalid_json(format!("{what}: {e}")))?;
     Ok(value)
+}
+
+/// Parses `json`, a JSON object holding the generation options (see [`RequestOptions`])
+/// beside the call's own fields `T`: the options are taken out and validated, the rest must
+/// be exactly `T`'s fields.
+pub fn parse_with_options<T: DeserializeOwned>(
+    what: &str,
+    json: &str,
+) -> Result<(RequestOptions, T)> {
+    let value: serde_json::Value = parse(what, json)?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(Error::invalid_json(format!(
+            "{what}: must be a JSON object"
+        )));
+    };
+    let options = RequestOptions::take_from(&mut map)
+        .map_err(|error| Error::new(error.kind, format!("{what}: {}", error.message)))?;
+    let fields = serde_path_to_error::deserialize(serde_json::Value::Object(map)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            Error::invalid_json(format!("{what}: {inner}"))
+        } else {
+            Error::invalid_json(format!("{what}: {path}: {inner}"))
+        }
+    })?;
+    Ok((options, fields))
 }
 
 /// Serializes a response; our own types always serialize, so a failure is a bug.

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{parse, to_json};
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +59,7 @@ pub fn tokenize(engine: &Engine, json: &str) -> Result<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DetokenizeRequest {
-    ids: Vec<u32>,
+    ids: serde_json::Value,
     /// Include the text of control tokens such as "<|im_end|>" (default false).
     #[serde(default)]
     render_special: bool,
@@ -73,14 +73,8 @@ struct DetokenizeResponse {
 /// `{"ids"}` → `{"text"}`. Bytes that do not form valid UTF-8 become U+FFFD.
 pub fn detokenize(engine: &Engine, json: &str) -> Result<String> {
     let req: DetokenizeRequest = parse("detokenize request", json)?;
-    let n_vocab = engine.tokenizer.n_vocab();
-    if let Some(bad) = req.ids.iter().find(|&&id| id as usize >= n_vocab) {
-        return Err(Error::invalid_argument(format!(
-            "ids contains {bad}, but the vocabulary has {n_vocab} tokens (ids 0..{})",
-            n_vocab - 1
-        )));
-    }
-    let bytes = engine.tokenizer.decode(&req.ids, req.render_special);
+    let ids = super::options::token_ids("ids", &req.ids, engine)?;
+    let bytes = engine.tokenizer.decode(&ids, req.render_special);
     to_json(&DetokenizeResponse {
         text: String::from_utf8_lossy(&bytes).into_owned(),
     })

@@ -156,7 +156,7 @@ impl Chat {
         options: ChatOptions,
         history: Vec<Message>,
     ) -> Result<Self> {
-        let config = options.to_config()?;
+        let config = options.to_config(&engine)?;
         let session_id = config.session_id.clone();
         let mut session = Session::new(Arc::clone(&engine), config)?;
         session.set_history(history);
@@ -208,6 +208,7 @@ impl Chat {
             started_at,
         )?;
         let seed = turn.sampling.seed;
+        let wants_logprobs = turn.top_logprobs.is_some();
         let mut events = CancellableEvents {
             host: events,
             cancel: &self.cancel,
@@ -219,6 +220,7 @@ impl Chat {
             &self.session_id,
             &response_id(),
             seed,
+            wants_logprobs.then_some(&*self.engine),
         )?;
         Ok((response, output.usage))
     }

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use super::message::{Message, Role};
 use super::policy::{ContextLimits, ContextPolicy, apply_policy};
+use super::structured;
 use super::template::{BuiltinFormat, ChatTemplate, TemplateContext};
 use parking_lot::Mutex;
 
+use crate::api::{RequestOptions, ResponseFormat};
 use crate::engine::{
-    CacheSlot, Engine, Eviction, FinishReason, GenerationEvents, GenerationRequest, Usage,
-    check_fits,
+    CacheSlot, Engine, Eviction, FinishReason, GenerationEvents, GenerationRequest, TokenLogprob,
+    Usage, check_fits,
 };
 use crate::error::{Error, Result};
 use crate::model::KvCache;
@@ -82,11 +84,9 @@ pub struct SessionConfig {
     pub kv_cache: bool,
     /// Upper bound on this session's cached positions (default: the engine's context length).
     pub max_kv_tokens: Option<usize>,
-    /// Sampling used when a request gives no value.
-    pub sampling: SamplingParams,
-    /// The options gave a seed: every turn reuses it (otherwise each turn draws a new one).
-    pub fixed_seed: bool,
-    pub max_tokens: usize,
+    /// The generation options of every turn where its request gives none (a seed given here
+    /// is reused by every turn; otherwise each turn draws a new one).
+    pub defaults: RequestOptions,
 }
 
 /// Whether a request's messages extend the history or replace it.
@@ -106,6 +106,9 @@ pub struct Turn {
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub top_logprobs: Option<usize>,
+    pub response_format: ResponseFormat,
     pub context_policy: Option<ContextPolicy>,
     /// When the host's call began.
     pub started_at: std::time::Instant,
@@ -141,6 +144,7 @@ pub struct TurnOutput {
     pub usage: Usage,
     pub context: ContextReport,
     pub token_ids: Vec<u32>,
+    pub logprobs: Vec<TokenLogprob>,
     /// Things the host should know about this turn (e.g. a restored KV snapshot that was
     /// dropped), also reported in the response's "warnings".
     pub warnings: Vec<String>,
@@ -468,23 +472,29 @@ impl Session {
             max_tokens: turn.max_tokens,
             stop: turn.stop,
             stop_token_ids: turn.stop_token_ids,
-            ignore_eos: false,
-            top_logprobs: None,
+            ignore_eos: turn.ignore_eos,
+            top_logprobs: turn.top_logprobs,
             prompt_logprobs: false,
             started_at: turn.started_at,
         };
+        let mut constraint = structured::response_constraint(&self.engine, &turn.response_format)?;
         let mut ordered = PolicyAfterCacheLookup {
             inner: events,
             context: &context,
             announced: false,
         };
-        let output = self
-            .engine
-            .generate(&mut cache, &request, None, &mut ordered);
+        let output = self.engine.generate(
+            &mut cache,
+            &request,
+            constraint.as_deref_mut(),
+            &mut ordered,
+        );
         budget.settle(self.budget_id, &cache);
         drop(cache);
         let output = output?;
         self.turns += 1;
+        let format_warnings =
+            structured::check_reply(&turn.response_format, &output.text, output.finish_reason)?;
 
         let reply = Message::new(Role::Assistant, output.text.clone());
         if output.finish_reason != FinishReason::Cancelled {
@@ -498,6 +508,7 @@ impl Session {
             usage: output.usage,
             context,
             token_ids: output.token_ids,
+            logprobs: output.logprobs,
             warnings: {
                 let mut all = std::mem::take(&mut self.pending_warnings);
                 for warning in warnings {
@@ -509,6 +520,7 @@ impl Session {
                     }
                     all.push(warning);
                 }
+                all.extend(format_warnings);
                 all
             },
         })

@@ -7,58 +7,44 @@ use serde::{Deserialize, Serialize};
 use super::message::Message;
 use super::policy::ContextPolicy;
 use super::session::{ContextReport, HistoryMode, PreparedPrompt, SessionConfig, Turn, TurnOutput};
-use crate::api::{UsageJson, parse, sampling_params};
+use crate::api::{RequestOptions, TokenLogprobJson, UsageJson, parse, parse_with_options};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::sample::SamplingParams;
 
-const DEFAULT_MAX_TOKENS: u32 = 512;
-
-/// Stop strings: OpenAI accepts one string or a list.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum StopField {
-    One(String),
-    Many(Vec<String>),
+/// The chat's own creation fields; the generation options beside them are the defaults of
+/// every send (see `RequestOptions`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ChatFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    system_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chat_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parse_special_in_content: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    context_policy: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kv_cache: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_kv_tokens: Option<u32>,
 }
 
 /// `smallmind_chat_create` options; also stored in exports.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct ChatOptions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
     /// A Jinja chat template that replaces the engine's (or the file's) for this chat.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parse_special_in_content: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_policy: Option<ContextPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_kv_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_p: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_p: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repeat_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub frequency_penalty: Option<f32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
+    /// Defaults for every send; a request's own values win.
+    pub generation: RequestOptions,
 }
 
 /// A new session id: 128 random bits as hex, "session-<32 hex digits>". Saved chats of
@@ -80,14 +66,22 @@ pub fn random_session_id() -> String {
     format!("session-{:016x}{:016x}", half(1), half(2))
 }
 
-fn max_tokens(value: Option<i64>, default: u32) -> Result<usize> {
-    match value {
-        None => Ok(default as usize),
-        Some(n) if n < 1 => Err(Error::invalid_argument(format!(
-            "max_tokens is {n}; it must be at least 1"
-        ))),
-        Some(n) => Ok(n as usize),
-    }
+/// `context_policy`, with a message that says what is valid (serde's would name Rust types).
+fn context_policy(value: Option<serde_json::Value>) -> Result<Option<ContextPolicy>> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    serde_json::from_value::<ContextPolicy>(value.clone())
+        .map(Some)
+        .map_err(|error| {
+            let reason = error.to_string();
+            let reason = if reason.contains("enum") || reason.contains("variant") {
+                "it must be {\"type\": \"keep_all\"}, {\"type\": \"keep_last_n_turns\", \"max_turns\": N} or {\"type\": \"sliding_window\", \"max_tokens\": N}".to_string()
+            } else {
+                reason
+            };
+            Error::invalid_json(format!("context_policy {value} is not valid: {reason}"))
+        })
 }
 
 impl ChatOptions {
@@ -103,15 +97,7 @@ impl ChatOptions {
             parse_special_in_content: overrides
                 .parse_special_in_content
                 .or(self.parse_special_in_content),
-            max_tokens: overrides.max_tokens.or(self.max_tokens),
-            temperature: overrides.temperature.or(self.temperature),
-            top_k: overrides.top_k.or(self.top_k),
-            top_p: overrides.top_p.or(self.top_p),
-            min_p: overrides.min_p.or(self.min_p),
-            repeat_penalty: overrides.repeat_penalty.or(self.repeat_penalty),
-            presence_penalty: overrides.presence_penalty.or(self.presence_penalty),
-            frequency_penalty: overrides.frequency_penalty.or(self.frequency_penalty),
-            seed: overrides.seed.or(self.seed),
+            generation: overrides.generation.over(&self.generation),
         }
     }
 
@@ -119,12 +105,30 @@ impl ChatOptions {
         match json {
             None => Ok(Self::default()),
             Some(j) if j.trim().is_empty() => Ok(Self::default()),
-            Some(j) => parse("chat options", j),
+            Some(j) => {
+                let (generation, fields): (RequestOptions, ChatFields) =
+                    parse_with_options("chat options", j)?;
+                Self::from_parts(generation, fields)
+            }
         }
     }
 
+    fn from_parts(generation: RequestOptions, fields: ChatFields) -> Result<Self> {
+        Ok(Self {
+            session_id: fields.session_id,
+            system_prompt: fields.system_prompt,
+            chat_template: fields.chat_template,
+            parse_special_in_content: fields.parse_special_in_content,
+            context_policy: context_policy(fields.context_policy)
+                .map_err(|e| Error::new(e.kind, format!("chat options: {}", e.message)))?,
+            kv_cache: fields.kv_cache,
+            max_kv_tokens: fields.max_kv_tokens,
+            generation,
+        })
+    }
+
     /// Validates and resolves the options into a session configuration.
-    pub fn to_config(&self) -> Result<SessionConfig> {
+    pub fn to_config(&self, engine: &Engine) -> Result<SessionConfig> {
         let policy = self.context_policy.clone().unwrap_or_default();
         policy.validate()?;
         if let Some(source) = &self.chat_template {
@@ -141,18 +145,8 @@ impl ChatOptions {
             ));
         }
         // Validate the defaults now so a bad option fails at create, not at the first send.
-        let sampling = sampling_params(
-            SamplingParams::default(),
-            self.temperature,
-            self.top_k,
-            self.top_p,
-            self.min_p,
-            self.repeat_penalty,
-            None,
-            self.presence_penalty,
-            self.frequency_penalty,
-            self.seed,
-        )?;
+        check_chat_max_tokens(self.generation.max_tokens)?;
+        self.generation.resolve(engine)?;
         Ok(SessionConfig {
             session_id: self.session_id.clone().unwrap_or_else(random_session_id),
             system_prompt: self.system_prompt.clone(),
@@ -161,43 +155,71 @@ impl ChatOptions {
             context_policy: policy,
             kv_cache: self.kv_cache.unwrap_or(true),
             max_kv_tokens: self.max_kv_tokens.map(|n| n as usize),
-            sampling,
-            fixed_seed: self.seed.is_some(),
-            max_tokens: max_tokens(self.max_tokens, DEFAULT_MAX_TOKENS)?,
+            defaults: self.generation.clone(),
         })
     }
 }
 
+impl Serialize for ChatOptions {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let fields = ChatFields {
+            session_id: self.session_id.clone(),
+            system_prompt: self.system_prompt.clone(),
+            chat_template: self.chat_template.clone(),
+            parse_special_in_content: self.parse_special_in_content,
+            context_policy: self
+                .context_policy
+                .as_ref()
+                .map(|p| serde_json::to_value(p).map_err(serde::ser::Error::custom))
+                .transpose()?,
+            kv_cache: self.kv_cache,
+            max_kv_tokens: self.max_kv_tokens,
+        };
+        let mut map = match serde_json::to_value(&fields).map_err(serde::ser::Error::custom)? {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        map.extend(self.generation.to_json_map());
+        map.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChatOptions {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut map = serde_json::Map::deserialize(deserializer)?;
+        let generation =
+            RequestOptions::take_from(&mut map).map_err(|e| D::Error::custom(e.message))?;
+        let fields: ChatFields =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        Self::from_parts(generation, fields).map_err(|e| D::Error::custom(e.message))
+    }
+}
+
+/// A chat reply needs room for at least one token.
+fn check_chat_max_tokens(max_tokens: Option<usize>) -> Result<()> {
+    if max_tokens == Some(0) {
+        return Err(Error::invalid_argument(
+            "max_tokens is 0; a chat reply needs at least 1 (0 only scores a prompt, with smallmind_engine_complete)",
+        ));
+    }
+    Ok(())
+}
+
+/// A send's own fields; the generation options beside them override the chat's defaults.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChatRequest {
+struct ChatRequestFields {
     messages: Vec<Message>,
     #[serde(default)]
     history: Option<String>,
     #[serde(default)]
-    max_tokens: Option<i64>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_k: Option<i64>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    min_p: Option<f32>,
-    #[serde(default)]
-    repeat_penalty: Option<f32>,
-    #[serde(default)]
-    presence_penalty: Option<f32>,
-    #[serde(default)]
-    frequency_penalty: Option<f32>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    stop: Option<StopField>,
-    #[serde(default)]
-    stop_token_ids: Option<Vec<u32>>,
-    #[serde(default)]
-    context_policy: Option<ContextPolicy>,
+    context_policy: Option<serde_json::Value>,
     #[serde(default)]
     tools: Option<serde_json::Value>,
     #[serde(default)]
@@ -205,9 +227,13 @@ pub struct ChatRequest {
     #[serde(default)]
     max_tool_calls: Option<serde_json::Value>,
     #[serde(default)]
-    response_format: Option<serde_json::Value>,
-    #[serde(default)]
     retrieved_context: Option<serde_json::Value>,
+}
+
+#[derive(Debug)]
+pub struct ChatRequest {
+    fields: ChatRequestFields,
+    options: RequestOptions,
 }
 
 fn not_yet(field: &str, what: &str) -> Error {
@@ -221,7 +247,8 @@ pub const MAX_MESSAGES: usize = 65_536;
 
 impl ChatRequest {
     pub fn parse(json: &str) -> Result<Self> {
-        parse("chat request", json)
+        let (options, fields) = parse_with_options("chat request", json)?;
+        Ok(Self { fields, options })
     }
 
     /// Validates the request against the session's defaults.
@@ -231,50 +258,43 @@ impl ChatRequest {
         engine: &Engine,
         started_at: std::time::Instant,
     ) -> Result<Turn> {
-        if self.messages.len() > MAX_MESSAGES {
+        let fields = self.fields;
+        if fields.messages.len() > MAX_MESSAGES {
             return Err(Error::invalid_argument(format!(
                 "messages holds {} messages; a request may carry at most {MAX_MESSAGES}",
-                self.messages.len()
+                fields.messages.len()
             )));
         }
-        if self.messages.is_empty() {
+        if fields.messages.is_empty() {
             return Err(Error::invalid_argument(
                 "messages is empty: send at least one message",
             ));
         }
-        if self
+        if fields
             .tools
             .as_ref()
             .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
         {
             return Err(not_yet("tools", "tool calling"));
         }
-        if self
+        if fields
             .tool_choice
             .as_ref()
             .is_some_and(|c| !c.is_null() && c != "none")
         {
             return Err(not_yet("tool_choice", "tool calling"));
         }
-        if self.max_tool_calls.is_some() {
+        if fields.max_tool_calls.is_some() {
             return Err(not_yet("max_tool_calls", "tool calling"));
         }
-        if let Some(format) = &self.response_format
-            && format != &serde_json::json!({"type": "text"})
-        {
-            return Err(not_yet(
-                "response_format other than {\"type\":\"text\"}",
-                "structured output",
-            ));
-        }
-        if self
+        if fields
             .retrieved_context
             .as_ref()
             .is_some_and(|r| !r.is_null() && r.as_array().is_none_or(|a| !a.is_empty()))
         {
             return Err(not_yet("retrieved_context", "retrieval citations"));
         }
-        let history = match self.history.as_deref() {
+        let history = match fields.history.as_deref() {
             None | Some("append") => HistoryMode::Append,
             Some("replace") => HistoryMode::Replace,
             Some(other) => {
@@ -283,48 +303,24 @@ impl ChatRequest {
                 )));
             }
         };
-        if let Some(policy) = &self.context_policy {
+        let context_policy = context_policy(fields.context_policy)
+            .map_err(|e| Error::new(e.kind, format!("chat request: {}", e.message)))?;
+        if let Some(policy) = &context_policy {
             policy.validate()?;
         }
-        let base = config.sampling.clone();
-        let seed = self.seed.or(config.fixed_seed.then_some(base.seed));
-        let sampling = sampling_params(
-            base,
-            self.temperature,
-            self.top_k,
-            self.top_p,
-            self.min_p,
-            self.repeat_penalty,
-            None,
-            self.presence_penalty,
-            self.frequency_penalty,
-            seed,
-        )?;
-        let stop = match self.stop {
-            None => Vec::new(),
-            Some(StopField::One(s)) => vec![s],
-            Some(StopField::Many(v)) => v,
-        };
-        if stop.iter().any(String::is_empty) {
-            return Err(Error::invalid_argument(
-                "stop contains an empty string; remove it",
-            ));
-        }
-        let stop_token_ids = self.stop_token_ids.unwrap_or_default();
-        let n_vocab = engine.tokenizer.n_vocab();
-        if let Some(bad) = stop_token_ids.iter().find(|&&id| id as usize >= n_vocab) {
-            return Err(Error::invalid_argument(format!(
-                "stop_token_ids contains {bad}, outside the {n_vocab}-token vocabulary"
-            )));
-        }
+        check_chat_max_tokens(self.options.max_tokens)?;
+        let resolved = self.options.over(&config.defaults).resolve(engine)?;
         Ok(Turn {
-            messages: self.messages,
+            messages: fields.messages,
             history,
-            sampling,
-            max_tokens: max_tokens(self.max_tokens, config.max_tokens as u32)?,
-            stop,
-            stop_token_ids,
-            context_policy: self.context_policy,
+            sampling: resolved.sampling,
+            max_tokens: resolved.max_tokens,
+            stop: resolved.stop,
+            stop_token_ids: resolved.stop_token_ids,
+            ignore_eos: resolved.ignore_eos,
+            top_logprobs: resolved.top_logprobs,
+            response_format: resolved.response_format,
+            context_policy,
             started_at,
         })
     }
@@ -365,6 +361,9 @@ struct ChatResponseJson<'a> {
     usage: UsageJson,
     context: ContextJson<'a>,
     seed: u64,
+    /// Each generated token, with alternatives, when the request asked for `logprobs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<Vec<TokenLogprobJson>>,
     warnings: Vec<String>,
 }
 
@@ -375,6 +374,7 @@ pub fn response_json(
     session_id: &str,
     id: &str,
     seed: u64,
+    logprobs: Option<&Engine>,
 ) -> Result<String> {
     let mut warnings = out.warnings.clone();
     if out.context.dropped_messages > 0 {
@@ -395,6 +395,7 @@ pub fn response_json(
         usage: UsageJson::from(&out.usage),
         context: ContextJson::from(&out.context),
         seed,
+        logprobs: logprobs.map(|engine| crate::api::logprobs_json(engine, &out.logprobs)),
         warnings,
     })
 }

@@ -145,7 +145,7 @@ impl Engine {
         &self,
         cache: &mut KvCache,
         request: &GenerationRequest,
-        mut constraint: Option<&mut dyn TokenConstraint>,
+        mut constraint: Option<&mut (dyn TokenConstraint + 'static)>,
         events: &mut dyn GenerationEvents,
     ) -> Result<GenerationOutput> {
         let model = self.model()?;

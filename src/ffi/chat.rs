@@ -56,9 +56,8 @@ fn into_handle(chat: Chat) -> *mut smallmind_chat {
 /// becomes special tokens too), "context_policy": {"type": "keep_all" | "keep_last_n_turns"
 /// (+"max_turns": turns kept before the new one, 0 = only the new one) | "sliding_window"
 /// (+"window_tokens", also accepted as "max_tokens": the prompt's budget)}, "kv_cache" (default true),
-/// "max_kv_tokens" (at most the engine's context_length), "max_tokens", "temperature",
-/// "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
-/// "seed"} (defaults for every send).
+/// "max_kv_tokens" (at most the engine's context_length), and the generation options of
+/// `smallmind_engine_complete` as defaults for every send}.
 /// On success `*out` receives a chat freed with `smallmind_chat_free`. Thread-safe.
 /// Errors: INVALID_ARGUMENT, INVALID_JSON (syntax, wrong type, unknown field).
 ///
@@ -104,19 +103,20 @@ pub unsafe extern "C" fn smallmind_chat_free(chat: *mut smallmind_chat) {
 /// Sends messages and generates the reply. Request: {"messages": [{"role": "system" | "user"
 /// | "assistant" | "tool", "content", "name"?, "tool_calls"?, "tool_call_id"?}], "history":
 /// "append" (default: messages extend the session's history) | "replace" (they are the whole
-/// conversation), "max_tokens", "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
-/// "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids",
-/// "context_policy"}. "tools", "tool_choice" (other than "none"), "max_tool_calls",
-/// "response_format" (other than {"type": "text"}) and "retrieved_context" are refused with
-/// INVALID_ARGUMENT until smallmind supports them.
+/// conversation), "context_policy", and the generation options of
+/// `smallmind_engine_complete` (they override the chat's defaults; "max_tokens" must be at
+/// least 1)}. "tools", "tool_choice" (other than "none"), "max_tool_calls" and
+/// "retrieved_context" are refused with INVALID_ARGUMENT until smallmind supports them.
 /// Response: {"id", "model", "session_id", "message": {"role", "content"}, "finish_reason":
 /// "stop" | "length" | "cancelled", "usage": {"prompt_tokens", "completion_tokens",
 /// "total_tokens", "prompt_tokens_details": {"cached_tokens"}, "time_to_first_token_ms",
 /// "prefill_ms", "decode_ms", "prefill_tokens_per_second", "decode_tokens_per_second"},
 /// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "seed",
-/// "warnings"}. "id" is unique in the process ("chatcmpl-" + a random part drawn once per
-/// process + a counter). After a cancel, "usage" counts only the prompt tokens really
-/// processed (cached + evaluated), and its rates come from those. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
+/// "logprobs"? (as in `smallmind_engine_complete`, when asked for), "warnings"}. Under a
+/// JSON "response_format" "message.content" is the JSON text, as for completions. "id" is
+/// unique in the process ("chatcmpl-" + a random part drawn once per process + a counter).
+/// After a cancel, "usage" counts only the prompt tokens really processed (cached +
+/// evaluated), and its rates come from those. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
 /// returns SMALLMIND_OK with the text so far and leaves the history as it was.
 /// `cb` may be NULL; callbacks run on this thread, in the order documented at
 /// `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.

@@ -128,7 +128,9 @@ pub(crate) unsafe fn engine_ref<'a>(
 
 /// Model facts as JSON: architecture, sizes, context length, tensor types, chat template,
 /// fingerprint, threads, load time, "warnings" (the load's, e.g. a context_length above the
-/// training context). `*out_json` is freed with `smallmind_string_free`.
+/// training context), and "constraint_trie_ms": how long building the token trie for
+/// constrained decoding took (null until the first request with a JSON response_format).
+/// `*out_json` is freed with `smallmind_string_free`.
 /// Thread-safe.
 ///
 /// # Safety
@@ -199,11 +201,42 @@ pub unsafe extern "C" fn smallmind_engine_detokenize(
 }
 
 /// Raw text completion, no template, no session:
-/// {"prompt" | "prompt_ids", "add_special", "parse_special", "max_tokens" (default 256; 0 scores
-/// the prompt only), "temperature", "top_k", "top_p", "min_p", "repeat_penalty",
-/// "repeat_last_n", "presence_penalty", "frequency_penalty", "seed", "stop", "stop_token_ids",
-/// "ignore_eos", "logprobs": k, "prompt_logprobs": bool}
-/// → {"text", "token_ids", "finish_reason", "usage", "seed", "logprobs"?, "prompt_logprobs"?}.
+/// {"prompt" | "prompt_ids", "add_special", "parse_special", "prompt_logprobs": bool, and the
+/// generation options} → {"text", "token_ids", "finish_reason", "usage", "seed",
+/// "logprobs"?, "prompt_logprobs"?, "warnings"}.
+///
+/// Generation options, the same fields for completions, chat sends and chat options (the
+/// defaults of a chat's sends; a send's own values win), all optional:
+/// "max_tokens" (default 512; 0 scores the prompt only, completions only), "temperature"
+/// (0.8; 0 = greedy), "top_k" (40; 0 = off), "top_p" (0.95), "min_p" (0.05),
+/// "repeat_penalty" (1 = off), "repeat_last_n" (64), "presence_penalty" and
+/// "frequency_penalty" (0, in [-2, 2]), "seed" (-1 or absent: a new random seed each call;
+/// 0 to 2^53-1; the seed used is in the response and is always below 2^53), "stop" (a string
+/// or a list), "stop_token_ids" (ids of the vocabulary), "ignore_eos", "logprobs" (0 to 100
+/// alternatives per generated token), "response_format": {"type": "text"} (default) |
+/// {"type": "json_object"} | {"type": "json_schema", "json_schema": {"name", "schema",
+/// "strict", "description"?}}.
+/// A value of the wrong JSON type is INVALID_JSON; a value out of range, an id outside the
+/// vocabulary or an unknown name is INVALID_ARGUMENT; both messages name the field.
+///
+/// "token_ids" holds every generated token, including the end-of-generation or stop token
+/// id that ended the reply and the tokens of a matched stop string; "usage.completion_tokens"
+/// counts them; "text" excludes them. Each "logprobs" entry is {"id", "text", "logprob",
+/// "top": [{"id", "text", "logprob"}]}: natural logs of the model's distribution before
+/// penalties and temperature (so with those the chosen token need not be top[0]) and after
+/// the response_format's mask (tokens the format forbids are excluded, the rest
+/// renormalised).
+///
+/// "response_format": under "json_object" or "json_schema" decoding is constrained, so the
+/// reply is one compact JSON value (no whitespace outside strings) that parses and validates
+/// against the schema; it is validated again afterwards, and a reply that fails is
+/// SMALLMIND_ERR_INTERNAL, never success. The whole schema is enforced whether "strict" is
+/// true or false: a keyword that cannot be enforced, a "$ref" outside the schema ("#/..." is
+/// supported) or a malformed schema is INVALID_ARGUMENT naming it, before any token is
+/// generated. "stop" cannot be combined with a JSON format (INVALID_ARGUMENT). When
+/// max_tokens runs out inside the value, finish_reason is "length", "text" holds the
+/// unfinished JSON and "warnings" says so. The first constrained request on an engine builds
+/// its token trie (see "constraint_trie_ms" in smallmind_engine_info).
 /// `cb` may be NULL (its on_token streams the text; returning non-zero stops with
 /// finish_reason "cancelled"). `*out_json` is freed with `smallmind_string_free`.
 /// Thread-safe: any number of completions may run on one engine at once.

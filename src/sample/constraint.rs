@@ -70,6 +70,13 @@ impl TokenMask {
         self.words.fill(0);
     }
 
+    /// Forbids every token `other` allows (both masks cover the same vocabulary).
+    pub fn forbid_all_of(&mut self, other: &TokenMask) {
+        for (word, &forbidden) in self.words.iter_mut().zip(&other.words) {
+            *word &= !forbidden;
+        }
+    }
+
     /// How many tokens are allowed.
     pub fn count_allowed(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
@@ -157,6 +164,13 @@ mod tests {
         assert_eq!(mask.count_allowed(), 5);
         mask.allow_all();
         assert_eq!(mask.count_allowed(), 130);
+        let mut some = TokenMask::new(130);
+        some.allow(3);
+        some.allow(129);
+        mask.forbid_all_of(&some);
+        assert_eq!(mask.count_allowed(), 128);
+        assert!(!mask.is_allowed(3) && !mask.is_allowed(129) && mask.is_allowed(4));
+        mask.allow_all();
         assert!(!mask.is_allowed(130));
         mask.clear();
         assert_eq!(mask.count_allowed(), 0);

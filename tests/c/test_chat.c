@@ -203,7 +203,7 @@ static void test_bad_requests(smallmind_engine *engine) {
     expect_send_error(chat, "{\"messages\": {\"role\": \"user\"}}", SMALLMIND_ERR_INVALID_JSON,
                       "messages: invalid type: map, expected a sequence");
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": \"ten\"}",
-                      SMALLMIND_ERR_INVALID_JSON, "max_tokens: invalid type: string \"ten\"");
+                      SMALLMIND_ERR_INVALID_JSON, "max_tokens must be an integer, not the string \"ten\"");
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temprature\": 0}",
                       SMALLMIND_ERR_INVALID_JSON, "unknown field `temprature`");
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\", \"nmae\": \"x\"}]}",
@@ -215,7 +215,7 @@ static void test_bad_requests(smallmind_engine *engine) {
     expect_send_error(chat,
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"context_policy\": {\"type\": "
                       "\"keep_some\"}}",
-                      SMALLMIND_ERR_INVALID_JSON, "unknown variant `keep_some`");
+                      SMALLMIND_ERR_INVALID_JSON, "it must be {\"type\": \"keep_all\"}");
     /* Values out of range: SMALLMIND_ERR_INVALID_ARGUMENT naming the field. */
     const char invalid_utf8[] = {'{', '"', 'm', 'e', 's', 's', 'a', 'g', 'e', 's', '"', ':', '[', '{', '"', 'r', 'o',
                                  'l', 'e', '"', ':', '"', 'u', 's', 'e', 'r', '"', ',', '"', 'c', 'o', 'n', 't', 'e',
@@ -225,7 +225,7 @@ static void test_bad_requests(smallmind_engine *engine) {
     expect_send_error(chat, "{\"messages\": []}", SMALLMIND_ERR_INVALID_ARGUMENT,
                       "messages is empty: send at least one message");
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": -5}",
-                      SMALLMIND_ERR_INVALID_ARGUMENT, "max_tokens is -5; it must be at least 1");
+                      SMALLMIND_ERR_INVALID_ARGUMENT, "max_tokens is -5; it must be a positive number of tokens");
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 0}",
                       SMALLMIND_ERR_INVALID_ARGUMENT, "max_tokens is 0");
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temperature\": -1}",
@@ -251,10 +251,11 @@ static void test_bad_requests(smallmind_engine *engine) {
                       SMALLMIND_ERR_INVALID_ARGUMENT, "tool_choice is not supported");
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tool_calls\": 3}",
                       SMALLMIND_ERR_INVALID_ARGUMENT, "max_tool_calls is not supported");
+    /* A schema that cannot be enforced is refused before any token is generated. */
     expect_send_error(chat,
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"response_format\": {\"type\": "
-                      "\"json_object\"}}",
-                      SMALLMIND_ERR_INVALID_ARGUMENT, "response_format other than {\"type\":\"text\"} is not supported");
+                      "\"json_schema\", \"json_schema\": {\"name\": \"r\", \"schema\": {\"$ref\": \"https://example.com/s\"}}}}",
+                      SMALLMIND_ERR_INVALID_ARGUMENT, "response_format: the JSON schema cannot be enforced");
     expect_send_error(chat,
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"retrieved_context\": [{\"id\": "
                       "\"1\", \"content\": \"The sky is green.\"}]}",

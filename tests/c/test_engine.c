@@ -143,6 +143,20 @@ static void test_real_model(const char *model_path) {
     CHECK_STATUS(smallmind_engine_complete(engine, "{\"prompt_ids\": [1, 99999999]}", NULL, &json),
                  SMALLMIND_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(smallmind_engine_complete(engine, "{}", NULL, &json), SMALLMIND_ERR_INVALID_ARGUMENT);
+    /* One rule for every numeric field: out of range is INVALID_ARGUMENT, naming the field. */
+    CHECK_STATUS(smallmind_engine_complete(engine, "{\"prompt\": \"x\", \"logprobs\": -1}", NULL, &json),
+                 SMALLMIND_ERR_INVALID_ARGUMENT);
+    CHECK(contains(smallmind_last_error(), "logprobs is -1"), "names logprobs");
+    CHECK_STATUS(smallmind_engine_complete(engine, "{\"prompt\": \"x\", \"stop_token_ids\": [49152]}", NULL, &json),
+                 SMALLMIND_ERR_INVALID_ARGUMENT);
+    CHECK(contains(smallmind_last_error(), "stop_token_ids contains 49152"), "refuses a stop id outside the vocabulary");
+    CHECK_STATUS(smallmind_engine_detokenize(engine, "{\"ids\": [-1]}", &json), SMALLMIND_ERR_INVALID_ARGUMENT);
+    CHECK(contains(smallmind_last_error(), "ids entries is -1"), "names ids");
+    /* seed -1 is random, as in llama.cpp; the seed drawn is below 2^53. */
+    CHECK_STATUS(smallmind_engine_complete(engine, "{\"prompt\": \"x\", \"seed\": -1, \"max_tokens\": 1}", NULL, &json),
+                 SMALLMIND_OK);
+    CHECK(contains(json, "\"seed\":"), "reports the seed");
+    smallmind_string_free(json);
     CHECK_STATUS(smallmind_engine_complete(NULL, "{}", NULL, &json), SMALLMIND_ERR_INVALID_ARGUMENT);
 
     smallmind_engine_free(engine);
