@@ -9,66 +9,11 @@
 #include <stdint.h>
 
 /*
- Work one render may do, in minijinja fuel (about one instruction, or 64 bytes of data
- created): a hostile template can neither hang the caller nor exhaust its memory. A
- thousand-message conversation through a real template takes well under 1% of it.
- */
-#define MAX_TEMPLATE_FUEL 4000000
-
-/*
- Nesting of macro calls, includes and recursive loops in one render, kept low enough that
- the deepest stays within a small thread stack.
- */
-#define MAX_TEMPLATE_RECURSION 64
-
-/*
- Size of a rendered prompt (16 MiB: more text than any model's context can hold).
- */
-#define MAX_RENDERED_BYTES (16 << 20)
-
-/*
  The ABI version of this header: bumped whenever a struct layout or function signature
  changes incompatibly. 2: `smallmind_chat_callbacks` starts with `struct_size`
  (and grows at its end only from then on).
  */
 #define SMALLMIND_ABI_VERSION 2
-
-/*
- Transformer blocks (the largest released models have under 200).
- */
-#define MAX_LAYERS 1024
-
-/*
- Width of the residual stream, of the FFN, and of the concatenated heads.
- */
-#define MAX_WIDTH (1 << 20)
-
-/*
- Attention heads (query or key/value).
- */
-#define MAX_HEADS 4096
-
-/*
- Positions of the training context, and of the context an engine may be given
- (16,777,216; the longest released contexts are 10M).
- */
-#define MAX_CONTEXT (1 << 24)
-
-/*
- The tensors one transformer block needs at least (norms, q, k, v, o, gate, up, down).
- */
-#define TENSORS_PER_LAYER 9
-
-/*
- Positions the cache grows by: its buffers hold a whole number of chunks (at most the
- cache's limit), so what a chat holds is its length rounded up to one chunk, never a
- doubling of it and never the whole context up front.
- */
-#define KV_CHUNK_POSITIONS 64
-
-#define FILE_VERSION 1
-
-#define KV_VERSION 1
 
 /*
  Bytes of any JSON text passed in (requests, options, imports): 64 MiB.
@@ -132,6 +77,17 @@
  Model hyperparameters: attention heads.
  */
 #define SMALLMIND_MAX_HEADS 4096
+
+/*
+ Positions the cache grows by: its buffers hold a whole number of chunks (at most the
+ cache's limit), so what a chat holds is its length rounded up to one chunk, never a
+ doubling of it and never the whole context up front.
+ */
+#define KV_CHUNK_POSITIONS 64
+
+#define FILE_VERSION 1
+
+#define KV_VERSION 1
 
 /*
  The result of every smallmind call. 0 is success; each error has its own code, and

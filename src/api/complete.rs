@@ -85,6 +85,8 @@ pub fn completion_request(
     json: &str,
     started_at: std::time::Instant,
 ) -> Result<CompleteRequest> {
+    // A vocab-only engine holds no weights: refuse before anything else is checked.
+    engine.model()?;
     let what = "completion request";
     let (options, fields): (RequestOptions, CompletionFields) = parse_with_options(what, json)?;
     let prompt_logprobs = fields.prompt_logprobs.unwrap_or(false);
