@@ -392,6 +392,23 @@ fn a_host_compiled_against_the_header_before_the_tool_fields_works() {
     }
 }
 
+/// Tool calling and retrieval through the C callbacks.
+#[test]
+fn c_tool_tests_pass() {
+    let _alone = exclusive();
+    for (name, flags) in [("test_tools", &[][..]), ("test_tools_asan", SANITIZERS)] {
+        let program = compile(name, &["tests/c/test_tools.c"], flags);
+        let out = run(&program, &[&smollm2()]);
+        eprintln!("{}", out.stdout);
+        assert!(
+            out.stdout.contains(" 0 failed"),
+            "{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
 /// Every program in examples-c/, built and run as a user would (short replies).
 fn run_examples(suffix: &str, flags: &[&str]) {
     let model = smollm2();
@@ -502,6 +519,24 @@ fn run_examples(suffix: &str, flags: &[&str]) {
         );
     }
 
+    let tools = run(&build("tools"), &[&model]);
+    assert!(
+        tools
+            .stdout
+            .contains("\"name\":\"calculator\",\"arguments\":{\"expression\":\"17*23\"}} -> 391")
+            && tools.stdout.contains("[on_tool_call] calculator took ")
+            && tools.stdout.contains("\"tool_results\":[{"),
+        "{}",
+        tools.stdout
+    );
+    let rag = run(&build("rag"), &[&model]);
+    assert!(
+        rag.stdout
+            .contains("[retrieve] \"When does the museum open?\" -> 2 chunk(s)")
+            && rag.stdout.contains("9:00"),
+        "{}",
+        rag.stdout
+    );
     // A chat that survives restarts: the second run resumes the first's conversation and
     // its KV cache from the file.
     let persist = build("persist");

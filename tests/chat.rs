@@ -496,11 +496,14 @@ fn bad_input_gives_its_own_error_kind_and_says_what_to_fix() {
         (json!({"messages": hi, "max_tokens": -1}).to_string(), ErrorKind::InvalidArgument, "max_tokens is -1; it must be"),
         (json!({"messages": hi, "top_p": 1.5}).to_string(), ErrorKind::InvalidArgument, "top_p"),
         (json!({"messages": hi, "history": "keep"}).to_string(), ErrorKind::InvalidArgument, "history is 'keep'"),
-        (json!({"messages": hi, "tools": [{"type": "function", "function": {"name": "f"}}]}).to_string(), ErrorKind::InvalidArgument, "tools is not supported"),
-        (json!({"messages": hi, "tool_choice": "auto"}).to_string(), ErrorKind::InvalidArgument, "tool_choice is not supported"),
+        (json!({"messages": hi, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "dict"}}}]}).to_string(), ErrorKind::InvalidArgument, "tools[0].function.parameters (of \"f\") is not a JSON Schema: parameters.type is \"dict\""),
+        (json!({"messages": hi, "tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]}).to_string(), ErrorKind::InvalidArgument, "tools has two functions named \"f\""),
+        (json!({"messages": hi, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}).to_string(), ErrorKind::InvalidArgument, "tool_choice names the function \"g\", which is not among the tools (f)"),
+        (json!({"messages": hi, "tool_choice": "auto"}).to_string(), ErrorKind::InvalidArgument, "the request has no tools"),
+        (json!({"messages": [user("hi"), {"role": "tool", "content": "42"}]}).to_string(), ErrorKind::InvalidArgument, "messages[1] has role \"tool\" but no tool_call_id"),
+        (json!({"messages": hi, "retrieved_context": [{"id": "a"}]}).to_string(), ErrorKind::InvalidArgument, "retrieved_context[0] has no \"content\""),
         (json!({"messages": hi, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}).to_string(), ErrorKind::InvalidJson, "response_format.json_schema needs a \"name\""),
         (json!({"messages": hi, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "https://example.com/s.json"}}}}).to_string(), ErrorKind::InvalidArgument, "$ref"),
-        (json!({"messages": hi, "retrieved_context": [{"id": "a", "content": "b"}]}).to_string(), ErrorKind::InvalidArgument, "retrieved_context is not supported"),
         (json!({"messages": hi, "max_tokens": 100000}).to_string(), ErrorKind::ContextOverflow, "max_tokens 100000 reserves the whole context"),
     ];
     for (request, kind, message) in cases {

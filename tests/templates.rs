@@ -113,6 +113,7 @@ fn smallmind_render(source: &str, ctx: &Value) -> Result<String, String> {
         .render(&TemplateContext {
             messages: &messages,
             tools: ctx.get("tools"),
+            documents: ctx.get("documents"),
             add_generation_prompt: true,
             bos_token: "<s>",
             eos_token: "</s>",

@@ -119,6 +119,9 @@ impl ChatEvents for CancellableEvents<'_> {
     fn execute_tool(&mut self, call_json: &str) -> Option<Result<HostReply>> {
         self.host.execute_tool(call_json)
     }
+    fn can_execute_tools(&self) -> bool {
+        self.host.can_execute_tools()
+    }
     fn on_tool_call(&mut self, name: &str, elapsed_ms: f64) {
         self.host.on_tool_call(name, elapsed_ms);
     }

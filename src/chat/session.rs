@@ -3,12 +3,17 @@
 
 use std::sync::Arc;
 
-use super::message::{Message, Role};
-use super::policy::{ContextLimits, ContextPolicy, apply_policy};
-use super::structured;
-use super::template::{BuiltinFormat, ChatTemplate, TemplateContext};
-use parking_lot::Mutex;
+use std::time::Instant;
 
+use super::message::{FunctionCall, Message, Role, ToolCall};
+use super::policy::{ContextLimits, ContextPolicy, apply_policy};
+use super::retrieval::{Chunk, Citation, citations, documents_value, retrieval_section};
+use super::structured::{self, validate_json_against_schema};
+use super::template::{BuiltinFormat, ChatTemplate, TemplateContext};
+use super::tool_constraint::tool_constraint;
+use super::tools::{
+    ToolChoice, ToolFormat, Tools, builtin_tool_section, lower_for_builtin, parse_reply,
+};
 use crate::api::{RequestOptions, ResponseFormat};
 use crate::engine::{
     CacheSlot, Engine, Eviction, FinishReason, GenerationEvents, GenerationRequest, TokenLogprob,
@@ -17,6 +22,7 @@ use crate::engine::{
 use crate::error::{Error, Result};
 use crate::model::KvCache;
 use crate::sample::SamplingParams;
+use parking_lot::Mutex;
 
 /// How the warning about Gemma's missing system role begins.
 const GEMMA_NO_SYSTEM_ROLE: &str = "Gemma's format has no system role";
@@ -47,6 +53,10 @@ pub trait ChatEvents: GenerationEvents {
     /// no tools itself (the turn then ends with the calls for the host).
     fn execute_tool(&mut self, _call_json: &str) -> Option<Result<HostReply>> {
         None
+    }
+    /// The host runs tool calls itself through `execute_tool`.
+    fn can_execute_tools(&self) -> bool {
+        false
     }
     /// A call run through `execute_tool` took `elapsed_ms`.
     fn on_tool_call(&mut self, _name: &str, _elapsed_ms: f64) {}
@@ -110,8 +120,30 @@ pub struct Turn {
     pub top_logprobs: Option<usize>,
     pub response_format: ResponseFormat,
     pub context_policy: Option<ContextPolicy>,
+    /// The functions the model may call (None: no tools).
+    pub tools: Option<Tools>,
+    pub tool_choice: ToolChoice,
+    /// Calls the send runs through the host's executor before it stops and returns the
+    /// model's next calls to the host.
+    pub max_tool_calls: usize,
+    /// Chunks for the prompt, numbered [1]..[n] in this order.
+    pub retrieved_context: Vec<Chunk>,
     /// When the host's call began.
     pub started_at: std::time::Instant,
+}
+
+/// Default bound on the calls one send runs through the host's executor.
+pub const DEFAULT_MAX_TOOL_CALLS: usize = 8;
+
+/// A call the send ran through the host's executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    pub id: String,
+    pub name: String,
+    /// The arguments as a JSON string.
+    pub arguments: String,
+    pub content: String,
+    pub elapsed_ms: f64,
 }
 
 /// What the context policy did to this turn's prompt.
@@ -139,20 +171,36 @@ pub struct PreparedPrompt {
 /// One turn's result.
 #[derive(Debug, Clone)]
 pub struct TurnOutput {
+    /// The last assistant message (with its `tool_calls` when the turn ended on calls).
     pub reply: Message,
+    /// Of the last generation.
     pub finish_reason: FinishReason,
+    /// The turn ended with tool calls for the host to run (finish_reason "tool_calls").
+    pub ended_on_tool_calls: bool,
+    /// Calls run through the host's executor, in order.
+    pub tool_results: Vec<ToolResult>,
+    /// The retrieved chunks the reply cites, in order of first mention.
+    pub citations: Vec<Citation>,
+    /// What the response should tell the host (parse failures, max_tool_calls, unknown
+    /// citation markers, a reply cut short under a response_format).
+    pub warnings: Vec<String>,
     pub usage: Usage,
     pub context: ContextReport,
     pub token_ids: Vec<u32>,
+    /// Of every generated token, when the request asked for `logprobs`.
     pub logprobs: Vec<TokenLogprob>,
-    /// Things the host should know about this turn (e.g. a restored KV snapshot that was
-    /// dropped), also reported in the response's "warnings".
-    pub warnings: Vec<String>,
 }
 
 pub struct Session {
     engine: Arc<Engine>,
     template: ChatTemplate,
+    /// How the model writes tool calls.
+    tool_format: ToolFormat,
+    /// The template renders `tools` (and tool messages) itself; otherwise the built-in tool
+    /// section and `lower_for_builtin` stand in.
+    native_tools: bool,
+    /// The template has a `documents` variable for retrieved chunks.
+    template_documents: bool,
     /// The built-in format in use when the file has no template.
     builtin: Option<BuiltinFormat>,
     /// Special tokens that message content never produces, even user-defined ones: those
@@ -205,6 +253,9 @@ impl Session {
                 )
             }
         };
+        let template_source = builtin.is_none().then_some(source.as_str());
+        let (tool_format, native_tools) = ToolFormat::for_template(template_source);
+        let template_documents = template_source.is_some_and(|s| s.contains("documents"));
         let mut markup_tokens: Vec<u32> = tokenizer
             .special_ids()
             .into_iter()
@@ -238,6 +289,9 @@ impl Session {
         Ok(Self {
             engine,
             template,
+            tool_format,
+            native_tools,
+            template_documents,
             builtin,
             markup_tokens,
             config,
@@ -319,9 +373,14 @@ impl Session {
 
     /// Renders `messages` with the template and tokenizes the result: the template's markup
     /// with special tokens parsed, message content as plain text (unless the option
-    /// `parse_special_in_content` is set). Returns the prompt as text (with the BOS when one
-    /// was added), as token ids, and warnings.
-    fn render_prompt(&self, messages: &[Message]) -> Result<(String, Vec<u32>, Vec<String>)> {
+    /// `parse_special_in_content` is set). The turn's tools and retrieved chunks join the
+    /// prompt (the template's variables, or built-in system sections). Returns the prompt as
+    /// text (with the BOS when one was added), as token ids, and warnings.
+    fn render_prompt(
+        &self,
+        messages: &[Message],
+        turn: &Turn,
+    ) -> Result<(String, Vec<u32>, Vec<String>)> {
         let tokenizer = &self.engine.tokenizer;
         let bos = tokenizer
             .bos_id()
@@ -331,9 +390,39 @@ impl Session {
             .eos_id()
             .and_then(|id| tokenizer.token_text(id))
             .unwrap_or("");
+        let offered = turn
+            .tools
+            .as_ref()
+            .filter(|_| turn.tool_choice != ToolChoice::None);
+        let mut messages = if self.native_tools {
+            messages.to_vec()
+        } else {
+            lower_for_builtin(messages)
+        };
+        let mut section = Vec::new();
+        if !self.native_tools
+            && let Some(tools) = offered
+        {
+            section.push(builtin_tool_section(tools));
+        }
+        if !turn.retrieved_context.is_empty() && !self.template_documents {
+            section.push(retrieval_section(&turn.retrieved_context));
+        }
+        if !section.is_empty() {
+            let section = section.join("\n\n");
+            match messages.first_mut() {
+                Some(first) if first.role == Role::System => {
+                    first.content = format!("{}\n\n{section}", first.content.trim_end());
+                }
+                _ => messages.insert(0, Message::new(Role::System, section)),
+            }
+        }
+        let documents = (self.template_documents && !turn.retrieved_context.is_empty())
+            .then(|| documents_value(&turn.retrieved_context));
         let ctx = TemplateContext {
-            messages,
-            tools: None,
+            messages: &messages,
+            tools: offered.filter(|_| self.native_tools).map(|t| &t.json),
+            documents: documents.as_ref(),
             add_generation_prompt: true,
             bos_token: bos,
             eos_token: eos,
@@ -381,14 +470,27 @@ impl Session {
     /// rendered first when the conversation has no system message (it is not part of the
     /// conversation), and the context policy applied. Changes nothing.
     pub fn prepare(&self, turn: &Turn) -> Result<PreparedPrompt> {
-        let conversation = match turn.history {
+        self.prepare_conversation(self.conversation(turn), turn)
+    }
+
+    /// The history and the turn's messages (or the messages alone with history "replace").
+    fn conversation(&self, turn: &Turn) -> Vec<Message> {
+        match turn.history {
             HistoryMode::Append => {
                 let mut all = self.history.clone();
                 all.extend(turn.messages.iter().cloned());
                 all
             }
             HistoryMode::Replace => turn.messages.clone(),
-        };
+        }
+    }
+
+    /// The prompt of `conversation` for `turn` (see `prepare`).
+    fn prepare_conversation(
+        &self,
+        conversation: Vec<Message>,
+        turn: &Turn,
+    ) -> Result<PreparedPrompt> {
         let mut rendered = conversation.clone();
         if let Some(system) = &self.config.system_prompt
             && !rendered.iter().any(|m| m.role == Role::System)
@@ -402,7 +504,7 @@ impl Session {
         let outcome = {
             let mut count = |indices: &[usize]| -> Result<u32> {
                 let subset: Vec<Message> = indices.iter().map(|&i| rendered[i].clone()).collect();
-                Ok(u32::try_from(self.render_prompt(&subset)?.1.len()).unwrap_or(u32::MAX))
+                Ok(u32::try_from(self.render_prompt(&subset, turn)?.1.len()).unwrap_or(u32::MAX))
             };
             let limits = ContextLimits {
                 context: u32::try_from(self.context_length()).unwrap_or(u32::MAX),
@@ -416,7 +518,7 @@ impl Session {
             apply_policy(&policy, &rendered, limits, &mut count)?
         };
         let kept: Vec<Message> = outcome.kept.iter().map(|&i| rendered[i].clone()).collect();
-        let (text, token_ids, warnings) = self.render_prompt(&kept)?;
+        let (text, token_ids, warnings) = self.render_prompt(&kept, turn)?;
         let context = ContextReport {
             policy: policy.name(),
             tokens_before: outcome.tokens_before as usize,
@@ -432,98 +534,364 @@ impl Session {
         })
     }
 
-    /// Runs one turn: builds the prompt (see `prepare`), generates the reply reusing the
-    /// cached prefix, and records the conversation and the reply in the history. A turn that
-    /// was cancelled leaves the history as it was, so the host can send it again.
+    /// Runs one turn: retrieves chunks (the host's retriever, if any), builds the prompt (see
+    /// `prepare`), generates the reply reusing the cached prefix, and, when the model calls
+    /// tools and the host runs them (`execute_tool`), feeds the results back and generates
+    /// again until a plain reply or `max_tool_calls`. The history records the conversation,
+    /// the assistant's calls and the tool results. A turn that was cancelled leaves the
+    /// history as it was, so the host can send it again.
     ///
-    /// Events, each once: on_request_start, on_cache_lookup, on_context_policy_applied,
-    /// on_first_token (unless cancelled before it), on_text for every piece,
+    /// Events, each once per send: on_request_start, on_cache_lookup,
+    /// on_context_policy_applied, on_first_token (unless cancelled before it); on_text for
+    /// every piece of reply text (never tool-call markup); on_tool_call per call run;
     /// on_request_complete. A request that overflows the context hears nothing.
-    pub fn send(&mut self, turn: Turn, events: &mut dyn ChatEvents) -> Result<TurnOutput> {
+    pub fn send(&mut self, mut turn: Turn, events: &mut dyn ChatEvents) -> Result<TurnOutput> {
         self.engine.model()?;
-        let PreparedPrompt {
-            mut conversation,
-            token_ids,
-            context,
-            warnings,
-            ..
-        } = self.prepare(&turn)?;
-        let slot = Arc::clone(&self.cache);
-        let mut cache = slot.lock();
-        // Make room in the engine's KV budget for the most this turn can hold.
-        check_fits(token_ids.len(), turn.max_tokens, cache.max_positions())?;
-        let budget = self.engine.kv_budget();
-        let needed = cache.bytes_for(token_ids.len() + turn.max_tokens);
-        match budget.reserve(self.budget_id, needed) {
-            Ok(evictions) => evictions.iter().for_each(|e| events.on_kv_eviction(e)),
-            Err(e) => {
-                events.on_kv_budget_exceeded(e.requested_bytes, e.budget_bytes);
-                budget.settle(self.budget_id, &cache);
-                return Err(e.error);
+        let mut warnings = Vec::new();
+        if let Some(query) = turn.messages.iter().rev().find(|m| m.role == Role::User) {
+            match events.retrieve(&query.content) {
+                None => {}
+                Some(Err(e)) => return Err(e),
+                Some(Ok(HostReply::Cancel)) => return self.cancelled_before_start(&turn),
+                Some(Ok(HostReply::Content(json))) => {
+                    let what = "the retrieve callback's result";
+                    let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+                        Error::invalid_argument(format!(
+                            "{what} is not JSON ({e}); answer with a JSON array of chunks"
+                        ))
+                    })?;
+                    turn.retrieved_context
+                        .extend(super::retrieval::chunks_from_value(&value, what)?);
+                }
             }
         }
+        let mut conversation = self.conversation(&turn);
+        let mut prepared = self.prepare_conversation(conversation.clone(), &turn)?;
+        let context = prepared.context.clone();
+        warnings.append(&mut prepared.warnings);
+        let slot = Arc::clone(&self.cache);
+        let mut cache = slot.lock();
+        // Make room in the engine's KV budget for the most this generation can hold.
+        self.reserve_kv(&cache, prepared.token_ids.len(), turn.max_tokens, events)?;
         events.on_request_start(turn.messages.len());
         if !self.config.kv_cache {
             cache.clear();
         }
-        let request = GenerationRequest {
-            prompt: token_ids,
-            sampling: turn.sampling,
-            max_tokens: turn.max_tokens,
-            stop: turn.stop,
-            stop_token_ids: turn.stop_token_ids,
-            ignore_eos: turn.ignore_eos,
-            top_logprobs: turn.top_logprobs,
-            prompt_logprobs: false,
-            started_at: turn.started_at,
-        };
-        let mut constraint = structured::response_constraint(&self.engine, &turn.response_format)?;
-        let mut ordered = PolicyAfterCacheLookup {
-            inner: events,
-            context: &context,
-            announced: false,
-        };
-        let output = self.engine.generate(
-            &mut cache,
-            &request,
-            constraint.as_deref_mut(),
-            &mut ordered,
-        );
-        budget.settle(self.budget_id, &cache);
-        drop(cache);
-        let output = output?;
-        self.turns += 1;
-        let format_warnings =
-            structured::check_reply(&turn.response_format, &output.text, output.finish_reason)?;
-
-        let reply = Message::new(Role::Assistant, output.text.clone());
-        if output.finish_reason != FinishReason::Cancelled {
-            conversation.push(reply.clone());
-            self.history = conversation;
-        }
-        events.on_request_complete(&output.usage);
-        Ok(TurnOutput {
-            reply,
-            finish_reason: output.finish_reason,
-            usage: output.usage,
-            context,
-            token_ids: output.token_ids,
-            logprobs: output.logprobs,
-            warnings: {
-                let mut all = std::mem::take(&mut self.pending_warnings);
-                for warning in warnings {
-                    if warning.starts_with(GEMMA_NO_SYSTEM_ROLE) {
-                        if self.gemma_system_warned {
-                            continue;
-                        }
-                        self.gemma_system_warned = true;
-                    }
-                    all.push(warning);
+        let parse_calls = turn.tools.is_some() && turn.tool_choice != ToolChoice::None;
+        let mut once = OncePerSend::default();
+        let mut usage = Usage::default();
+        let mut tool_results = Vec::new();
+        let mut executed = 0usize;
+        let mut token_ids = Vec::new();
+        let mut logprobs = Vec::new();
+        let mut held = Some(cache);
+        let (reply, finish_reason, ended_on_tool_calls) = loop {
+            let mut cache = match held.take() {
+                Some(cache) => cache,
+                None => {
+                    let cache = slot.lock();
+                    self.reserve_kv(&cache, prepared.token_ids.len(), turn.max_tokens, events)?;
+                    cache
                 }
-                all.extend(format_warnings);
-                all
-            },
-        })
+            };
+            let request = GenerationRequest {
+                prompt: std::mem::take(&mut prepared.token_ids),
+                sampling: turn.sampling.clone(),
+                max_tokens: turn.max_tokens,
+                stop: turn.stop.clone(),
+                stop_token_ids: turn.stop_token_ids.clone(),
+                ignore_eos: turn.ignore_eos,
+                top_logprobs: turn.top_logprobs,
+                prompt_logprobs: false,
+                started_at: turn.started_at,
+            };
+            let mut constraint = match (&turn.tools, parse_calls) {
+                (Some(tools), true) => {
+                    tool_constraint(&self.engine, self.tool_format, tools, &turn.tool_choice)?
+                }
+                _ => structured::response_constraint(&self.engine, &turn.response_format)?,
+            };
+            let mut step = StepEvents {
+                inner: &mut *events,
+                context: &context,
+                once: &mut once,
+                hold: parse_calls.then(|| HoldBack::new(self.tool_format.open_marker())),
+            };
+            let output = self.engine.generate(
+                &mut cache,
+                &request,
+                constraint
+                    .as_mut()
+                    .map(|c| &mut **c as &mut dyn crate::sample::TokenConstraint),
+                &mut step,
+            );
+            self.engine.kv_budget().settle(self.budget_id, &cache);
+            drop(cache);
+            let output = output?;
+            add_usage(&mut usage, &output.usage);
+            logprobs.extend(output.logprobs.iter().cloned());
+            token_ids.extend_from_slice(&output.token_ids);
+            if output.finish_reason == FinishReason::Cancelled {
+                step.finish(false);
+                self.turns += 1;
+                events.on_request_complete(&usage);
+                return Ok(self.output(
+                    Message::new(Role::Assistant, output.text),
+                    FinishReason::Cancelled,
+                    false,
+                    usage,
+                    context,
+                    token_ids,
+                    tool_results,
+                    &turn,
+                    warnings,
+                ));
+            }
+            let parsed = match (&turn.tools, parse_calls) {
+                (Some(tools), true) => Some(parse_reply(self.tool_format, &output.text, tools)),
+                _ => None,
+            };
+            let calls = parsed.as_ref().map_or(0, |p| p.calls.len());
+            if !step.finish(calls > 0) {
+                // The host cancelled while the held text was streamed.
+                self.turns += 1;
+                events.on_request_complete(&usage);
+                return Ok(self.output(
+                    Message::new(Role::Assistant, output.text),
+                    FinishReason::Cancelled,
+                    false,
+                    usage,
+                    context,
+                    token_ids,
+                    tool_results,
+                    &turn,
+                    warnings,
+                ));
+            }
+            let Some(parsed) = parsed.filter(|p| !p.calls.is_empty() || !p.warnings.is_empty())
+            else {
+                warnings.extend(structured::check_reply(
+                    &turn.response_format,
+                    &output.text,
+                    output.finish_reason,
+                )?);
+                let reply = Message::new(Role::Assistant, output.text);
+                conversation.push(reply.clone());
+                break (reply, output.finish_reason, false);
+            };
+            warnings.extend(parsed.warnings);
+            if let Some(tools) = &turn.tools {
+                // The second line of defence after the constraint: an independent validator.
+                for call in &parsed.calls {
+                    if let Some(spec) = tools.get(&call.name)
+                        && let Err(why) =
+                            validate_json_against_schema(&spec.parameters, &call.arguments)
+                    {
+                        warnings.push(format!(
+                            "the arguments of the call to \"{}\" do not match its parameters: {why}",
+                            call.name
+                        ));
+                    }
+                }
+            }
+            if parsed.calls.is_empty() {
+                let reply = Message::new(Role::Assistant, parsed.content);
+                conversation.push(reply.clone());
+                break (reply, output.finish_reason, false);
+            }
+            let mut reply = Message::new(Role::Assistant, parsed.content);
+            for call in parsed.calls {
+                let id = fresh_call_id(&conversation, &reply.tool_calls);
+                reply.tool_calls.push(ToolCall {
+                    id,
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: call.name,
+                        arguments: call.arguments.to_string(),
+                    },
+                });
+            }
+            conversation.push(reply.clone());
+            if !events.can_execute_tools() {
+                // No executor: the host runs the calls and answers with tool messages.
+                break (reply, output.finish_reason, true);
+            }
+            // Run the calls the budget allows; the rest go back to the host.
+            let budget = turn.max_tool_calls - executed;
+            let mut results = Vec::new();
+            for call in reply.tool_calls.iter().take(budget) {
+                let call_json = serde_json::json!({
+                    "id": call.id,
+                    "name": call.function.name,
+                    "arguments": serde_json::from_str::<serde_json::Value>(&call.function.arguments)
+                        .unwrap_or_default(),
+                })
+                .to_string();
+                let started = Instant::now();
+                let answer = events.execute_tool(&call_json).ok_or_else(|| {
+                    Error::internal("the host said it runs tools but has no executor")
+                })??;
+                let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let HostReply::Content(content) = answer else {
+                    self.turns += 1;
+                    events.on_request_complete(&usage);
+                    return Ok(self.output(
+                        reply.clone(),
+                        FinishReason::Cancelled,
+                        false,
+                        usage,
+                        context,
+                        token_ids,
+                        tool_results,
+                        &turn,
+                        warnings,
+                    ));
+                };
+                events.on_tool_call(&call.function.name, elapsed_ms);
+                results.push(ToolResult {
+                    id: call.id.clone(),
+                    name: call.function.name.clone(),
+                    arguments: call.function.arguments.clone(),
+                    content,
+                    elapsed_ms,
+                });
+            }
+            let executed_now = results.len();
+            executed += executed_now;
+            // "required" and a named function bind the send's first generation; once their
+            // results are in, the model may answer (otherwise every send would end at
+            // max_tool_calls).
+            if turn.tool_choice != ToolChoice::None {
+                turn.tool_choice = ToolChoice::Auto;
+            }
+            for r in &results {
+                let mut message = Message::new(Role::Tool, r.content.clone());
+                message.tool_call_id = Some(r.id.clone());
+                message.name = Some(r.name.clone());
+                conversation.push(message);
+            }
+            tool_results.extend(results);
+            if executed == turn.max_tool_calls && executed_now < reply.tool_calls.len() {
+                let pending = reply.tool_calls.split_off(executed_now);
+                warnings.push(format!(
+                    "max_tool_calls ({}) reached: {executed} call(s) ran; the model's {} further call(s) are in message.tool_calls for the host to run",
+                    turn.max_tool_calls,
+                    pending.len()
+                ));
+                reply.tool_calls = pending;
+                break (reply, output.finish_reason, true);
+            }
+            prepared = self.prepare_conversation(conversation.clone(), &turn)?;
+            for warning in std::mem::take(&mut prepared.warnings) {
+                if !warnings.contains(&warning) {
+                    warnings.push(warning);
+                }
+            }
+        };
+        self.turns += 1;
+        // The system prompt option and the retrieval and tool sections are rendered, not
+        // recorded (they belong to the chat's options and to this request).
+        self.history = conversation;
+        events.on_request_complete(&usage);
+        let mut out = self.output(
+            reply,
+            finish_reason,
+            ended_on_tool_calls,
+            usage,
+            context,
+            token_ids,
+            tool_results,
+            &turn,
+            warnings,
+        );
+        out.logprobs = logprobs;
+        Ok(out)
+    }
+
+    /// Checks that a generation from `prompt_len` tokens fits the cache and makes room in
+    /// the engine's KV budget for the most it can hold.
+    fn reserve_kv(
+        &self,
+        cache: &KvCache,
+        prompt_len: usize,
+        max_tokens: usize,
+        events: &mut dyn ChatEvents,
+    ) -> Result<()> {
+        check_fits(prompt_len, max_tokens, cache.max_positions())?;
+        let budget = self.engine.kv_budget();
+        let needed = cache.bytes_for(prompt_len + max_tokens);
+        match budget.reserve(self.budget_id, needed) {
+            Ok(evictions) => {
+                evictions.iter().for_each(|e| events.on_kv_eviction(e));
+                Ok(())
+            }
+            Err(e) => {
+                events.on_kv_budget_exceeded(e.requested_bytes, e.budget_bytes);
+                budget.settle(self.budget_id, cache);
+                Err(e.error)
+            }
+        }
+    }
+
+    /// The retriever cancelled the send before anything ran.
+    fn cancelled_before_start(&mut self, turn: &Turn) -> Result<TurnOutput> {
+        let context = self.prepare(turn)?.context;
+        Ok(self.output(
+            Message::new(Role::Assistant, String::new()),
+            FinishReason::Cancelled,
+            false,
+            Usage::default(),
+            context,
+            Vec::new(),
+            Vec::new(),
+            turn,
+            Vec::new(),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn output(
+        &mut self,
+        reply: Message,
+        finish_reason: FinishReason,
+        ended_on_tool_calls: bool,
+        usage: Usage,
+        context: ContextReport,
+        token_ids: Vec<u32>,
+        tool_results: Vec<ToolResult>,
+        turn: &Turn,
+        turn_warnings: Vec<String>,
+    ) -> TurnOutput {
+        // The chat's pending warnings first; the Gemma system-role warning once per
+        // conversation.
+        let mut warnings = std::mem::take(&mut self.pending_warnings);
+        for warning in turn_warnings {
+            if warning.starts_with(GEMMA_NO_SYSTEM_ROLE) {
+                if self.gemma_system_warned {
+                    continue;
+                }
+                self.gemma_system_warned = true;
+            }
+            warnings.push(warning);
+        }
+        let (citations, citation_warnings) = if turn.retrieved_context.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            citations(&reply.content, &turn.retrieved_context)
+        };
+        warnings.extend(citation_warnings);
+        TurnOutput {
+            reply,
+            finish_reason,
+            ended_on_tool_calls,
+            tool_results,
+            citations,
+            warnings,
+            usage,
+            context,
+            token_ids,
+            logprobs: Vec::new(),
+        }
     }
 
     /// How many turns this session has answered.
@@ -532,31 +900,188 @@ impl Session {
     }
 }
 
-/// Delivers the policy event right after the KV cache event, the documented order
-/// (start → kv access → policy → first token → tokens → complete).
-struct PolicyAfterCacheLookup<'a> {
-    inner: &'a mut dyn ChatEvents,
-    context: &'a ContextReport,
-    announced: bool,
+/// Adds one generation's figures to the send's: counts add up, the time to first token is
+/// the first generation's.
+fn add_usage(total: &mut Usage, step: &Usage) {
+    if total.prompt_tokens == 0 {
+        total.time_to_first_token_ms = step.time_to_first_token_ms;
+    }
+    total.prompt_tokens += step.prompt_tokens;
+    total.completion_tokens += step.completion_tokens;
+    total.cached_tokens += step.cached_tokens;
+    total.prefill_ms += step.prefill_ms;
+    total.decode_ms += step.decode_ms;
 }
 
-impl GenerationEvents for PolicyAfterCacheLookup<'_> {
+/// A call id not used anywhere in the conversation: "call_<n>", the lowest free n.
+fn fresh_call_id(conversation: &[Message], pending: &[ToolCall]) -> String {
+    let used = |id: &str| {
+        pending.iter().any(|c| c.id == id)
+            || conversation.iter().any(|m| {
+                m.tool_calls.iter().any(|c| c.id == id) || m.tool_call_id.as_deref() == Some(id)
+            })
+    };
+    (1..)
+        .map(|n| format!("call_{n}"))
+        .find(|id| !used(id))
+        .expect("an unused id exists")
+}
+
+/// Events that fire once per send however many generations it runs.
+#[derive(Default)]
+struct OncePerSend {
+    cache_lookup: bool,
+    first_token: bool,
+}
+
+/// One generation's events: the policy event right after the KV cache event (the documented
+/// order start → kv access → policy → first token → tokens → complete), each only on the
+/// send's first generation, and reply text held back while it may be tool-call markup.
+struct StepEvents<'a> {
+    inner: &'a mut dyn ChatEvents,
+    context: &'a ContextReport,
+    once: &'a mut OncePerSend,
+    hold: Option<HoldBack>,
+}
+
+impl StepEvents<'_> {
+    /// The generation ended: held text is streamed unless it was a call. False when the host
+    /// cancelled while it was streamed.
+    fn finish(&mut self, was_call: bool) -> bool {
+        match self.hold.take() {
+            Some(hold) if !was_call && !hold.pending.is_empty() => {
+                self.inner.on_text(&hold.pending)
+            }
+            _ => true,
+        }
+    }
+}
+
+impl GenerationEvents for StepEvents<'_> {
     fn on_cache_lookup(&mut self, cached_tokens: usize) {
-        self.inner.on_cache_lookup(cached_tokens);
-        if !self.announced {
-            self.announced = true;
+        if !self.once.cache_lookup {
+            self.once.cache_lookup = true;
+            self.inner.on_cache_lookup(cached_tokens);
             let c = self.context;
             self.inner
                 .on_context_policy_applied(c.policy, c.tokens_before, c.tokens_after);
         }
     }
     fn on_first_token(&mut self, elapsed_ms: f64) {
-        self.inner.on_first_token(elapsed_ms);
+        if !self.once.first_token {
+            self.once.first_token = true;
+            self.inner.on_first_token(elapsed_ms);
+        }
     }
     fn on_text(&mut self, text: &str) -> bool {
-        self.inner.on_text(text)
+        match &mut self.hold {
+            None => self.inner.on_text(text),
+            Some(hold) => match hold.push(text) {
+                Some(visible) if !visible.is_empty() => self.inner.on_text(&visible),
+                _ => true,
+            },
+        }
     }
     fn cancelled(&mut self) -> bool {
         self.inner.cancelled()
+    }
+}
+
+/// Holds back reply text that is, or may become, tool-call markup, as stop strings are held
+/// back: from the opening marker on, a possible start of it at the end, and a reply that
+/// starts with JSON (a bare call).
+struct HoldBack {
+    marker: &'static str,
+    pending: String,
+    streamed_any: bool,
+    /// The marker or a leading JSON value was seen: nothing more streams this generation.
+    holding: bool,
+}
+
+impl HoldBack {
+    fn new(marker: &'static str) -> Self {
+        Self {
+            marker,
+            pending: String::new(),
+            streamed_any: false,
+            holding: false,
+        }
+    }
+
+    /// Takes a piece; returns the text that is safe to stream now.
+    fn push(&mut self, text: &str) -> Option<String> {
+        self.pending.push_str(text);
+        if self.holding {
+            return None;
+        }
+        if !self.streamed_any {
+            let t = self.pending.trim_start();
+            if t.is_empty() {
+                return None;
+            }
+            if t.starts_with('{') || t.starts_with('[') || t.starts_with("```") {
+                self.holding = true;
+                return None;
+            }
+        }
+        if let Some(at) = self.pending.find(self.marker) {
+            self.holding = true;
+            let visible: String = self.pending.drain(..at).collect();
+            self.streamed_any |= !visible.is_empty();
+            return Some(visible);
+        }
+        // Keep the longest suffix that could begin the marker.
+        let keep = (1..self.marker.len().min(self.pending.len() + 1))
+            .rev()
+            .find(|&k| {
+                let cut = self.pending.len() - k;
+                self.pending.is_char_boundary(cut) && self.marker.starts_with(&self.pending[cut..])
+            })
+            .unwrap_or(0);
+        let cut = self.pending.len() - keep;
+        let visible: String = self.pending.drain(..cut).collect();
+        self.streamed_any |= !visible.is_empty();
+        Some(visible)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(pieces: &[&str], was_call: bool) -> String {
+        let mut hold = HoldBack::new("<tool_call>");
+        let mut out = String::new();
+        for p in pieces {
+            if let Some(v) = hold.push(p) {
+                out.push_str(&v);
+            }
+        }
+        if !was_call {
+            out.push_str(&hold.pending);
+        }
+        out
+    }
+
+    #[test]
+    fn tool_call_markup_is_never_streamed() {
+        assert_eq!(
+            stream(
+                &[
+                    "Let me ",
+                    "check.<",
+                    "tool",
+                    "_call>{\"name\"",
+                    ": \"f\"}</tool_call>"
+                ],
+                true
+            ),
+            "Let me check."
+        );
+        assert_eq!(stream(&["  {\"name\": ", "\"f\"}"], true), "");
+        // Text that only looked like the start of a call is streamed in the end.
+        assert_eq!(stream(&["a <tool", "s> b"], false), "a <tools> b");
+        assert_eq!(stream(&["{\"x\": 1}"], false), "{\"x\": 1}");
+        assert_eq!(stream(&["é<", "tool_callé"], false), "é<tool_callé");
     }
 }

@@ -124,6 +124,8 @@ impl BuiltinFormat {
 pub struct TemplateContext<'a> {
     pub messages: &'a [Message],
     pub tools: Option<&'a serde_json::Value>,
+    /// Retrieved chunks, for templates with a `documents` variable.
+    pub documents: Option<&'a serde_json::Value>,
     pub add_generation_prompt: bool,
     pub bos_token: &'a str,
     pub eos_token: &'a str,
@@ -482,6 +484,13 @@ impl ChatTemplate {
             bos_token => ctx.bos_token,
             eos_token => ctx.eos_token,
         };
+        // Without retrieved chunks, `documents` stays undefined too.
+        let given = match ctx.documents {
+            Some(documents) => {
+                minijinja::context! { documents => Value::from(Serde(documents)), ..given }
+            }
+            None => given,
+        };
         // Without tools, `tools` stays undefined (as Hugging Face leaves it): templates test
         // `tools is defined`, and `tools | length` on none fails.
         let context = match ctx.tools {
@@ -753,6 +762,7 @@ mod tests {
         ChatTemplate::new(source)?.render(&TemplateContext {
             messages,
             tools: None,
+            documents: None,
             add_generation_prompt: true,
             bos_token: "<s>",
             eos_token: "</s>",
@@ -852,6 +862,7 @@ mod tests {
         let ctx = TemplateContext {
             messages: &msgs,
             tools: None,
+            documents: None,
             add_generation_prompt: true,
             bos_token: "<s>",
             eos_token: "</s>",

@@ -5,8 +5,14 @@
 use serde::{Deserialize, Serialize};
 
 use super::message::Message;
+use super::message::Role;
 use super::policy::ContextPolicy;
-use super::session::{ContextReport, HistoryMode, PreparedPrompt, SessionConfig, Turn, TurnOutput};
+use super::retrieval::{Citation, chunks_from_value};
+use super::session::{
+    ContextReport, DEFAULT_MAX_TOOL_CALLS, HistoryMode, PreparedPrompt, SessionConfig, Turn,
+    TurnOutput,
+};
+use super::tools::{ToolChoice, Tools};
 use crate::api::{RequestOptions, TokenLogprobJson, UsageJson, parse, parse_with_options};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -225,7 +231,7 @@ struct ChatRequestFields {
     #[serde(default)]
     tool_choice: Option<serde_json::Value>,
     #[serde(default)]
-    max_tool_calls: Option<serde_json::Value>,
+    max_tool_calls: Option<u64>,
     #[serde(default)]
     retrieved_context: Option<serde_json::Value>,
 }
@@ -236,15 +242,8 @@ pub struct ChatRequest {
     options: RequestOptions,
 }
 
-fn not_yet(field: &str, what: &str) -> Error {
-    Error::invalid_argument(format!(
-        "{field} is not supported by this version of smallmind yet ({what}); remove it from the request"
-    ))
-}
-
 /// Messages one chat request may carry.
 pub const MAX_MESSAGES: usize = 65_536;
-
 impl ChatRequest {
     pub fn parse(json: &str) -> Result<Self> {
         let (options, fields) = parse_with_options("chat request", json)?;
@@ -270,30 +269,51 @@ impl ChatRequest {
                 "messages is empty: send at least one message",
             ));
         }
-        if fields
-            .tools
-            .as_ref()
-            .is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(not_yet("tools", "tool calling"));
+        for (i, m) in fields.messages.iter().enumerate() {
+            if m.role == Role::Tool && m.tool_call_id.as_deref().is_none_or(str::is_empty) {
+                return Err(Error::invalid_argument(format!(
+                    "messages[{i}] has role \"tool\" but no tool_call_id; give the id of the call it answers"
+                )));
+            }
+            if m.role != Role::Assistant && !m.tool_calls.is_empty() {
+                return Err(Error::invalid_argument(format!(
+                    "messages[{i}] has tool_calls, but only assistant messages make calls"
+                )));
+            }
+            for c in &m.tool_calls {
+                if c.kind != "function" || c.id.is_empty() {
+                    return Err(Error::invalid_argument(format!(
+                        "messages[{i}].tool_calls: each call needs an \"id\" and \"type\": \"function\""
+                    )));
+                }
+                if !serde_json::from_str::<serde_json::Value>(&c.function.arguments)
+                    .is_ok_and(|a| a.is_object())
+                {
+                    return Err(Error::invalid_argument(format!(
+                        "messages[{i}].tool_calls: the arguments of \"{}\" must be a JSON object in a string, e.g. \"{{}}\"",
+                        c.function.name
+                    )));
+                }
+            }
         }
-        if fields
-            .tool_choice
-            .as_ref()
-            .is_some_and(|c| !c.is_null() && c != "none")
-        {
-            return Err(not_yet("tool_choice", "tool calling"));
-        }
-        if fields.max_tool_calls.is_some() {
-            return Err(not_yet("max_tool_calls", "tool calling"));
-        }
-        if fields
-            .retrieved_context
-            .as_ref()
-            .is_some_and(|r| !r.is_null() && r.as_array().is_none_or(|a| !a.is_empty()))
-        {
-            return Err(not_yet("retrieved_context", "retrieval citations"));
-        }
+        let tools = match &fields.tools {
+            None => None,
+            Some(t) => Tools::from_request(t)?,
+        };
+        let tool_choice = ToolChoice::from_request(fields.tool_choice.as_ref(), tools.as_ref())?;
+        let max_tool_calls = match fields.max_tool_calls {
+            None => DEFAULT_MAX_TOOL_CALLS,
+            Some(n) if n <= 1024 => n as usize,
+            Some(n) => {
+                return Err(Error::invalid_argument(format!(
+                    "max_tool_calls is {n}; use 0 to 1024"
+                )));
+            }
+        };
+        let retrieved_context = match &fields.retrieved_context {
+            None => Vec::new(),
+            Some(v) => chunks_from_value(v, "retrieved_context")?,
+        };
         let history = match fields.history.as_deref() {
             None | Some("append") => HistoryMode::Append,
             Some("replace") => HistoryMode::Replace,
@@ -310,6 +330,18 @@ impl ChatRequest {
         }
         check_chat_max_tokens(self.options.max_tokens)?;
         let resolved = self.options.over(&config.defaults).resolve(engine)?;
+        if tools.is_some() && tool_choice != ToolChoice::None {
+            if !resolved.stop.is_empty() {
+                return Err(Error::invalid_argument(
+                    "stop cannot be combined with tools: tool calls are constrained, and the constraint decides where a call ends; remove stop, or set tool_choice to \"none\"",
+                ));
+            }
+            if resolved.response_format != crate::api::ResponseFormat::Text {
+                return Err(Error::invalid_argument(
+                    "response_format cannot be combined with tools (both constrain the reply); remove one, or set tool_choice to \"none\"",
+                ));
+            }
+        }
         Ok(Turn {
             messages: fields.messages,
             history,
@@ -321,6 +353,10 @@ impl ChatRequest {
             top_logprobs: resolved.top_logprobs,
             response_format: resolved.response_format,
             context_policy,
+            tools,
+            tool_choice,
+            max_tool_calls,
+            retrieved_context,
             started_at,
         })
     }
@@ -330,6 +366,17 @@ impl ChatRequest {
 struct ReplyJson<'a> {
     role: &'static str,
     content: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    tool_calls: &'a [super::message::ToolCall],
+}
+
+#[derive(Serialize)]
+struct ToolResultJson<'a> {
+    id: &'a str,
+    name: &'a str,
+    arguments: &'a str,
+    content: &'a str,
+    elapsed_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -361,6 +408,10 @@ struct ChatResponseJson<'a> {
     usage: UsageJson,
     context: ContextJson<'a>,
     seed: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_results: Vec<ToolResultJson<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    citations: &'a [Citation],
     /// Each generated token, with alternatives, when the request asked for `logprobs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     logprobs: Option<Vec<TokenLogprobJson>>,
@@ -390,11 +441,28 @@ pub fn response_json(
         message: ReplyJson {
             role: "assistant",
             content: &out.reply.content,
+            tool_calls: &out.reply.tool_calls,
         },
-        finish_reason: out.finish_reason.as_str(),
+        finish_reason: if out.ended_on_tool_calls {
+            "tool_calls"
+        } else {
+            out.finish_reason.as_str()
+        },
         usage: UsageJson::from(&out.usage),
         context: ContextJson::from(&out.context),
         seed,
+        tool_results: out
+            .tool_results
+            .iter()
+            .map(|r| ToolResultJson {
+                id: &r.id,
+                name: &r.name,
+                arguments: &r.arguments,
+                content: &r.content,
+                elapsed_ms: r.elapsed_ms,
+            })
+            .collect(),
+        citations: &out.citations,
         logprobs: logprobs.map(|engine| crate::api::logprobs_json(engine, &out.logprobs)),
         warnings,
     })

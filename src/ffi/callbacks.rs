@@ -458,6 +458,9 @@ impl RequestCallbacks {
 }
 
 impl ChatEvents for RequestCallbacks {
+    fn can_execute_tools(&self) -> bool {
+        self.cb.as_ref().is_some_and(|c| c.execute_tool.is_some())
+    }
     fn execute_tool(&mut self, call_json: &str) -> Option<Result<HostReply>> {
         let (f, ud) = self
             .cb

@@ -101,23 +101,34 @@ pub unsafe extern "C" fn smallmind_chat_free(chat: *mut smallmind_chat) {
 }
 
 /// Sends messages and generates the reply. Request: {"messages": [{"role": "system" | "user"
-/// | "assistant" | "tool", "content", "name"?, "tool_calls"?, "tool_call_id"?}], "history":
-/// "append" (default: messages extend the session's history) | "replace" (they are the whole
-/// conversation), "context_policy", and the generation options of
+/// | "assistant" | "tool", "content", "name"?, "tool_calls"?, "tool_call_id"? (required for
+/// "tool")}], "history": "append" (default: messages extend the session's history) |
+/// "replace" (they are the whole conversation), "context_policy", the generation options of
 /// `smallmind_engine_complete` (they override the chat's defaults; "max_tokens" must be at
-/// least 1)}. "tools", "tool_choice" (other than "none"), "max_tool_calls" and
-/// "retrieved_context" are refused with INVALID_ARGUMENT until smallmind supports them.
-/// Response: {"id", "model", "session_id", "message": {"role", "content"}, "finish_reason":
-/// "stop" | "length" | "cancelled", "usage": {"prompt_tokens", "completion_tokens",
-/// "total_tokens", "prompt_tokens_details": {"cached_tokens"}, "time_to_first_token_ms",
-/// "prefill_ms", "decode_ms", "prefill_tokens_per_second", "decode_tokens_per_second"},
-/// "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"}, "seed",
-/// "logprobs"? (as in `smallmind_engine_complete`, when asked for), "warnings"}. Under a
-/// JSON "response_format" "message.content" is the JSON text, as for completions. "id" is
-/// unique in the process ("chatcmpl-" + a random part drawn once per process + a counter).
-/// After a cancel, "usage" counts only the prompt tokens really processed (cached +
-/// evaluated), and its rates come from those. A cancelled turn (on_token returned non-zero, or `smallmind_chat_cancel`)
-/// returns SMALLMIND_OK with the text so far and leaves the history as it was.
+/// least 1), "tools": [{"type": "function", "function": {"name", "description",
+/// "parameters": a JSON Schema}}], "tool_choice": "none" | "auto" (default with tools) |
+/// "required" | {"type": "function", "function": {"name"}}, "max_tool_calls" (default 8),
+/// "retrieved_context": [{"id", "content", "source", "title", "score"}]}.
+/// With `cb->execute_tool` the send runs the model's calls itself and continues until a plain
+/// reply or max_tool_calls; without it a reply that calls tools ends with finish_reason
+/// "tool_calls" and the host answers with "tool" messages in its next send. With
+/// `cb->retrieve` the host's chunks for the last user message join "retrieved_context".
+/// Response: {"id", "model", "session_id", "message": {"role", "content", "tool_calls"?:
+/// [{"id", "type": "function", "function": {"name", "arguments": a JSON string}}]},
+/// "finish_reason": "stop" | "length" | "tool_calls" | "cancelled", "usage":
+/// {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details":
+/// {"cached_tokens"}, "time_to_first_token_ms", "prefill_ms", "decode_ms",
+/// "prefill_tokens_per_second", "decode_tokens_per_second"} (summed over every generation of
+/// the send), "context": {"policy", "tokens_before", "tokens_after", "dropped_messages"},
+/// "seed", "logprobs"? (as in `smallmind_engine_complete`, when asked for), "tool_results"?:
+/// [{"id", "name", "arguments", "content", "elapsed_ms"}], "citations"?: [{"id", "index",
+/// "source", "title", "snippet", "score"}], "warnings"}. Under a JSON "response_format"
+/// "message.content" is the JSON text, as for completions. "id" is unique in the process
+/// ("chatcmpl-" + a random part drawn once per process + a counter). After a cancel, "usage"
+/// counts only the prompt tokens really processed (cached + evaluated), and its rates come
+/// from those. A cancelled turn (on_token, execute_tool or retrieve returned non-zero, or
+/// `smallmind_chat_cancel`) returns SMALLMIND_OK with the text so far and leaves the history
+/// as it was.
 /// `cb` may be NULL; callbacks run on this thread, in the order documented at
 /// `smallmind_chat_callbacks`. `*out_response_json` is freed with `smallmind_string_free`.
 /// A second concurrent call on the same chat returns SMALLMIND_ERR_BUSY at once.

@@ -242,15 +242,13 @@ static void test_bad_requests(smallmind_engine *engine) {
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"context_policy\": {\"type\": "
                       "\"sliding_window\", \"window_tokens\": 0}}",
                       SMALLMIND_ERR_INVALID_ARGUMENT, "window_tokens (max_tokens) must be at least 1");
-    /* Fields of later features are refused, never ignored. */
+    /* Tool fields that cannot be used are refused, never ignored. */
     expect_send_error(chat,
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": [{\"type\": \"function\", "
-                      "\"function\": {\"name\": \"now\", \"parameters\": {}}}]}",
-                      SMALLMIND_ERR_INVALID_ARGUMENT, "tools is not supported by this version of smallmind yet");
+                      "\"function\": {\"name\": \"now\", \"parameters\": {\"type\": \"dict\"}}}]}",
+                      SMALLMIND_ERR_INVALID_ARGUMENT, "is not a JSON Schema");
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tool_choice\": \"required\"}",
-                      SMALLMIND_ERR_INVALID_ARGUMENT, "tool_choice is not supported");
-    expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tool_calls\": 3}",
-                      SMALLMIND_ERR_INVALID_ARGUMENT, "max_tool_calls is not supported");
+                      SMALLMIND_ERR_INVALID_ARGUMENT, "the request has no tools");
     /* A schema that cannot be enforced is refused before any token is generated. */
     expect_send_error(chat,
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"response_format\": {\"type\": "
@@ -258,8 +256,8 @@ static void test_bad_requests(smallmind_engine *engine) {
                       SMALLMIND_ERR_INVALID_ARGUMENT, "response_format: the JSON schema cannot be enforced");
     expect_send_error(chat,
                       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"retrieved_context\": [{\"id\": "
-                      "\"1\", \"content\": \"The sky is green.\"}]}",
-                      SMALLMIND_ERR_INVALID_ARGUMENT, "retrieved_context is not supported");
+                      "\"1\"}]}",
+                      SMALLMIND_ERR_INVALID_ARGUMENT, "retrieved_context[0] has no \"content\"");
     /* The context holds 8192 tokens: a reply that cannot fit is refused before any work. */
     expect_send_error(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 9000}",
                       SMALLMIND_ERR_CONTEXT_OVERFLOW, "max_tokens 9000 reserves the whole context (8192 tokens, set by context_length)");

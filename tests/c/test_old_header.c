@@ -28,6 +28,12 @@ static void on_complete(void *user_data, const char *session_id, const smallmind
     completes++;
 }
 
+static const char *TOOL_REQUEST =
+    "{\"messages\": [{\"role\": \"user\", \"content\": \"What time is it?\"}], \"max_tokens\": 64,"
+    " \"temperature\": 0, \"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get_time\","
+    " \"description\": \"The current time\", \"parameters\": {\"type\": \"object\", \"properties\": {}, \"additionalProperties\": false}}}],"
+    " \"tool_choice\": \"required\"}";
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MODEL.gguf\n", argv[0]);
@@ -55,6 +61,15 @@ int main(int argc, char **argv) {
     CHECK_STATUS(smallmind_chat_send(chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}], \"max_tokens\": 3}", cb, &response),
                  SMALLMIND_OK);
     CHECK(tokens > 0 && completes == 1, "the old table's callbacks run");
+    smallmind_string_free(response);
+
+    /* A tool call with the old table: its execute_tool does not exist, so the library must not
+     * look for one; the call goes back to the host. */
+    response = NULL;
+    CHECK_STATUS(smallmind_chat_send(chat, TOOL_REQUEST, cb, &response), SMALLMIND_OK);
+    CHECK(contains(response, "\"finish_reason\":\"tool_calls\"") && contains(response, "\"name\":\"get_time\""),
+          "without execute_tool in the table the calls are returned to the host");
+    if (!contains(response, "\"finish_reason\":\"tool_calls\"")) printf("%s\n", response ? response : "(none)");
     smallmind_string_free(response);
 
     /* struct_size 0 (a zero-initialised table): only user_data and the first six callbacks. */
