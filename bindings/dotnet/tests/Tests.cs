@@ -293,7 +293,7 @@ namespace SmallMind.Tests
                 Check(info.SessionId == "dotnet-ü", "session id: " + info.SessionId);
                 Check(info.MessageCount == 3, "system, user, assistant: " + info.MessageCount);
                 string history = client.GetHistoryJson();
-                Check(history.Contains("\"content\":\"Be brief.\",\"role\":\"system\""), history);
+                Check(history.Contains("{\"role\":\"system\",\"content\":\"Be brief.\"}"), history);
                 Check(history.Contains(text), "UTF-8 both ways: " + history);
             }
         }
