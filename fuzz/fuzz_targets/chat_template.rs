@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = template.render(&TemplateContext {
             messages: &messages,
             tools,
+            documents: None,
             add_generation_prompt: true,
             bos_token: "<s>",
             eos_token: "</s>",

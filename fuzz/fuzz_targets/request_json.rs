@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         }
         1 => {
             if let Ok(options) = ChatOptions::parse(Some(json)) {
-                let _ = options.to_config();
+                let _ = options.to_config(&engine);
             }
             let _ = Chat::create(engine, Some(json));
         }
@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             if let Ok(request) = api::completion_request(&engine, json, Instant::now())
-                && request.max_tokens <= 4
+                && request.generation.max_tokens <= 4
             {
                 let _ = api::complete(&engine, &request, &mut NoEvents);
             }
