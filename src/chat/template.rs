@@ -149,7 +149,8 @@ fn rewrite_generation_tags(source: &str) -> std::borrow::Cow<'_, str> {
     while let Some(open) = rest.find("{%") {
         out.push_str(&rest[..open]);
         let tag = &rest[open..];
-        let Some(close) = tag.find("%}") else {
+        // The closing "%}" starts after the opening "{%" ("{%}" is not a closed tag).
+        let Some(close) = tag[2..].find("%}").map(|i| i + 2) else {
             break;
         };
         let inner = &tag[2..close];
@@ -824,6 +825,18 @@ mod tests {
             rewrite_generation_tags("{% if x %}{%+ generation %}y{% endgeneration -%}{% endif %}"),
             "{% if x %}{%+ if true %}y{% endif -%}{% endif %}"
         );
+    }
+
+    /// Found by the chat_template fuzz target: "{%}" once made the rewrite slice backwards.
+    #[test]
+    fn a_tag_opener_followed_by_its_own_percent_is_not_a_closed_tag() {
+        // As Jinja lexes it, the first tag runs to the first "%}" after its opener.
+        let source = "{%}{% generation %}x{% endgeneration %}{%}";
+        assert_eq!(
+            rewrite_generation_tags(source),
+            "{%}{% generation %}x{% endif %}{%}"
+        );
+        assert!(ChatTemplate::new("{% 'generation' %}{%}{% {% endif %}").is_err());
     }
 
     #[test]
