@@ -648,9 +648,10 @@ static char *replace_request_from_history(smallmind_chat *chat, const char *ques
     return request;
 }
 
-/* The same 20-turn conversation is held REPLICAS times side by side, turn by turn, so that each
- * turn's time to first token is sampled REPLICAS times close together; the comparison uses
- * each turn's fastest sample (load on a shared machine only ever adds time). */
+/* The same 20-turn conversation is held REPLICAS times side by side, turn by turn: the replicas
+ * must agree token for token, and the printed time to first token is each turn's fastest sample
+ * (load on a shared machine only ever adds time). No check asserts a time: the cache's effect is
+ * checked in prefilled tokens, which load cannot change. */
 enum { REPLICAS = 3 };
 
 static void test_twenty_turns_reuse_the_cache(smallmind_engine *engine) {
@@ -693,7 +694,6 @@ static void test_twenty_turns_reuse_the_cache(smallmind_engine *engine) {
     CHECK(last.cached >= 0.9 * last.prompt, "turn 20 reuses at least 90% of its prompt from the cache");
     CHECK(last.prompt - last.cached <= 2 * (first.prompt - first.cached),
           "turn 20 prefills at most twice the tokens turn 1 did");
-    CHECK(last_ttft <= 2 * first_ttft, "turn 20's time to first token is within 2x turn 1's");
 
     /* Without the cache: three turns prefill everything, and turn 20's conversation (the same
      * prompt, given whole with history "replace") costs far more than turn 1. */
@@ -720,8 +720,8 @@ static void test_twenty_turns_reuse_the_cache(smallmind_engine *engine) {
     CHECK(uncached_last.prompt == last.prompt, "the replaced conversation is turn 20's prompt");
     CHECK(uncached_last.cached == 0, "kv_cache false: nothing reused at turn 20");
     CHECK(uncached_last.prompt >= 5 * without_cache[0].prompt, "without the cache turn 20 prefills 5x turn 1's tokens");
-    CHECK(uncached_last.ttft > without_cache[0].ttft, "without the cache the time to first token grows");
-    CHECK(uncached_last.ttft > last_ttft, "turn 20 is slower to start without the cache than with it");
+    CHECK(uncached_last.prompt - uncached_last.cached >= 5 * (last.prompt - last.cached),
+          "without the cache turn 20 prefills at least 5x the tokens it does with the cache");
     for (int r = 0; r < REPLICAS; r++) smallmind_chat_free(cached_chats[r]);
     smallmind_chat_free(uncached_chat);
 }
