@@ -537,6 +537,32 @@ fn run_examples(suffix: &str, flags: &[&str]) {
         "{}",
         rag.stdout
     );
+    // A record out of free text: the first line is the reply, valid against the example's
+    // schema (copied here), and the field lines are read from it.
+    let json = run(&build("json"), &[&model]);
+    let mut lines = json.stdout.lines();
+    let record: serde_json::Value =
+        serde_json::from_str(lines.next().expect("a record line")).expect("the record is JSON");
+    let schema = serde_json::json!({
+        "type": "object", "additionalProperties": false,
+        "required": ["name", "age", "city", "email"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 40},
+            "age": {"type": "integer", "minimum": 0, "maximum": 130},
+            "city": {"type": "string", "maxLength": 40},
+            "email": {"type": "string", "pattern": "^[a-z.]+@[a-z]+\\.[a-z]+$"}
+        }
+    });
+    assert!(
+        jsonschema::is_valid(&schema, &record),
+        "{record} against {schema}"
+    );
+    let fields: Vec<String> = lines.map(str::to_string).collect();
+    let expected: Vec<String> = ["name", "age", "city", "email"]
+        .iter()
+        .map(|key| format!("{key:<6} {}", record[key]))
+        .collect();
+    assert_eq!(fields, expected, "{}", json.stdout);
     // A chat that survives restarts: the second run resumes the first's conversation and
     // its KV cache from the file.
     let persist = build("persist");

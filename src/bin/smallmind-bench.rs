@@ -1,8 +1,12 @@
 //! Measures prefill and decode speed in llama-bench's form (pp512, tg128), load time, peak
 //! resident memory and, with `--turns N`, the time to first token of turn 1 and turn N of a
-//! scripted chat through the chat runtime, with the KV cache on and off.
+//! scripted chat through the chat runtime, with the KV cache on and off, and with
+//! `--json-schema FILE` the cost of constrained decoding: the time the constraint takes per
+//! token (computing the mask and accepting the token; median and p99) and decode tokens/s of
+//! the same replies with and without the constraint.
 //!
 //!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 1,2 -p 512 -n 128 -r 5 --turns 20
+//!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 2 -p 0 -n 0 -r 5 --json-schema bench/person.schema.json
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,8 +14,10 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use smallmind::chat::Chat;
-use smallmind::engine::{Engine, EngineOptions, NoEvents, SilentLoad};
+use smallmind::chat::structured::json_schema_constraint;
+use smallmind::engine::{Engine, EngineOptions, GenerationRequest, NoEvents, SilentLoad};
 use smallmind::model::{ForwardScratch, KvType, Logits};
+use smallmind::sample::{SamplingParams, TokenConstraint, TokenMask};
 
 struct Args {
     model: String,
@@ -21,10 +27,11 @@ struct Args {
     repetitions: usize,
     kv_type: KvType,
     chat_turns: usize,
+    json_schema: Option<String>,
 }
 
 fn usage() -> &'static str {
-    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20]"
+    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20] [--json-schema FILE]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
         repetitions: 5,
         kv_type: KvType::F16,
         chat_turns: 0,
+        json_schema: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--turns" => args.chat_turns = number(value()?)?,
+            "--json-schema" => args.json_schema = Some(value()?),
             "-h" | "--help" => return Err(usage().to_string()),
             other => return Err(format!("unknown argument '{other}'\n{}", usage())),
         }
@@ -183,6 +192,119 @@ fn chat_ttft(
         .collect()
 }
 
+/// A constraint that times its own work: what it adds to each generated token.
+struct TimedConstraint {
+    inner: Box<dyn TokenConstraint>,
+    /// Microseconds of compute_mask plus accept_token, one entry per generated token.
+    step_us: Vec<f64>,
+    pending_us: f64,
+}
+
+impl TokenConstraint for TimedConstraint {
+    fn compute_mask(&mut self, mask: &mut TokenMask) -> Result<(), String> {
+        let start = Instant::now();
+        let result = self.inner.compute_mask(mask);
+        self.pending_us = start.elapsed().as_secs_f64() * 1e6;
+        result
+    }
+
+    fn accept_token(&mut self, token: u32) -> Result<(), String> {
+        let start = Instant::now();
+        let result = self.inner.accept_token(token);
+        self.step_us
+            .push(self.pending_us + start.elapsed().as_secs_f64() * 1e6);
+        result
+    }
+
+    fn may_stop(&self) -> bool {
+        self.inner.may_stop()
+    }
+
+    fn must_stop(&self) -> bool {
+        self.inner.must_stop()
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Constrained against unconstrained decoding of the same replies: `repetitions` replies at
+/// temperature 0.8 (seeds 1..), each followed by an unconstrained run of the same length from
+/// the same prompt (end-of-generation ignored, so both decode the same number of tokens).
+fn json_schema_bench(
+    engine: &Arc<Engine>,
+    name: &str,
+    threads: usize,
+    schema_path: &str,
+    repetitions: usize,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(schema_path).map_err(|e| format!("{schema_path}: {e}"))?;
+    let schema: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{schema_path}: {e}"))?;
+    let prompt = engine.tokenizer.encode(
+        &format!("A JSON value that matches this schema, filled with realistic data.\nSchema: {text}\nJSON: "),
+        true,
+        false,
+    );
+    let (mut step_us, mut constrained_rates, mut free_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let mut replies_tokens = 0;
+    for repetition in 0..repetitions {
+        let mut request = GenerationRequest {
+            prompt: prompt.clone(),
+            sampling: SamplingParams {
+                seed: 1 + repetition as u64,
+                ..SamplingParams::default()
+            },
+            max_tokens: 256,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            top_logprobs: None,
+            prompt_logprobs: false,
+            started_at: Instant::now(),
+        };
+        let mut timed = TimedConstraint {
+            inner: json_schema_constraint(engine, &schema).map_err(|e| e.to_string())?,
+            step_us: Vec::new(),
+            pending_us: 0.0,
+        };
+        let mut cache = engine.new_cache();
+        let constrained = engine
+            .generate(&mut cache, &request, Some(&mut timed), &mut NoEvents)
+            .map_err(|e| e.to_string())?;
+        step_us.extend(timed.step_us);
+        replies_tokens += constrained.usage.completion_tokens;
+        constrained_rates.push(constrained.usage.decode_tokens_per_second());
+        if repetition == 0 {
+            eprintln!(
+                "reply 1 ({} tokens): {}",
+                constrained.usage.completion_tokens, constrained.text
+            );
+        }
+        request.max_tokens = constrained.usage.completion_tokens;
+        request.ignore_eos = true;
+        request.started_at = Instant::now();
+        let mut cache = engine.new_cache();
+        let free = engine
+            .generate(&mut cache, &request, None, &mut NoEvents)
+            .map_err(|e| e.to_string())?;
+        free_rates.push(free.usage.decode_tokens_per_second());
+    }
+    step_us.sort_by(f64::total_cmp);
+    let (constrained, _) = median_and_spread(constrained_rates);
+    let (free, _) = median_and_spread(free_rates);
+    println!(
+        "| {name} | {threads} | json schema {schema_path} | constraint per token: median {:.1} µs, p99 {:.1} µs ({} tokens in {repetitions} replies) | decode {constrained:.2} t/s constrained, {free:.2} t/s unconstrained ({:.0} %) |",
+        percentile(&step_us, 0.5),
+        percentile(&step_us, 0.99),
+        replies_tokens,
+        100.0 * constrained / free
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
@@ -235,6 +357,13 @@ fn main() -> ExitCode {
             );
         }
         eprintln!("threads {threads}: load {load_ms:.0} ms");
+        if let Some(schema_path) = &args.json_schema
+            && let Err(e) =
+                json_schema_bench(&engine, &name, threads, schema_path, args.repetitions)
+        {
+            eprintln!("json schema: {e}");
+            return ExitCode::FAILURE;
+        }
         if args.chat_turns > 0 {
             for kv_cache in [true, false] {
                 match chat_ttft(&engine, args.chat_turns, kv_cache) {
