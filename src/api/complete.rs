@@ -31,6 +31,15 @@ struct CompletionFields {
     prompt_logprobs: Option<bool>,
 }
 
+/// What a completion tells its caller: the generation events, and when the request starts
+/// (it passed validation) and completes (with its measured figures).
+pub trait CompletionEvents: GenerationEvents {
+    fn on_request_start(&mut self) {}
+    fn on_request_complete(&mut self, _usage: &Usage) {}
+}
+
+impl CompletionEvents for crate::engine::NoEvents {}
+
 /// A validated completion request.
 #[derive(Debug, Clone)]
 pub struct CompleteRequest {
@@ -214,8 +223,9 @@ struct CompleteResponse {
 pub fn complete(
     engine: &Arc<Engine>,
     request: &CompleteRequest,
-    events: &mut dyn GenerationEvents,
+    events: &mut dyn CompletionEvents,
 ) -> Result<(String, Usage)> {
+    events.on_request_start();
     let gen_req = &request.generation;
     let mut constraint = structured::response_constraint(engine, &request.response_format)?;
     let mut cache = engine.new_cache();
@@ -234,5 +244,6 @@ pub fn complete(
         prompt_logprobs: gen_req.prompt_logprobs.then_some(out.prompt_logprobs),
         warnings,
     };
+    events.on_request_complete(&out.usage);
     Ok((to_json(&response)?, out.usage))
 }

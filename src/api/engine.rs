@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{parse, to_json};
+use crate::engine::KvType;
 use crate::engine::{BudgetLimits, Engine, EngineOptions};
 use crate::error::{Error, Result};
-use crate::model::KvType;
 
 /// `smallmind_engine_create` options.
 #[derive(Debug, Deserialize)]
@@ -199,7 +199,7 @@ pub fn info_json(engine: &Engine) -> Result<String> {
                 sessions: stats.sessions,
                 resident_sessions: stats.resident_sessions,
                 evictions: stats.evictions,
-                chunk_positions: crate::model::KV_CHUNK_POSITIONS,
+                chunk_positions: crate::engine::KV_CHUNK_POSITIONS,
             }
         },
     })

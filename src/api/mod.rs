@@ -8,7 +8,8 @@ pub mod options;
 mod tokenize;
 
 pub use complete::{
-    CompleteRequest, TokenLogprobJson, UsageJson, complete, completion_request, logprobs_json,
+    CompleteRequest, CompletionEvents, TokenLogprobJson, UsageJson, complete, completion_request,
+    logprobs_json,
 };
 pub use engine::{EngineOptionsJson, check_chat_template, info_json, parse_engine_options};
 pub use options::{RequestOptions, ResolvedOptions, ResponseFormat, Seed};

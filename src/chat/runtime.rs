@@ -37,7 +37,7 @@ impl Drop for BrokenOnPanic<'_> {
         if std::thread::panicking() {
             self.0.store(true, Ordering::Release);
         }
-        crate::model::debug::set_injected_panic(false);
+        crate::engine::debug::set_injected_panic(false);
     }
 }
 
@@ -201,7 +201,7 @@ impl Chat {
         if std::env::var_os("SMALLMIND_DEBUG_INJECT_PANIC")
             .is_some_and(|id| id.as_encoded_bytes() == self.session_id.as_bytes())
         {
-            crate::model::debug::set_injected_panic(true);
+            crate::engine::debug::set_injected_panic(true);
         }
         // A cancel that arrives before this point was meant for an earlier send.
         self.cancel.store(false, Ordering::Release);
@@ -285,7 +285,7 @@ impl Chat {
     /// describe the same moment. BUSY while a send runs.
     pub fn envelope_with_cache<R>(
         &self,
-        f: impl FnOnce(&crate::model::KvCache) -> R,
+        f: impl FnOnce(&crate::engine::KvCache) -> R,
     ) -> Result<(ExportEnvelope, R)> {
         let session = self.lock()?;
         let mut options = self.options.clone();
@@ -307,7 +307,7 @@ impl Chat {
     }
 
     /// Installs a restored KV cache (see `Session::restore_cache`).
-    pub fn restore_cache(&self, cache: crate::model::KvCache) -> Result<()> {
+    pub fn restore_cache(&self, cache: crate::engine::KvCache) -> Result<()> {
         self.lock()?
             .restore_cache(cache, &mut crate::engine::NoEvents)
     }
@@ -323,9 +323,6 @@ impl Chat {
     }
 
     fn model_name(&self) -> &str {
-        self.engine
-            .file()
-            .get_str("general.name")
-            .unwrap_or("model")
+        self.engine.model_name()
     }
 }

@@ -15,12 +15,12 @@ use super::tools::{
     ToolChoice, ToolFormat, Tools, builtin_tool_section, lower_for_builtin, parse_reply,
 };
 use crate::api::{RequestOptions, ResponseFormat};
+use crate::engine::KvCache;
 use crate::engine::{
     CacheSlot, Engine, Eviction, FinishReason, GenerationEvents, GenerationRequest, TokenLogprob,
     Usage, check_fits,
 };
 use crate::error::{Error, Result};
-use crate::model::KvCache;
 use crate::sample::SamplingParams;
 use parking_lot::Mutex;
 
@@ -546,7 +546,7 @@ impl Session {
     /// every piece of reply text (never tool-call markup); on_tool_call per call run;
     /// on_request_complete. A request that overflows the context hears nothing.
     pub fn send(&mut self, mut turn: Turn, events: &mut dyn ChatEvents) -> Result<TurnOutput> {
-        self.engine.model()?;
+        self.engine.ensure_weights()?;
         let mut warnings = Vec::new();
         if let Some(query) = turn.messages.iter().rev().find(|m| m.role == Role::User) {
             match events.retrieve(&query.content) {

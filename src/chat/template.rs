@@ -97,10 +97,10 @@ impl BuiltinFormat {
 
     /// The format for a file without a template: Llama 3's when a `llama` file has Llama 3's
     /// header tokens, otherwise the family's (`for_architecture`).
-    pub fn for_model(arch: crate::model::Architecture, has_token: &dyn Fn(&str) -> bool) -> Self {
+    pub fn for_model(arch: crate::engine::Architecture, has_token: &dyn Fn(&str) -> bool) -> Self {
         match Self::for_architecture(arch) {
             Self::ChatMl
-                if arch == crate::model::Architecture::Llama
+                if arch == crate::engine::Architecture::Llama
                     && has_token("<|start_header_id|>")
                     && has_token("<|eot_id|>") =>
             {
@@ -111,8 +111,8 @@ impl BuiltinFormat {
     }
 
     /// The format a model family uses.
-    pub fn for_architecture(arch: crate::model::Architecture) -> Self {
-        use crate::model::Architecture;
+    pub fn for_architecture(arch: crate::engine::Architecture) -> Self {
+        use crate::engine::Architecture;
         match arch {
             Architecture::Gemma3 => Self::Gemma,
             Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 => Self::ChatMl,

@@ -9,16 +9,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The model types the layers above the engine hold: the KV cache a chat keeps, its
+/// precision, and the architecture that picks a chat format.
+pub use crate::model::{Architecture, KV_CHUNK_POSITIONS, KvCache, KvType};
 pub use budget::{BudgetExceeded, BudgetLimits, BudgetStats, CacheSlot, Eviction, KvBudget};
 pub use generate::{
     FinishReason, GenerationEvents, GenerationOutput, GenerationRequest, NoEvents, TokenLogprob,
     Usage, check_fits,
 };
 
+/// Test hooks of the forward pass, for the layers above that exercise failure paths.
+pub mod debug {
+    pub use crate::model::debug::set_injected_panic;
+}
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::GgufFile;
 use crate::kernels::ThreadPool;
-use crate::model::{KvCache, KvType, Model};
+use crate::model::Model;
 use crate::quant::GgmlType;
 use crate::tokenizer::Tokenizer;
 
@@ -277,6 +285,23 @@ impl Engine {
         })
     }
 
+    /// Ok when the engine can generate; a vocab-only engine's error otherwise.
+    pub fn ensure_weights(&self) -> Result<()> {
+        self.model().map(|_| ())
+    }
+
+    /// The model's layer count and the key (or value) values each position stores per layer:
+    /// the shape a KV cache of this engine has. A vocab-only engine's error otherwise.
+    pub fn kv_shape(&self) -> Result<(usize, usize)> {
+        let hp = &self.model()?.hparams;
+        Ok((hp.n_layer, hp.kv_dim()))
+    }
+
+    /// `general.name` from the file, or "model" when it has none.
+    pub fn model_name(&self) -> &str {
+        self.file.get_str("general.name").unwrap_or("model")
+    }
+
     pub fn is_vocab_only(&self) -> bool {
         self.model.is_none()
     }
@@ -292,13 +317,13 @@ impl Engine {
     }
 
     /// The architecture when smallmind runs it (always, unless vocab-only).
-    pub fn architecture(&self) -> Option<crate::model::Architecture> {
+    pub fn architecture(&self) -> Option<Architecture> {
         match &self.model {
             Some(m) => Some(m.hparams.arch),
             None => self
                 .file
                 .get_str("general.architecture")
-                .and_then(crate::model::Architecture::from_name),
+                .and_then(Architecture::from_name),
         }
     }
 

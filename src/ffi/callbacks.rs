@@ -4,6 +4,7 @@ use std::ffi::{CString, c_char, c_void};
 
 use super::boundary::{ffi_call, str_arg};
 use super::smallmind_status;
+use crate::api::CompletionEvents;
 use crate::chat::ChatEvents;
 use crate::chat::HostReply;
 use crate::engine::{Eviction, GenerationEvents, LoadObserver, LogLevel, Usage};
@@ -454,6 +455,17 @@ impl RequestCallbacks {
                 "the {callback} callback returned 0 without calling smallmind_host_result_set; answer with smallmind_host_result_set, or return non-zero to cancel"
             ))),
         }
+    }
+}
+
+/// A completion has no session and no messages: its events carry an empty session id and a
+/// message count of 0.
+impl CompletionEvents for RequestCallbacks {
+    fn on_request_start(&mut self) {
+        self.request_start(0);
+    }
+    fn on_request_complete(&mut self, usage: &Usage) {
+        self.request_complete(usage);
     }
 }
 

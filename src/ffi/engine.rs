@@ -261,9 +261,7 @@ pub unsafe extern "C" fn smallmind_engine_complete(
         // SAFETY: cb is NULL or a table of its struct_size, valid for the call.
         let table = unsafe { smallmind_chat_callbacks::read(cb) }?;
         let mut events = RequestCallbacks::new(table, "");
-        events.request_start(0);
-        let (response, usage) = api::complete(&engine.engine, &request, &mut events)?;
-        events.request_complete(&usage);
+        let (response, _) = api::complete(&engine.engine, &request, &mut events)?;
         let result = string_to_c(response)?;
         // SAFETY: checked non-null.
         unsafe { *out_json = result };

@@ -34,8 +34,8 @@
 //! | .. | per layer: K (N, kv_dim) then V (N, kv_dim), each value f16 (2 bytes) or f32 (4) |
 //! | 8 | u64 FNV-1a 64 of every byte of the section before it |
 
+use crate::engine::{KvCache, KvType};
 use crate::error::{Error, ErrorKind, Result};
-use crate::model::{KvCache, KvType};
 
 pub const FILE_MAGIC: &[u8; 8] = b"SMLMCHAT";
 pub const FILE_VERSION: u32 = 1;

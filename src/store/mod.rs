@@ -23,8 +23,8 @@ pub use format::{FILE_VERSION, KV_VERSION, KvSnapshot, fnv1a64};
 
 use crate::chat::{Chat, ChatOptions, ExportEnvelope};
 use crate::engine::Engine;
+use crate::engine::KvType;
 use crate::error::{Error, Result};
-use crate::model::KvType;
 
 /// Options of save and export: {"include_kv": bool} (default false).
 #[derive(Debug, Default, Deserialize)]
@@ -138,10 +138,9 @@ pub fn import_json(engine: Arc<Engine>, json: &str, options_json: Option<&str>) 
 
 /// Why `snapshot` cannot serve a chat of `engine` whose cache holds `max_positions`.
 fn mismatch(engine: &Engine, snapshot: &KvSnapshot, max_positions: usize) -> Option<String> {
-    let Ok(model) = engine.model() else {
+    let Ok((n_layer, kv_dim)) = engine.kv_shape() else {
         return Some("this engine holds no weights (vocab_only)".to_string());
     };
-    let hp = &model.hparams;
     let name = |t: KvType| match t {
         KvType::F16 => "f16",
         KvType::F32 => "f32",
@@ -159,13 +158,13 @@ fn mismatch(engine: &Engine, snapshot: &KvSnapshot, max_positions: usize) -> Opt
             name(c.kv_type()),
             name(engine.kv_type())
         ))
-    } else if c.n_layer() != hp.n_layer || c.kv_dim() != hp.kv_dim() {
+    } else if c.n_layer() != n_layer || c.kv_dim() != kv_dim {
         Some(format!(
             "it has {} layers of {} values per position, the model {} of {}",
             c.n_layer(),
             c.kv_dim(),
-            hp.n_layer,
-            hp.kv_dim()
+            n_layer,
+            kv_dim
         ))
     } else if snapshot.context_length != engine.context_length() {
         Some(format!(
@@ -181,11 +180,11 @@ fn mismatch(engine: &Engine, snapshot: &KvSnapshot, max_positions: usize) -> Opt
     } else {
         c.tokens()
             .iter()
-            .find(|&&t| t as usize >= hp.n_vocab)
+            .find(|&&t| t as usize >= engine.tokenizer.n_vocab())
             .map(|bad| {
                 format!(
                     "it holds token {bad}, outside the {}-token vocabulary",
-                    hp.n_vocab
+                    engine.tokenizer.n_vocab()
                 )
             })
     }
