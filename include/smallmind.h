@@ -587,7 +587,10 @@ void smallmind_string_free(char *s);
  and listed in `smallmind_engine_info`'s "warnings"), "kv_type": "f16"|"f32", "use_mmap",
  "vocab_only" (metadata and tokenizer only, any architecture: tokenize, detokenize, info and
  chat render work, completion and chat sends fail with INVALID_ARGUMENT), "chat_template"
- (a Jinja template replacing the file's)}. `cb` may be NULL. On success `*out` receives an
+ (a Jinja template replacing the file's), "kv_budget_bytes", "max_sessions", "share_prefixes"
+ (default true: chats whose prompts begin with the same system turn copy its KV rows from
+ an idle chat holding them instead of computing them; replies are the same either way)}.
+ `cb` may be NULL. On success `*out` receives an
  engine the caller frees with `smallmind_engine_free`; on failure `*out` is untouched.
  Errors: INVALID_ARGUMENT, INVALID_JSON, IO (file missing), MODEL_LOAD (malformed file),
  UNSUPPORTED_MODEL, CANCELLED (the progress callback returned non-zero).

@@ -19,6 +19,9 @@ fn engine(limits: BudgetLimits) -> Arc<Engine> {
     let mut options = EngineOptions::new(models::smollm2());
     options.context_length = Some(2048);
     options.budget = limits;
+    // An evicted chat recomputes its whole prompt here; with sharing it would take the common
+    // system turn from a resident chat (tests/shared_prefixes.rs covers that under a budget).
+    options.share_prefixes = false;
     Engine::load(&options, &mut SilentLoad).expect("load SmolLM2")
 }
 

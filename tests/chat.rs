@@ -17,6 +17,9 @@ use smallmind::engine::{Engine, EngineOptions, GenerationEvents, NoEvents, Silen
 fn load(context_length: Option<usize>) -> Arc<Engine> {
     let mut options = EngineOptions::new(models::smollm2());
     options.context_length = context_length;
+    // Each chat's cached_tokens here counts its own cache only; sharing a system turn
+    // between chats is tested in tests/shared_prefixes.rs.
+    options.share_prefixes = false;
     Engine::load(&options, &mut SilentLoad).expect("load SmolLM2")
 }
 

@@ -148,6 +148,7 @@ fn perplexity_is_within_one_percent_of_llama_cpp() {
             top_logprobs: None,
             prompt_logprobs: true,
             started_at: std::time::Instant::now(),
+            shared_prefix: 0,
         };
         let mut cache = engine.new_cache();
         let out = engine

@@ -20,6 +20,9 @@ fn load_engine(path: PathBuf, context_length: Option<usize>, kv_type: KvType) ->
     let mut options = EngineOptions::new(path);
     options.context_length = context_length;
     options.kv_type = kv_type;
+    // What a chat reuses here must come from its own (restored) cache; sharing a system turn
+    // between chats is tested in tests/shared_prefixes.rs.
+    options.share_prefixes = false;
     Engine::load(&options, &mut SilentLoad).expect("load the model")
 }
 

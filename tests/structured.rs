@@ -48,6 +48,7 @@ fn request(
         top_logprobs: None,
         prompt_logprobs: false,
         started_at: Instant::now(),
+        shared_prefix: 0,
     }
 }
 

@@ -111,6 +111,7 @@ pub fn completion_request(
         top_logprobs: resolved.top_logprobs,
         prompt_logprobs,
         started_at,
+        shared_prefix: 0,
     };
     crate::engine::check_fits(
         generation.prompt.len(),

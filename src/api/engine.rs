@@ -28,6 +28,8 @@ pub struct EngineOptionsJson {
     pub kv_budget_bytes: Option<u64>,
     #[serde(default)]
     pub max_sessions: Option<u32>,
+    #[serde(default)]
+    pub share_prefixes: Option<bool>,
 }
 
 /// Parses and validates engine options.
@@ -86,6 +88,7 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
         },
         vocab_only: raw.vocab_only.unwrap_or(false),
         chat_template: raw.chat_template,
+        share_prefixes: raw.share_prefixes.unwrap_or(true),
     })
 }
 
@@ -152,6 +155,10 @@ struct KvCacheJson {
     evictions: u64,
     /// Positions a cache grows by.
     chunk_positions: usize,
+    /// The engine option: chats copy a common system turn's rows from one another.
+    share_prefixes: bool,
+    /// Prefixes copied so far.
+    prefix_copies: u64,
 }
 
 /// `smallmind_engine_info` output.
@@ -200,6 +207,8 @@ pub fn info_json(engine: &Engine) -> Result<String> {
                 resident_sessions: stats.resident_sessions,
                 evictions: stats.evictions,
                 chunk_positions: crate::engine::KV_CHUNK_POSITIONS,
+                share_prefixes: engine.shares_prefixes(),
+                prefix_copies: stats.prefix_copies,
             }
         },
     })

@@ -7,6 +7,10 @@
 //!
 //!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 1,2 -p 512 -n 128 -r 5 --turns 20
 //!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 2 -p 0 -n 0 -r 5 --json-schema bench/person.schema.json
+//!
+//! With `--shared-chats N`, N chats with one long system prompt each answer one question, on an
+//! engine that shares the system turn between chats and on one that does not: the time to
+//! first token of chat 1 and the median of chats 2..N.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -28,10 +32,11 @@ struct Args {
     kv_type: KvType,
     chat_turns: usize,
     json_schema: Option<String>,
+    shared_chats: usize,
 }
 
 fn usage() -> &'static str {
-    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20] [--json-schema FILE]"
+    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20] [--json-schema FILE] [--shared-chats 10]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         kv_type: KvType::F16,
         chat_turns: 0,
         json_schema: None,
+        shared_chats: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -78,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--turns" => args.chat_turns = number(value()?)?,
             "--json-schema" => args.json_schema = Some(value()?),
+            "--shared-chats" => args.shared_chats = number(value()?)?,
             "-h" | "--help" => return Err(usage().to_string()),
             other => return Err(format!("unknown argument '{other}'\n{}", usage())),
         }
@@ -264,6 +271,7 @@ fn json_schema_bench(
             top_logprobs: None,
             prompt_logprobs: false,
             started_at: Instant::now(),
+            shared_prefix: 0,
         };
         let mut timed = TimedConstraint {
             inner: json_schema_constraint(engine, &schema).map_err(|e| e.to_string())?,
@@ -303,6 +311,48 @@ fn json_schema_bench(
         100.0 * constrained / free
     );
     Ok(())
+}
+
+/// A system prompt of about 330 tokens (SmolLM2's tokenizer).
+fn long_system_prompt() -> String {
+    let mut prompt = String::from(
+        "You are the help desk of the Riverside Public Library. Answer in one short sentence. Rules:",
+    );
+    for i in 1..=24 {
+        prompt.push_str(&format!(
+            " {i}. Rule number {i} of the library applies to room {} on floor {} and lasts {} weeks.",
+            i * 3,
+            i % 4,
+            i % 5 + 1
+        ));
+    }
+    prompt
+}
+
+/// Time to first token (ms) of `chats` chats with one long system prompt, one question each:
+/// (chat 1, the median of the others, the system turn's cached tokens in chat 2).
+fn shared_chat_ttft(engine: &Arc<Engine>, chats: usize) -> Result<(f64, f64, usize), String> {
+    let options = serde_json::json!({"system_prompt": long_system_prompt(), "temperature": 0, "max_tokens": 4})
+        .to_string();
+    // Every chat stays alive until the end: a dropped chat's cache has nothing to share.
+    let mut alive = Vec::new();
+    let mut ttft = Vec::new();
+    let mut cached = 0;
+    for i in 0..chats {
+        let chat = Chat::create(Arc::clone(engine), Some(&options)).map_err(|e| e.to_string())?;
+        let request = serde_json::json!({"messages": [{"role": "user", "content": format!("Where is room {}?", i * 3)}]});
+        let (_, usage) = chat
+            .send(&request.to_string(), Instant::now(), &mut NoEvents)
+            .map_err(|e| e.to_string())?;
+        if i == 1 {
+            cached = usage.cached_tokens;
+        }
+        ttft.push(usage.time_to_first_token_ms);
+        alive.push(chat);
+    }
+    let first = ttft[0];
+    let (others, _) = median_and_spread(ttft[1..].to_vec());
+    Ok((first, others, cached))
 }
 
 fn main() -> ExitCode {
@@ -363,6 +413,45 @@ fn main() -> ExitCode {
         {
             eprintln!("json schema: {e}");
             return ExitCode::FAILURE;
+        }
+        if args.shared_chats >= 2 {
+            let mut unshared_options = options.clone();
+            unshared_options.share_prefixes = false;
+            let unshared = match Engine::load(&unshared_options, &mut SilentLoad) {
+                Ok(e) => e,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // Per round: chat 1 sharing, chats 2..N sharing, chats 2..N not sharing.
+            let (mut first, mut sharing, mut alone, mut cached) =
+                (Vec::new(), Vec::new(), Vec::new(), 0);
+            for _ in 0..args.repetitions {
+                match (
+                    shared_chat_ttft(&engine, args.shared_chats),
+                    shared_chat_ttft(&unshared, args.shared_chats),
+                ) {
+                    (Ok(shared), Ok(not_shared)) => {
+                        first.push(shared.0);
+                        sharing.push(shared.1);
+                        alone.push(not_shared.1);
+                        cached = shared.2;
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("shared chats: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            println!(
+                "| {name} | {threads} | {} chats, one system prompt | chat 1 TTFT {:.1} ms | chats 2..{}: TTFT {:.1} ms sharing ({cached} cached tokens), {:.1} ms not sharing |",
+                args.shared_chats,
+                median_and_spread(first).0,
+                args.shared_chats,
+                median_and_spread(sharing).0,
+                median_and_spread(alone).0,
+            );
         }
         if args.chat_turns > 0 {
             for kv_cache in [true, false] {

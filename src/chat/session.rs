@@ -163,6 +163,10 @@ pub struct PreparedPrompt {
     /// The rendered template, as the tokenizer saw it.
     pub text: String,
     pub token_ids: Vec<u32>,
+    /// How many of `token_ids` the leading system messages (with the tool and retrieval
+    /// sections) render to on their own: the part other chats with the same system turn
+    /// share (0 without a system message).
+    pub shared_prefix: usize,
     pub context: ContextReport,
     /// What the host should know about how the prompt was made.
     pub warnings: Vec<String>,
@@ -519,6 +523,7 @@ impl Session {
         };
         let kept: Vec<Message> = outcome.kept.iter().map(|&i| rendered[i].clone()).collect();
         let (text, token_ids, warnings) = self.render_prompt(&kept, turn)?;
+        let shared_prefix = self.system_turn_tokens(&kept, &token_ids, turn);
         let context = ContextReport {
             policy: policy.name(),
             tokens_before: outcome.tokens_before as usize,
@@ -529,9 +534,28 @@ impl Session {
             conversation,
             text,
             token_ids,
+            shared_prefix,
             context,
             warnings,
         })
+    }
+
+    /// The tokens of `prompt` that the leading system messages of `messages` render to by
+    /// themselves: where this prompt and every other with the same system turn agree.
+    /// 0 when there is no system message, nothing after it, or the template cannot render
+    /// the system messages alone.
+    fn system_turn_tokens(&self, messages: &[Message], prompt: &[u32], turn: &Turn) -> usize {
+        let leading = messages
+            .iter()
+            .take_while(|m| m.role == Role::System)
+            .count();
+        if leading == 0 || leading == messages.len() {
+            return 0;
+        }
+        match self.render_prompt(&messages[..leading], turn) {
+            Ok((_, alone, _)) => alone.iter().zip(prompt).take_while(|(a, b)| a == b).count(),
+            Err(_) => 0,
+        }
     }
 
     /// Runs one turn: retrieves chunks (the host's retriever, if any), builds the prompt (see
@@ -604,6 +628,7 @@ impl Session {
                 top_logprobs: turn.top_logprobs,
                 prompt_logprobs: false,
                 started_at: turn.started_at,
+                shared_prefix: prepared.shared_prefix,
             };
             let mut constraint = match (&turn.tools, parse_calls) {
                 (Some(tools), true) => {

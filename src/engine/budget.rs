@@ -49,6 +49,8 @@ pub struct BudgetStats {
     pub resident_sessions: usize,
     /// Caches released so far to make room.
     pub evictions: u64,
+    /// Prompt prefixes copied from one chat's cache into another's so far.
+    pub prefix_copies: u64,
 }
 
 /// A send that cannot get the room it needs: nothing more can be evicted.
@@ -75,6 +77,7 @@ struct State {
     next_id: u64,
     tick: u64,
     evictions: u64,
+    prefix_copies: u64,
     entries: Vec<Entry>,
 }
 
@@ -210,6 +213,37 @@ impl KvBudget {
         }
     }
 
+    /// Copies into `cache` (locked by the caller) the first `prefix.len()` positions of a
+    /// registered idle cache that holds `prefix` computed in forward passes of its own
+    /// (`KvCache::computes_prefix_alone` with the prefill's `chunk`): its rows are then the
+    /// ones `cache` would compute itself, so sharing never changes a reply. Busy caches are
+    /// skipped, never waited for. Returns whether a prefix was copied.
+    pub fn lend_prefix(&self, cache: &mut KvCache, prefix: &[u32], chunk: usize) -> bool {
+        // The candidates are taken under the state lock and copied from outside it, so a
+        // copy never holds up another chat's reserve or settle.
+        let candidates: Vec<CacheSlot> = self
+            .state
+            .lock()
+            .entries
+            .iter()
+            .filter(|e| e.tokens >= prefix.len())
+            .filter_map(|e| e.slot.upgrade())
+            .collect();
+        for slot in candidates {
+            let Some(donor) = slot.try_lock() else {
+                continue;
+            };
+            if donor.tokens().starts_with(prefix)
+                && donor.computes_prefix_alone(prefix.len(), chunk)
+            {
+                cache.copy_prefix_from(&donor, prefix.len());
+                self.state.lock().prefix_copies += 1;
+                return true;
+            }
+        }
+        false
+    }
+
     /// Records what chat `id`'s cache holds now that its turn (or restore) is done, and
     /// marks it most recently used.
     pub fn settle(&self, id: u64, cache: &KvCache) {
@@ -232,6 +266,7 @@ impl KvBudget {
             sessions: state.entries.len(),
             resident_sessions: state.entries.iter().filter(|e| e.held > 0).count(),
             evictions: state.evictions,
+            prefix_copies: state.prefix_copies,
         }
     }
 }

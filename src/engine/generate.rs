@@ -32,6 +32,11 @@ pub struct GenerationRequest {
     pub prompt_logprobs: bool,
     /// When the host's call began: time to first token is measured from here.
     pub started_at: Instant,
+    /// `prompt[..shared_prefix]` may begin other prompts of this engine (a chat's system
+    /// turn): it is evaluated in forward passes of its own, and when the cache holds less of
+    /// it and the engine shares prefixes, it is copied from another chat's idle cache that
+    /// computed it the same way (see `KvBudget::lend_prefix`). 0: nothing is shared.
+    pub shared_prefix: usize,
 }
 
 /// Why generation ended.
@@ -166,12 +171,24 @@ impl Engine {
 
         // Reuse the cached prefix, but always evaluate at least the last prompt token: its
         // logits choose the first generated token. Scoring needs every position's logits.
-        let reusable = if request.prompt_logprobs {
+        let mut reusable = if request.prompt_logprobs {
             0
         } else {
             common_prefix(cache.tokens(), prompt).min(prompt.len() - 1)
         };
         cache.truncate(reusable);
+        // An evicted cache's replay plan, taken before a lent prefix fills the cache.
+        let replay = cache.take_replay();
+        let shared = request.shared_prefix.min(prompt.len() - 1);
+        if shared > reusable
+            && !request.prompt_logprobs
+            && self.shares_prefixes()
+            && self
+                .kv_budget()
+                .lend_prefix(cache, &prompt[..shared], PREFILL_CHUNK)
+        {
+            reusable = shared;
+        }
         events.on_cache_lookup(reusable);
 
         let mut scratch = ForwardScratch::default();
@@ -181,12 +198,17 @@ impl Engine {
         // computed them: recomputing the same passes reproduces its rows bit for bit (a row
         // depends on the batch it was computed in), so the reply is the one the chat would
         // have given had it kept its cache. These tokens count as computed, not cached.
-        if let Some(replay) = cache.take_replay().filter(|_| !request.prompt_logprobs) {
+        if let Some(replay) = replay.filter(|_| !request.prompt_logprobs) {
             let limit = common_prefix(&replay.tokens, prompt).min(prompt.len() - 1);
             let mut start = 0;
             for &segment in &replay.segments {
                 let end = start + segment as usize;
-                if end > limit || events.cancelled() {
+                if end <= cache.len() {
+                    // Already there: a lent prefix computed the same way.
+                    start = end;
+                    continue;
+                }
+                if start != cache.len() || end > limit || events.cancelled() {
                     break;
                 }
                 model.forward(
@@ -216,7 +238,11 @@ impl Engine {
             } else {
                 PREFILL_CHUNK
             };
-            let end = (pos + chunk_len).min(prompt.len());
+            let mut end = (pos + chunk_len).min(prompt.len());
+            if pos < shared && end > shared {
+                // The shareable prefix ends a pass, so its rows are the same in every chat.
+                end = shared;
+            }
             let chunk = &prompt[pos..end];
             let wanted = if request.prompt_logprobs {
                 Logits::All

@@ -48,6 +48,10 @@ pub struct EngineOptions {
     pub vocab_only: bool,
     /// A Jinja chat template that replaces the file's `tokenizer.chat_template`.
     pub chat_template: Option<String>,
+    /// Chats that begin with the same system turn take its KV rows from one another instead
+    /// of computing them (see `GenerationRequest::shared_prefix`). Replies are the same
+    /// either way; off, every chat computes its whole prompt.
+    pub share_prefixes: bool,
 }
 
 impl EngineOptions {
@@ -61,6 +65,7 @@ impl EngineOptions {
             budget: BudgetLimits::default(),
             vocab_only: false,
             chat_template: None,
+            share_prefixes: true,
         }
     }
 }
@@ -108,6 +113,7 @@ pub struct Engine {
     /// What the host should know about how the model was loaded (also sent to `on_log`).
     warnings: Vec<String>,
     kv_budget: KvBudget,
+    share_prefixes: bool,
 }
 
 /// Number of cores this process may use.
@@ -273,6 +279,7 @@ impl Engine {
             load_time,
             warnings,
             kv_budget: KvBudget::new(options.budget),
+            share_prefixes: options.share_prefixes,
         }))
     }
 
@@ -351,6 +358,11 @@ impl Engine {
     /// Warnings of the load (e.g. a context longer than the model's training context).
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Whether chats take a common system turn's KV rows from one another.
+    pub fn shares_prefixes(&self) -> bool {
+        self.share_prefixes
     }
 
     /// The KV budget every chat of this engine shares.

@@ -100,6 +100,15 @@ impl Rows {
         }
     }
 
+    /// Appends values `range` of `other` (the same storage type).
+    fn extend_from(&mut self, other: &Rows, range: std::ops::Range<usize>) {
+        match (self, other) {
+            (Rows::F32(to), Rows::F32(from)) => to.extend_from_slice(&from[range]),
+            (Rows::F16(to), Rows::F16(from)) => to.extend_from_slice(&from[range]),
+            _ => unreachable!("caches of one engine share the storage type"),
+        }
+    }
+
     fn push(&mut self, values: &[f32]) {
         match self {
             Rows::F32(v) => v.extend_from_slice(values),
@@ -350,6 +359,64 @@ impl KvCache {
         Ok(cache)
     }
 
+    /// Whether the first `n` positions were computed in forward passes of their own: a pass
+    /// ends exactly at `n`, and the passes before it are `chunk`-long but the last, as a
+    /// prefill of `n` tokens from an empty cache computes them. Such rows are the same
+    /// whichever cache of the engine computed them.
+    pub fn computes_prefix_alone(&self, n: usize, chunk: usize) -> bool {
+        let mut end = 0usize;
+        for &segment in &self.segments {
+            let segment = segment as usize;
+            if end + segment > n {
+                return false;
+            }
+            end += segment;
+            if end == n {
+                return true;
+            }
+            if segment != chunk {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Replaces everything this cache holds with the first `n` positions of `donor` (a
+    /// cache of the same engine): its rows, tokens and forward-pass lengths.
+    pub fn copy_prefix_from(&mut self, donor: &KvCache, n: usize) {
+        assert!(
+            n <= donor.len() && n <= self.max_positions,
+            "the prefix is held by the donor and fits this cache"
+        );
+        assert_eq!(
+            (self.ty, self.kv_dim, self.k.len()),
+            (donor.ty, donor.kv_dim, donor.k.len()),
+            "caches of one engine have one shape"
+        );
+        self.clear();
+        let values = n * self.kv_dim;
+        let room = self.chunked(n) * self.kv_dim;
+        for (to, from) in self
+            .k
+            .iter_mut()
+            .zip(&donor.k)
+            .chain(self.v.iter_mut().zip(&donor.v))
+        {
+            to.reserve_total(room);
+            to.extend_from(from, 0..values);
+        }
+        self.tokens.extend_from_slice(&donor.tokens[..n]);
+        let mut end = 0usize;
+        for &segment in &donor.segments {
+            if end >= n {
+                break;
+            }
+            let take = (segment as usize).min(n - end);
+            self.segments.push(take as u32);
+            end += take;
+        }
+    }
+
     /// Appends the keys and values (batch, kv_dim) of `layer` for the positions being added.
     pub(crate) fn append_layer(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
         let total = self.k[layer].len() + keys.len();
@@ -467,6 +534,59 @@ mod tests {
             );
             assert!(
                 KvCache::from_rows(ty, 3, 4, 100, cache.tokens().to_vec(), vec![4], &rows).is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn a_copied_prefix_holds_the_donors_rows_tokens_and_passes() {
+        for ty in [KvType::F32, KvType::F16] {
+            let mut donor = KvCache::new(ty, 2, 4, 1000);
+            // Passes of 5, 3 and 4 positions; row p of layer l holds p + 100 l (keys) and
+            // the negation (values), exact in f16.
+            let mut p = 0usize;
+            for (pass, tokens) in [(5usize, 10u32), (3, 20), (4, 30)] {
+                for layer in 0..2 {
+                    let keys: Vec<f32> = (p..p + pass)
+                        .flat_map(|q| [(q + 100 * layer) as f32; 4])
+                        .collect();
+                    let values: Vec<f32> = keys.iter().map(|x| -x).collect();
+                    donor.append_layer(layer, &keys, &values);
+                }
+                donor.commit_tokens(&vec![tokens; pass]);
+                p += pass;
+            }
+            assert!(donor.computes_prefix_alone(5, 5));
+            assert!(
+                donor.computes_prefix_alone(8, 5),
+                "passes of the chunk, then the rest"
+            );
+            assert!(
+                !donor.computes_prefix_alone(8, 512),
+                "a first pass shorter than a chunk"
+            );
+            assert!(!donor.computes_prefix_alone(6, 5), "no pass ends at 6");
+            assert!(
+                !donor.computes_prefix_alone(13, 5),
+                "past what the donor holds"
+            );
+
+            let mut cache = KvCache::new(ty, 2, 4, 1000);
+            append(&mut cache, 2);
+            cache.copy_prefix_from(&donor, 8);
+            assert_eq!(cache.tokens(), &donor.tokens()[..8]);
+            assert_eq!(cache.segments(), [5, 3]);
+            let mut ours = Vec::new();
+            cache.write_rows(&mut ours);
+            let mut prefix = donor.clone();
+            prefix.truncate(8);
+            let mut theirs = Vec::new();
+            prefix.write_rows(&mut theirs);
+            assert_eq!(ours, theirs);
+            assert_eq!(
+                cache.bytes(),
+                cache.bytes_for(8),
+                "one chunk, as if computed"
             );
         }
     }

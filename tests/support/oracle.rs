@@ -157,6 +157,7 @@ pub fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         top_logprobs: None,
         prompt_logprobs: false,
         started_at: std::time::Instant::now(),
+        shared_prefix: 0,
     };
     let mut cache = engine.new_cache();
     engine
