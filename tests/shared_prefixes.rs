@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use smallmind::chat::Chat;
-use smallmind::engine::{BudgetLimits, Engine, EngineOptions, NoEvents, SilentLoad};
+use smallmind::engine::{BudgetLimits, BudgetStats, Engine, EngineOptions, NoEvents, SilentLoad};
 
 fn engine(share_prefixes: bool, budget: BudgetLimits) -> Arc<Engine> {
     let mut options = EngineOptions::new(models::smollm2());
@@ -81,8 +81,9 @@ fn cached(response: &Value) -> u64 {
         .unwrap()
 }
 
-/// Two turns of each of the ten chats, round-robin; every response in order.
-fn ten_chats(engine: &Arc<Engine>) -> Vec<Value> {
+/// Two turns of each of the ten chats, round-robin; every response in order, and the
+/// engine's KV budget while the chats still live.
+fn ten_chats(engine: &Arc<Engine>) -> (Vec<Value>, BudgetStats) {
     let options =
         json!({"system_prompt": system_prompt(), "temperature": 0, "max_tokens": 8}).to_string();
     let chats: Vec<Chat> = QUESTIONS
@@ -96,7 +97,7 @@ fn ten_chats(engine: &Arc<Engine>) -> Vec<Value> {
             responses.push(send(chat, content));
         }
     }
-    responses
+    (responses, engine.kv_budget().stats())
 }
 
 fn replies(responses: &[Value]) -> Vec<&str> {
@@ -108,11 +109,12 @@ fn replies(responses: &[Value]) -> Vec<&str> {
 
 #[test]
 fn ten_chats_with_one_system_prompt_share_it_and_reply_as_without_sharing() {
-    let unshared = ten_chats(&engine(false, BudgetLimits::default()));
+    let (unshared, unshared_stats) = ten_chats(&engine(false, BudgetLimits::default()));
+    assert_eq!(unshared_stats.shared_bytes, 0);
     assert!(unshared[..10].iter().all(|r| cached(r) == 0));
 
     let sharing = engine(true, BudgetLimits::default());
-    let shared = ten_chats(&sharing);
+    let (shared, stats) = ten_chats(&sharing);
     assert_eq!(
         replies(&shared),
         replies(&unshared),
@@ -128,28 +130,61 @@ fn ten_chats_with_one_system_prompt_share_it_and_reply_as_without_sharing() {
             "the question is computed"
         );
     }
-    assert_eq!(sharing.kv_budget().stats().prefix_copies, 9);
+    assert_eq!(sharing.kv_budget().stats().prefix_shares, 9);
     let info: Value = serde_json::from_str(&smallmind::api::info_json(&sharing).unwrap()).unwrap();
     assert_eq!(info["kv_cache"]["share_prefixes"], true);
-    assert_eq!(info["kv_cache"]["prefix_copies"], 9);
+    assert_eq!(info["kv_cache"]["prefix_shares"], 9);
+    assert_eq!(
+        (
+            &info["kv_cache"]["shared_bytes"],
+            &info["kv_cache"]["used_bytes"]
+        ),
+        (&json!(0), &json!(0)),
+        "the chats are gone, and their rows with them"
+    );
 
-    // Under a budget for three of the ten: evicted chats take the system turn from a
-    // resident one, and still reply as every chat computing everything itself.
-    let bytes_per_chat = 8 * 64 * 23_040; // SmolLM2: 23,040 bytes a position, 8 chunks.
-    let budgeted = engine(
+    // The system turn's rows are held once: in the budget's count and in memory.
+    let per_position = 23_040; // SmolLM2: 30 layers, K and V, 192 values, f16.
+    assert_eq!(stats.shared_bytes, system_turn as usize * per_position);
+    assert!(
+        stats.used_bytes * 3 < unshared_stats.used_bytes,
+        "sharing holds {} bytes, not sharing {}",
+        stats.used_bytes,
+        unshared_stats.used_bytes
+    );
+
+    // A budget for three of the ten chats' whole caches holds all ten when they share.
+    let chunk = 64 * per_position;
+    let three_chats = 3 * 8 * chunk;
+    let roomy = engine(
         true,
         BudgetLimits {
-            kv_budget_bytes: Some(3 * bytes_per_chat),
+            kv_budget_bytes: Some(three_chats),
             max_sessions: None,
         },
     );
-    let under_budget = ten_chats(&budgeted);
+    let (roomy_responses, roomy_stats) = ten_chats(&roomy);
+    assert_eq!(replies(&roomy_responses), replies(&unshared));
+    assert_eq!(roomy_stats.evictions, 0);
+
+    // Under a budget that holds the system turn, one turn's reservation and little else:
+    // evicted chats take the system turn from a resident one, and still reply as every
+    // chat computing everything itself.
+    let tight = engine(
+        true,
+        BudgetLimits {
+            kv_budget_bytes: Some(13 * chunk),
+            max_sessions: None,
+        },
+    );
+    let (under_budget, stats) = ten_chats(&tight);
     assert_eq!(replies(&under_budget), replies(&unshared));
-    let stats = budgeted.kv_budget().stats();
-    assert!(stats.evictions >= 14, "{stats:?}");
+    assert!(stats.evictions >= 10, "{stats:?}");
+    assert!(stats.used_bytes <= 13 * chunk);
     assert!(
         under_budget[10..].iter().all(|r| cached(r) >= system_turn),
-        "an evicted chat's second turn takes the system turn from a resident chat"
+        "an evicted chat's second turn takes the system turn from a resident chat: {:?} {stats:?}",
+        under_budget.iter().map(cached).collect::<Vec<_>>()
     );
 }
 
@@ -174,5 +209,5 @@ fn chats_with_different_system_prompts_share_nothing() {
     )
     .unwrap();
     assert_eq!(cached(&send(&second, QUESTIONS[0])), 0);
-    assert_eq!(engine.kv_budget().stats().prefix_copies, 0);
+    assert_eq!(engine.kv_budget().stats().prefix_shares, 0);
 }

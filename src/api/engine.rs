@@ -155,10 +155,12 @@ struct KvCacheJson {
     evictions: u64,
     /// Positions a cache grows by.
     chunk_positions: usize,
-    /// The engine option: chats copy a common system turn's rows from one another.
+    /// The engine option: chats share a common system turn's rows.
     share_prefixes: bool,
-    /// Prefixes copied so far.
-    prefix_copies: u64,
+    /// Times a chat took a prefix from another so far.
+    prefix_shares: u64,
+    /// Of used_bytes, the rows chats share, each counted once.
+    shared_bytes: usize,
 }
 
 /// `smallmind_engine_info` output.
@@ -208,7 +210,8 @@ pub fn info_json(engine: &Engine) -> Result<String> {
                 evictions: stats.evictions,
                 chunk_positions: crate::engine::KV_CHUNK_POSITIONS,
                 share_prefixes: engine.shares_prefixes(),
-                prefix_copies: stats.prefix_copies,
+                prefix_shares: stats.prefix_shares,
+                shared_bytes: stats.shared_bytes,
             }
         },
     })

@@ -331,7 +331,19 @@ fn long_system_prompt() -> String {
 
 /// Time to first token (ms) of `chats` chats with one long system prompt, one question each:
 /// (chat 1, the median of the others, the system turn's cached tokens in chat 2).
-fn shared_chat_ttft(engine: &Arc<Engine>, chats: usize) -> Result<(f64, f64, usize), String> {
+/// What `shared_chat_ttft` measured of one round.
+struct SharedChats {
+    /// Time to first token of the first chat, and the median of the others', in ms.
+    first_ms: f64,
+    others_ms: f64,
+    /// Cached tokens of the second chat's turn.
+    cached: usize,
+    /// KV bytes the engine's chats hold at the end, and of those the shared rows.
+    kv_bytes: usize,
+    shared_bytes: usize,
+}
+
+fn shared_chat_ttft(engine: &Arc<Engine>, chats: usize) -> Result<SharedChats, String> {
     let options = serde_json::json!({"system_prompt": long_system_prompt(), "temperature": 0, "max_tokens": 4})
         .to_string();
     // Every chat stays alive until the end: a dropped chat's cache has nothing to share.
@@ -350,9 +362,15 @@ fn shared_chat_ttft(engine: &Arc<Engine>, chats: usize) -> Result<(f64, f64, usi
         ttft.push(usage.time_to_first_token_ms);
         alive.push(chat);
     }
-    let first = ttft[0];
-    let (others, _) = median_and_spread(ttft[1..].to_vec());
-    Ok((first, others, cached))
+    let (others_ms, _) = median_and_spread(ttft[1..].to_vec());
+    let held = engine.kv_budget().stats();
+    Ok(SharedChats {
+        first_ms: ttft[0],
+        others_ms,
+        cached,
+        kv_bytes: held.used_bytes,
+        shared_bytes: held.shared_bytes,
+    })
 }
 
 fn main() -> ExitCode {
@@ -425,18 +443,20 @@ fn main() -> ExitCode {
                 }
             };
             // Per round: chat 1 sharing, chats 2..N sharing, chats 2..N not sharing.
-            let (mut first, mut sharing, mut alone, mut cached) =
-                (Vec::new(), Vec::new(), Vec::new(), 0);
+            let (mut first, mut sharing, mut alone) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut cached, mut bytes_sharing, mut shared_bytes, mut bytes_alone) = (0, 0, 0, 0);
             for _ in 0..args.repetitions {
                 match (
                     shared_chat_ttft(&engine, args.shared_chats),
                     shared_chat_ttft(&unshared, args.shared_chats),
                 ) {
                     (Ok(shared), Ok(not_shared)) => {
-                        first.push(shared.0);
-                        sharing.push(shared.1);
-                        alone.push(not_shared.1);
-                        cached = shared.2;
+                        first.push(shared.first_ms);
+                        sharing.push(shared.others_ms);
+                        alone.push(not_shared.others_ms);
+                        cached = shared.cached;
+                        (bytes_sharing, shared_bytes) = (shared.kv_bytes, shared.shared_bytes);
+                        bytes_alone = not_shared.kv_bytes;
                     }
                     (Err(e), _) | (_, Err(e)) => {
                         eprintln!("shared chats: {e}");
@@ -444,13 +464,17 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
             println!(
-                "| {name} | {threads} | {} chats, one system prompt | chat 1 TTFT {:.1} ms | chats 2..{}: TTFT {:.1} ms sharing ({cached} cached tokens), {:.1} ms not sharing |",
+                "| {name} | {threads} | {} chats, one system prompt | chat 1 TTFT {:.1} ms | chats 2..{}: TTFT {:.1} ms sharing ({cached} cached tokens), {:.1} ms not sharing | KV held {:.1} MiB sharing ({:.1} MiB of it shared), {:.1} MiB not sharing |",
                 args.shared_chats,
                 median_and_spread(first).0,
                 args.shared_chats,
                 median_and_spread(sharing).0,
                 median_and_spread(alone).0,
+                mib(bytes_sharing),
+                mib(shared_bytes),
+                mib(bytes_alone),
             );
         }
         if args.chat_turns > 0 {

@@ -595,12 +595,20 @@ impl Session {
         warnings.append(&mut prepared.warnings);
         let slot = Arc::clone(&self.cache);
         let mut cache = slot.lock();
-        // Make room in the engine's KV budget for the most this generation can hold.
-        self.reserve_kv(&cache, prepared.token_ids.len(), turn.max_tokens, events)?;
-        events.on_request_start(turn.messages.len());
         if !self.config.kv_cache {
             cache.clear();
         }
+        // Take a system turn another chat holds before reserving, so the reservation counts
+        // only what this chat adds; then make room in the engine's KV budget for the most
+        // this generation can hold.
+        self.engine.lend_prefix(
+            self.budget_id,
+            &mut cache,
+            &prepared.token_ids,
+            prepared.shared_prefix,
+        );
+        self.reserve_kv(&cache, prepared.token_ids.len(), turn.max_tokens, events)?;
+        events.on_request_start(turn.messages.len());
         let parse_calls = turn.tools.is_some() && turn.tool_choice != ToolChoice::None;
         let mut once = OncePerSend::default();
         let mut usage = Usage::default();
@@ -613,7 +621,13 @@ impl Session {
             let mut cache = match held.take() {
                 Some(cache) => cache,
                 None => {
-                    let cache = slot.lock();
+                    let mut cache = slot.lock();
+                    self.engine.lend_prefix(
+                        self.budget_id,
+                        &mut cache,
+                        &prepared.token_ids,
+                        prepared.shared_prefix,
+                    );
                     self.reserve_kv(&cache, prepared.token_ids.len(), turn.max_tokens, events)?;
                     cache
                 }

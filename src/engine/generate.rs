@@ -33,9 +33,9 @@ pub struct GenerationRequest {
     /// When the host's call began: time to first token is measured from here.
     pub started_at: Instant,
     /// `prompt[..shared_prefix]` may begin other prompts of this engine (a chat's system
-    /// turn): it is evaluated in forward passes of its own, and when the cache holds less of
-    /// it and the engine shares prefixes, it is copied from another chat's idle cache that
-    /// computed it the same way (see `KvBudget::lend_prefix`). 0: nothing is shared.
+    /// turn): it is evaluated in forward passes of its own, so that its rows are the same
+    /// whichever chat computed them and can be shared (`Engine::lend_prefix`). 0: nothing
+    /// is shared.
     pub shared_prefix: usize,
 }
 
@@ -137,6 +137,28 @@ pub struct NoEvents;
 impl GenerationEvents for NoEvents {}
 
 impl Engine {
+    /// Gives `cache` (registered with the KV budget as `budget_id`, locked by the caller)
+    /// the first `shared_prefix` positions of `prompt` from another chat's idle cache that
+    /// holds them computed the same way, when it holds less of them itself and the engine
+    /// shares prefixes: the rows are shared, not copied, and count once in the budget.
+    /// Called before the turn reserves its room, so the reservation counts only what the
+    /// cache will add. Returns whether a prefix was shared; `generate` then reuses it.
+    pub fn lend_prefix(
+        &self,
+        budget_id: u64,
+        cache: &mut KvCache,
+        prompt: &[u32],
+        shared_prefix: usize,
+    ) -> bool {
+        let shared = shared_prefix.min(prompt.len().saturating_sub(1));
+        let reusable = common_prefix(cache.tokens(), prompt);
+        shared > reusable
+            && self.shares_prefixes()
+            && self
+                .kv_budget()
+                .lend_prefix(budget_id, cache, &prompt[..shared], PREFILL_CHUNK)
+    }
+
     /// Generates from `request.prompt` on `cache`, reusing the longest prefix the cache already
     /// holds. The cache afterwards holds the prompt and the generated tokens evaluated so far.
     ///
@@ -171,25 +193,15 @@ impl Engine {
 
         // Reuse the cached prefix, but always evaluate at least the last prompt token: its
         // logits choose the first generated token. Scoring needs every position's logits.
-        let mut reusable = if request.prompt_logprobs {
+        let reusable = if request.prompt_logprobs {
             0
         } else {
             common_prefix(cache.tokens(), prompt).min(prompt.len() - 1)
         };
         cache.truncate(reusable);
-        // An evicted cache's replay plan, taken before a lent prefix fills the cache.
         let replay = cache.take_replay();
-        let shared = request.shared_prefix.min(prompt.len() - 1);
-        if shared > reusable
-            && !request.prompt_logprobs
-            && self.shares_prefixes()
-            && self
-                .kv_budget()
-                .lend_prefix(cache, &prompt[..shared], PREFILL_CHUNK)
-        {
-            reusable = shared;
-        }
         events.on_cache_lookup(reusable);
+        let shared = request.shared_prefix.min(prompt.len() - 1);
 
         let mut scratch = ForwardScratch::default();
         let mut logits = Vec::new();

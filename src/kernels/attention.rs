@@ -4,22 +4,65 @@ use half::f16;
 
 use super::{ThreadPool, softmax_in_place};
 
-/// One layer's keys or values: (positions, kv_dim), in the cache's storage type.
+/// One layer's keys or values, (positions, kv_dim), held in two parts: the first rows in
+/// `shared` (a prefix several caches of an engine hold once), the rest in `own`. Every
+/// kernel reads them a row at a time in position order, so where the split lies never
+/// changes a result.
+#[derive(Debug)]
+pub struct KvRows<'a, T> {
+    /// Rows 0..shared.len() / kv_dim: whole rows.
+    shared: &'a [T],
+    /// The rows after those.
+    own: &'a [T],
+}
+
+impl<T> Clone for KvRows<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for KvRows<'_, T> {}
+
+impl<'a, T> KvRows<'a, T> {
+    /// `shared` holds whole rows of the same width as `own`'s.
+    pub fn new(shared: &'a [T], own: &'a [T]) -> Self {
+        Self { shared, own }
+    }
+
+    /// Rows held in one piece.
+    pub fn whole(rows: &'a [T]) -> Self {
+        Self::new(&[], rows)
+    }
+
+    /// Values start..start + len, which lie within one row (so on one side of the split,
+    /// the split being at a row boundary).
+    #[inline(always)]
+    pub fn span(&self, start: usize, len: usize) -> &'a [T] {
+        match start.checked_sub(self.shared.len()) {
+            None => &self.shared[start..start + len],
+            Some(own_start) => &self.own[own_start..own_start + len],
+        }
+    }
+}
+
+/// One layer's keys or values in the cache's storage type.
 #[derive(Debug, Clone, Copy)]
 pub enum KvSlice<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
+    F32(KvRows<'a, f32>),
+    F16(KvRows<'a, f16>),
 }
 
 impl KvSlice<'_> {
     fn dot(&self, start: usize, q: &[f32]) -> f32 {
         match self {
-            KvSlice::F32(k) => k[start..start + q.len()]
+            KvSlice::F32(k) => k
+                .span(start, q.len())
                 .iter()
                 .zip(q)
                 .map(|(&a, &b)| a * b)
                 .sum(),
-            KvSlice::F16(k) => k[start..start + q.len()]
+            KvSlice::F16(k) => k
+                .span(start, q.len())
                 .iter()
                 .zip(q)
                 .map(|(&a, &b)| a.to_f32() * b)
@@ -31,13 +74,13 @@ impl KvSlice<'_> {
         match self {
             KvSlice::F32(v) => {
                 let n = out.len();
-                for (o, &x) in out.iter_mut().zip(&v[start..start + n]) {
+                for (o, &x) in out.iter_mut().zip(v.span(start, n)) {
                     *o += weight * x;
                 }
             }
             KvSlice::F16(v) => {
                 let n = out.len();
-                for (o, &x) in out.iter_mut().zip(&v[start..start + n]) {
+                for (o, &x) in out.iter_mut().zip(v.span(start, n)) {
                     *o += weight * x.to_f32();
                 }
             }
@@ -304,8 +347,14 @@ mod tests {
             let vals16: Vec<f16> = vals.iter().map(|&x| f16::from_f32(x)).collect();
             let q = values(head_dim, 3, 1.0);
             for (k, v) in [
-                (KvSlice::F32(&keys), KvSlice::F32(&vals)),
-                (KvSlice::F16(&keys16), KvSlice::F16(&vals16)),
+                (
+                    KvSlice::F32(KvRows::whole(&keys)),
+                    KvSlice::F32(KvRows::whole(&vals)),
+                ),
+                (
+                    KvSlice::F16(KvRows::whole(&keys16)),
+                    KvSlice::F16(KvRows::whole(&vals16)),
+                ),
             ] {
                 let span = Span {
                     kv_dim,
@@ -325,6 +374,106 @@ mod tests {
                     assert!(
                         (f - r).abs() <= 1e-5 * (1.0 + r.abs()),
                         "head_dim {head_dim}: {f} vs {r}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Attention over rows split between shared and own buffers at `split` positions.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_split<'a, T: Copy>(
+        keys: &'a [T],
+        vals: &'a [T],
+        split: usize,
+        kv_dim: usize,
+        wrap: impl Fn(KvRows<'a, T>) -> KvSlice<'a>,
+        q: &[f32],
+        shape: AttentionShape,
+        threads: usize,
+    ) -> Vec<f32> {
+        let at = split * kv_dim;
+        let (k, v) = (
+            wrap(KvRows::new(&keys[..at], &keys[at..])),
+            wrap(KvRows::new(&vals[..at], &vals[at..])),
+        );
+        let mut out = vec![0.0f32; q.len()];
+        attention(&ThreadPool::new(threads), q, k, v, shape, &mut out);
+        out
+    }
+
+    #[test]
+    fn rows_split_anywhere_give_the_same_bits_as_rows_in_one_piece() {
+        // Head sizes that take each path: 64 (AVX-512 groups where the CPU has it), 24 (AVX2),
+        // 6 (the reference); grouped heads, a window, batches that start mid-cache.
+        for (head_dim, n_head, n_head_kv, positions, batch, window) in [
+            (64usize, 4usize, 2usize, 70usize, 5usize, None),
+            (64, 3, 1, 33, 1, Some(9)),
+            (24, 2, 2, 40, 3, None),
+            (6, 2, 1, 17, 4, Some(5)),
+        ] {
+            let kv_dim = head_dim * n_head_kv;
+            let keys = values(positions * kv_dim, 11, 2.0);
+            let vals = values(positions * kv_dim, 12, 1.0);
+            let keys16: Vec<f16> = keys.iter().map(|&x| f16::from_f32(x)).collect();
+            let vals16: Vec<f16> = vals.iter().map(|&x| f16::from_f32(x)).collect();
+            let q = values(batch * n_head * head_dim, 13, 1.0);
+            let shape = AttentionShape {
+                n_head,
+                n_head_kv,
+                head_dim,
+                first_pos: positions - batch,
+                scale: 0.3,
+                window,
+            };
+            for threads in [1, 2] {
+                let whole32 =
+                    attention_split(&keys, &vals, 0, kv_dim, KvSlice::F32, &q, shape, threads);
+                let whole16 = attention_split(
+                    &keys16,
+                    &vals16,
+                    0,
+                    kv_dim,
+                    KvSlice::F16,
+                    &q,
+                    shape,
+                    threads,
+                );
+                for split in [
+                    1,
+                    positions / 2,
+                    positions - batch,
+                    positions - 1,
+                    positions,
+                ] {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&attention_split(
+                            &keys,
+                            &vals,
+                            split,
+                            kv_dim,
+                            KvSlice::F32,
+                            &q,
+                            shape,
+                            threads
+                        )),
+                        bits(&whole32),
+                        "f32, head_dim {head_dim}, split {split}"
+                    );
+                    assert_eq!(
+                        bits(&attention_split(
+                            &keys16,
+                            &vals16,
+                            split,
+                            kv_dim,
+                            KvSlice::F16,
+                            &q,
+                            shape,
+                            threads
+                        )),
+                        bits(&whole16),
+                        "f16, head_dim {head_dim}, split {split}"
                     );
                 }
             }
@@ -357,8 +506,8 @@ mod tests {
         attention(
             &ThreadPool::new(1),
             &q,
-            KvSlice::F32(&k),
-            KvSlice::F32(&v),
+            KvSlice::F32(KvRows::whole(&k)),
+            KvSlice::F32(KvRows::whole(&v)),
             shape,
             &mut out,
         );
@@ -383,8 +532,8 @@ mod tests {
         attention(
             &ThreadPool::new(2),
             &q,
-            KvSlice::F32(&k),
-            KvSlice::F32(&v),
+            KvSlice::F32(KvRows::whole(&k)),
+            KvSlice::F32(KvRows::whole(&v)),
             full,
             &mut out,
         );
@@ -396,8 +545,8 @@ mod tests {
         attention(
             &ThreadPool::new(2),
             &q,
-            KvSlice::F32(&k),
-            KvSlice::F32(&v),
+            KvSlice::F32(KvRows::whole(&k)),
+            KvSlice::F32(KvRows::whole(&v)),
             windowed,
             &mut out,
         );

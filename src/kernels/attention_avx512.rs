@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::attention::Span;
+use super::attention::{KvRows, Span};
 
 /// Whether the running CPU has what these kernels need (checked once).
 pub fn available() -> bool {
@@ -196,8 +196,8 @@ pub unsafe fn softmax(x: &mut [f32]) {
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
 pub unsafe fn group<T: KvElement16>(
-    keys: &[T],
-    values: &[T],
+    keys: KvRows<'_, T>,
+    values: KvRows<'_, T>,
     rows: Span,
     head_dim: usize,
     q: &[f32],
@@ -222,7 +222,7 @@ pub unsafe fn group<T: KvElement16>(
     unsafe {
         for i in 0..len {
             let start = (first + i) * kv_dim + offset;
-            let k = &keys[start..start + head_dim];
+            let k = keys.span(start, head_dim);
             for h in 0..heads {
                 let qh = &q[h * head_dim..(h + 1) * head_dim];
                 let mut acc = _mm512_setzero_ps();
@@ -256,7 +256,7 @@ pub unsafe fn group<T: KvElement16>(
 /// H × 4 accumulators stay in registers.
 #[inline(always)]
 unsafe fn weighted_sum<T: KvElement16, const H: usize>(
-    values: &[T],
+    values: KvRows<'_, T>,
     rows: Span,
     head_dim: usize,
     weights: &[f32],
@@ -274,7 +274,7 @@ unsafe fn weighted_sum<T: KvElement16, const H: usize>(
             let mut acc = [[_mm512_setzero_ps(); 4]; H];
             for i in 0..len {
                 let start = (first + i) * kv_dim + offset + d0;
-                let v = &values[start..start + 64];
+                let v = values.span(start, 64);
                 let vr = [
                     T::load16(v, 0),
                     T::load16(v, 16),

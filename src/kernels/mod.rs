@@ -16,7 +16,7 @@ mod simd_x86;
 #[cfg(test)]
 mod test_data;
 
-pub use attention::{AttentionShape, KvSlice, attention};
+pub use attention::{AttentionShape, KvRows, KvSlice, attention};
 pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many};
 pub use ops::{
     RopeStyle, add_in_place, gated_activation, gelu_tanh, rms_norm, rms_norm_in_place, rope,

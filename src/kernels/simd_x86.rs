@@ -5,6 +5,7 @@
 
 #![allow(clippy::missing_safety_doc)]
 
+use super::attention::KvRows;
 use std::arch::x86_64::*;
 
 use crate::quant::{
@@ -268,7 +269,7 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
 /// `q.len()` is the head size, a multiple of 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn attention_scores<T: KvElement>(
-    keys: &[T],
+    keys: KvRows<'_, T>,
     kv_dim: usize,
     offset: usize,
     first: usize,
@@ -278,7 +279,7 @@ pub unsafe fn attention_scores<T: KvElement>(
 ) {
     let hd = q.len();
     for (i, s) in scores.iter_mut().enumerate() {
-        let row = &keys[(first + i) * kv_dim + offset..(first + i) * kv_dim + offset + hd];
+        let row = keys.span((first + i) * kv_dim + offset, hd);
         // SAFETY: `row` and `q` hold hd elements, a multiple of 8; avx2/fma/f16c are enabled.
         unsafe {
             let mut acc0 = _mm256_setzero_ps();
@@ -305,7 +306,7 @@ pub unsafe fn attention_scores<T: KvElement>(
 /// [`attention_scores`]); `out.len()` is the head size, a multiple of 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn attention_weighted_sum<T: KvElement>(
-    values: &[T],
+    values: KvRows<'_, T>,
     kv_dim: usize,
     offset: usize,
     first: usize,
@@ -323,7 +324,7 @@ pub unsafe fn attention_weighted_sum<T: KvElement>(
             let mut acc = [_mm256_setzero_ps(); 8];
             for (i, &w) in weights.iter().enumerate() {
                 let start = (first + i) * kv_dim + offset + d0;
-                let row = &values[start..start + width];
+                let row = values.span(start, width);
                 let w = _mm256_set1_ps(w);
                 for (j, acc) in acc.iter_mut().enumerate().take(width / 8) {
                     *acc = _mm256_fmadd_ps(w, T::load8(row, 8 * j), *acc);

@@ -7,7 +7,9 @@ use half::f16;
 /// doubling of it and never the whole context up front.
 pub const KV_CHUNK_POSITIONS: usize = 64;
 
-use crate::kernels::KvSlice;
+use std::sync::Arc;
+
+use crate::kernels::{KvRows, KvSlice};
 
 /// Storage precision of cached keys and values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -123,13 +125,6 @@ impl Rows {
         }
     }
 
-    fn slice(&self) -> KvSlice<'_> {
-        match self {
-            Rows::F32(v) => KvSlice::F32(v),
-            Rows::F16(v) => KvSlice::F16(v),
-        }
-    }
-
     fn capacity_bytes(&self) -> usize {
         match self {
             Rows::F32(v) => v.capacity() * 4,
@@ -138,16 +133,38 @@ impl Rows {
     }
 }
 
+/// The first rows of a cache, given up to be held once by every cache of the engine that
+/// begins with them (chats with one system prompt). Immutable: a cache that shares them
+/// appends its own rows after them.
+#[derive(Debug)]
+pub struct SharedRows {
+    k: Vec<Rows>,
+    v: Vec<Rows>,
+}
+
+impl SharedRows {
+    /// Bytes these rows hold.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(Rows::capacity_bytes).sum()
+    }
+}
+
 /// Keys and values of every layer for one token sequence, positions 0..len.
-/// Per layer, k and v are (positions, kv_dim); they grow in chunks of
-/// `KV_CHUNK_POSITIONS` as tokens are appended, so a short chat does not pay for the whole
-/// context up front, and what it holds is predictable (`bytes_for`).
+/// Per layer, k and v are (positions, kv_dim): positions 0..shared_len in `shared` (rows
+/// held once for several caches), the rest in this cache's own buffers, which grow in
+/// chunks of `KV_CHUNK_POSITIONS` as tokens are appended, so a short chat does not pay for
+/// the whole context up front, and what it holds is predictable (`bytes_for`).
 #[derive(Debug, Clone)]
 pub struct KvCache {
     ty: KvType,
     kv_dim: usize,
+    /// Own rows: positions shared_len..len.
     k: Vec<Rows>,
     v: Vec<Rows>,
+    /// Rows shared with other caches, of which the first `shared_len` positions are this
+    /// cache's first positions (the rest, if any, belong to caches that shared more).
+    shared: Option<Arc<SharedRows>>,
+    shared_len: usize,
     /// The token ids whose keys and values are stored, in order.
     tokens: Vec<u32>,
     /// How the stored positions were computed: the length of each forward pass, in order
@@ -174,6 +191,8 @@ impl KvCache {
             kv_dim,
             k: (0..n_layer).map(|_| Rows::new(ty)).collect(),
             v: (0..n_layer).map(|_| Rows::new(ty)).collect(),
+            shared: None,
+            shared_len: 0,
             tokens: Vec::new(),
             segments: Vec::new(),
             replay: None,
@@ -214,8 +233,15 @@ impl KvCache {
             return;
         }
         self.tokens.truncate(len);
+        if len <= self.shared_len {
+            self.shared_len = len;
+            if len == 0 {
+                self.shared = None;
+            }
+        }
+        let own = (len - self.shared_len) * self.kv_dim;
         for rows in self.k.iter_mut().chain(self.v.iter_mut()) {
-            rows.truncate(len * self.kv_dim);
+            rows.truncate(own);
         }
         let mut end = 0usize;
         let mut keep = 0;
@@ -248,10 +274,11 @@ impl KvCache {
     /// Releases the memory (budget eviction) but remembers the tokens and how they were
     /// batched, so the next turn can recompute exactly the rows that were held.
     pub fn evict(&mut self) {
-        let replay = match self.replay.take() {
-            Some(r) if self.tokens.is_empty() => Some(r),
-            _ if self.tokens.is_empty() => None,
-            _ => Some(Replay {
+        let replay = match self.take_replay() {
+            // Not replayed yet (nothing, or only a shared prefix, was added since).
+            Some(r) => Some(r),
+            None if self.tokens.is_empty() => None,
+            None => Some(Replay {
                 tokens: std::mem::take(&mut self.tokens),
                 segments: std::mem::take(&mut self.segments),
             }),
@@ -260,18 +287,28 @@ impl KvCache {
         self.replay = replay;
     }
 
-    /// The replay plan an eviction left, if the cache is still empty.
+    /// The replay plan an eviction left, if the cache holds nothing but the beginning of
+    /// it (nothing, or a prefix shared since).
     pub fn take_replay(&mut self) -> Option<Replay> {
-        if self.tokens.is_empty() {
-            self.replay.take()
-        } else {
-            None
-        }
+        self.replay
+            .take()
+            .filter(|replay| replay.tokens.starts_with(&self.tokens))
     }
 
-    /// Bytes held by the cache's buffers.
+    /// Bytes held by the cache's own buffers (its shared rows are counted apart, once for
+    /// all the caches that hold them: `shared_rows`).
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(Rows::capacity_bytes).sum()
+    }
+
+    /// The rows this cache shares with others, if any.
+    pub fn shared_rows(&self) -> Option<&Arc<SharedRows>> {
+        self.shared.as_ref()
+    }
+
+    /// Positions held in shared rows (the first ones).
+    pub fn shared_len(&self) -> usize {
+        self.shared_len
     }
 
     /// Bytes one cached position takes across all layers.
@@ -279,21 +316,24 @@ impl KvCache {
         2 * self.k.len() * self.kv_dim * self.ty.bytes_per_value()
     }
 
-    /// Positions the buffers hold room for once `positions` are stored: whole chunks, at
-    /// most the cache's limit.
-    fn chunked(&self, positions: usize) -> usize {
+    /// Positions the own buffers hold room for once `positions` are stored after `shared`
+    /// shared ones: whole chunks, at most the cache's limit.
+    fn chunked(&self, shared: usize, positions: usize) -> usize {
+        let limit = self.max_positions - shared;
         positions
             .div_ceil(KV_CHUNK_POSITIONS)
             .saturating_mul(KV_CHUNK_POSITIONS)
-            .min(self.max_positions)
+            .min(limit)
             .max(positions)
     }
 
-    /// Bytes the cache holds once it stores `positions` (or more, when it already holds
-    /// more room than that).
+    /// Bytes the cache's own buffers hold once it stores `positions` in all (or more, when
+    /// they already hold more room than that), its shared rows kept.
     pub fn bytes_for(&self, positions: usize) -> usize {
-        (self.chunked(positions.min(self.max_positions)) * self.bytes_per_position())
-            .max(self.bytes())
+        let own = positions
+            .min(self.max_positions)
+            .saturating_sub(self.shared_len);
+        (self.chunked(self.shared_len, own) * self.bytes_per_position()).max(self.bytes())
     }
 
     pub fn n_layer(&self) -> usize {
@@ -307,10 +347,18 @@ impl KvCache {
     /// The stored keys and values as little-endian bytes: per layer, K (positions, kv_dim)
     /// then V (positions, kv_dim), f16 as its 16 bits or f32 as its 32 bits.
     pub fn write_rows(&self, out: &mut Vec<u8>) {
-        let values = self.tokens.len() * self.kv_dim;
-        for (k, v) in self.k.iter().zip(&self.v) {
-            k.write_le(0..values, out);
-            v.write_le(0..values, out);
+        let shared = self.shared_len * self.kv_dim;
+        let own = self.tokens.len() * self.kv_dim - shared;
+        for layer in 0..self.k.len() {
+            for (mine, theirs) in [
+                (&self.k[layer], self.shared.as_ref().map(|s| &s.k[layer])),
+                (&self.v[layer], self.shared.as_ref().map(|s| &s.v[layer])),
+            ] {
+                if let Some(theirs) = theirs {
+                    theirs.write_le(0..shared, out);
+                }
+                mine.write_le(0..own, out);
+            }
         }
     }
 
@@ -341,7 +389,7 @@ impl KvCache {
                 2 * n_layer * per_matrix
             ));
         }
-        let reserve = cache.chunked(n) * kv_dim;
+        let reserve = cache.chunked(0, n) * kv_dim;
         if per_matrix > 0 {
             for (layer, pair) in rows.chunks_exact(2 * per_matrix).enumerate() {
                 let (k, v) = pair.split_at(per_matrix);
@@ -382,8 +430,11 @@ impl KvCache {
     }
 
     /// Replaces everything this cache holds with the first `n` positions of `donor` (a
-    /// cache of the same engine): its rows, tokens and forward-pass lengths.
-    pub fn copy_prefix_from(&mut self, donor: &KvCache, n: usize) {
+    /// cache of the same engine): its rows, tokens and forward-pass lengths. The rows are
+    /// not copied: the donor's first `n` rows become shared rows (moved out of its own
+    /// buffers if they are not shared yet), held once for both. Where the donor shares
+    /// fewer than `n` rows, the rest is copied.
+    pub fn share_prefix_of(&mut self, donor: &mut KvCache, n: usize) {
         assert!(
             n <= donor.len() && n <= self.max_positions,
             "the prefix is held by the donor and fits this cache"
@@ -393,17 +444,27 @@ impl KvCache {
             (donor.ty, donor.kv_dim, donor.k.len()),
             "caches of one engine have one shape"
         );
+        if donor.shared.is_none() {
+            donor.give_up_prefix(n);
+        }
+        // An evicted cache's replay plan stays: the rows it takes are the plan's first ones.
+        let replay = self.replay.take();
         self.clear();
-        let values = n * self.kv_dim;
-        let room = self.chunked(n) * self.kv_dim;
+        self.replay = replay;
+        self.shared = donor.shared.clone();
+        self.shared_len = donor.shared_len.min(n);
+        let copied = (n - self.shared_len) * self.kv_dim;
+        let room = self.chunked(self.shared_len, n - self.shared_len) * self.kv_dim;
         for (to, from) in self
             .k
             .iter_mut()
             .zip(&donor.k)
             .chain(self.v.iter_mut().zip(&donor.v))
         {
-            to.reserve_total(room);
-            to.extend_from(from, 0..values);
+            if copied > 0 {
+                to.reserve_total(room);
+            }
+            to.extend_from(from, 0..copied);
         }
         self.tokens.extend_from_slice(&donor.tokens[..n]);
         let mut end = 0usize;
@@ -417,11 +478,38 @@ impl KvCache {
         }
     }
 
+    /// Moves this cache's first `n` rows (it shares none yet) into shared rows; the rest
+    /// stay its own, in buffers sized as if computed after them.
+    fn give_up_prefix(&mut self, n: usize) {
+        debug_assert!(self.shared.is_none() && n <= self.len());
+        let split = n * self.kv_dim;
+        let rest = (self.len() - n) * self.kv_dim;
+        let room = self.chunked(n, self.len() - n) * self.kv_dim;
+        let ty = self.ty;
+        let mut split_rows = |rows: &mut Rows| {
+            let mut prefix = Rows::new(ty);
+            prefix.reserve_total(split);
+            prefix.extend_from(rows, 0..split);
+            let mut own = Rows::new(ty);
+            if rest > 0 {
+                own.reserve_total(room);
+                own.extend_from(rows, split..split + rest);
+            }
+            *rows = own;
+            prefix
+        };
+        let k = self.k.iter_mut().map(&mut split_rows).collect();
+        let v = self.v.iter_mut().map(&mut split_rows).collect();
+        self.shared = Some(Arc::new(SharedRows { k, v }));
+        self.shared_len = n;
+    }
+
     /// Appends the keys and values (batch, kv_dim) of `layer` for the positions being added.
     pub(crate) fn append_layer(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
         let total = self.k[layer].len() + keys.len();
         if total > self.k[layer].capacity() {
-            let room = self.chunked(total.div_ceil(self.kv_dim.max(1))) * self.kv_dim;
+            let room =
+                self.chunked(self.shared_len, total.div_ceil(self.kv_dim.max(1))) * self.kv_dim;
             self.k[layer].reserve_total(room);
             self.v[layer].reserve_total(room);
         }
@@ -437,12 +525,30 @@ impl KvCache {
     }
 
     pub(crate) fn layer(&self, layer: usize) -> (KvSlice<'_>, KvSlice<'_>) {
-        (self.k[layer].slice(), self.v[layer].slice())
+        let values = self.shared_len * self.kv_dim;
+        fn join<'a>(own: &'a Rows, shared: Option<&'a Rows>, values: usize) -> KvSlice<'a> {
+            match (own, shared) {
+                (Rows::F32(own), None) => KvSlice::F32(KvRows::whole(own)),
+                (Rows::F16(own), None) => KvSlice::F16(KvRows::whole(own)),
+                (Rows::F32(own), Some(Rows::F32(shared))) => {
+                    KvSlice::F32(KvRows::new(&shared[..values], own))
+                }
+                (Rows::F16(own), Some(Rows::F16(shared))) => {
+                    KvSlice::F16(KvRows::new(&shared[..values], own))
+                }
+                _ => unreachable!("shared rows have the cache's storage type"),
+            }
+        }
+        let shared = self.shared.as_deref();
+        (
+            join(&self.k[layer], shared.map(|s| &s.k[layer]), values),
+            join(&self.v[layer], shared.map(|s| &s.v[layer]), values),
+        )
     }
 
     /// Undoes appends of a forward pass that failed part-way, so the cache stays consistent.
     pub(crate) fn rollback_layers(&mut self) {
-        let len = self.tokens.len() * self.kv_dim;
+        let len = (self.tokens.len() - self.shared_len) * self.kv_dim;
         for rows in self.k.iter_mut().chain(self.v.iter_mut()) {
             rows.truncate(len);
         }
@@ -539,7 +645,7 @@ mod tests {
     }
 
     #[test]
-    fn a_copied_prefix_holds_the_donors_rows_tokens_and_passes() {
+    fn a_shared_prefix_holds_the_donors_rows_tokens_and_passes_once() {
         for ty in [KvType::F32, KvType::F16] {
             let mut donor = KvCache::new(ty, 2, 4, 1000);
             // Passes of 5, 3 and 4 positions; row p of layer l holds p + 100 l (keys) and
@@ -571,22 +677,116 @@ mod tests {
                 "past what the donor holds"
             );
 
+            let rows_of = |cache: &KvCache| {
+                let mut rows = Vec::new();
+                cache.write_rows(&mut rows);
+                rows
+            };
+            let donor_rows = rows_of(&donor);
+            let prefix_rows = {
+                let mut prefix = donor.clone();
+                prefix.truncate(8);
+                rows_of(&prefix)
+            };
+
             let mut cache = KvCache::new(ty, 2, 4, 1000);
             append(&mut cache, 2);
-            cache.copy_prefix_from(&donor, 8);
+            cache.share_prefix_of(&mut donor, 8);
             assert_eq!(cache.tokens(), &donor.tokens()[..8]);
             assert_eq!(cache.segments(), [5, 3]);
-            let mut ours = Vec::new();
-            cache.write_rows(&mut ours);
-            let mut prefix = donor.clone();
-            prefix.truncate(8);
-            let mut theirs = Vec::new();
-            prefix.write_rows(&mut theirs);
-            assert_eq!(ours, theirs);
+            assert_eq!(rows_of(&cache), prefix_rows);
+            assert_eq!(rows_of(&donor), donor_rows, "the donor holds the same rows");
+            let shared = Arc::clone(cache.shared_rows().expect("the rows are shared"));
+            assert!(Arc::ptr_eq(&shared, donor.shared_rows().unwrap()));
+            assert_eq!(shared.bytes(), 8 * cache.bytes_per_position());
             assert_eq!(
                 cache.bytes(),
-                cache.bytes_for(8),
-                "one chunk, as if computed"
+                64 * cache.bytes_per_position(),
+                "the sharer keeps the room it had for its own rows"
+            );
+            assert_eq!(
+                donor.bytes(),
+                64 * donor.bytes_per_position(),
+                "the donor's 4 other rows in one chunk"
+            );
+            assert_eq!(cache.bytes_for(72), 64 * cache.bytes_per_position());
+            assert_eq!(cache.bytes_for(73), 128 * cache.bytes_per_position());
+
+            // Both go on on their own: what each appends is its own and lands after the
+            // shared rows, in the same place the layer view shows it.
+            append(&mut cache, 3);
+            assert_eq!(cache.len(), 11);
+            let mut expected = prefix_rows.clone();
+            let mut tail = KvCache::new(ty, 2, 4, 1000);
+            append(&mut tail, 3);
+            let tail_rows = rows_of(&tail);
+            let per_layer = |rows: &[u8], positions: usize| {
+                rows.chunks(positions * 4 * ty.bytes_per_value())
+                    .map(<[u8]>::to_vec)
+                    .collect::<Vec<_>>()
+            };
+            let (ours, theirs) = (per_layer(&expected, 8), per_layer(&tail_rows, 3));
+            expected = ours
+                .iter()
+                .zip(&theirs)
+                .flat_map(|(a, b)| a.iter().chain(b).copied())
+                .collect();
+            assert_eq!(rows_of(&cache), expected);
+            let (keys, _) = cache.layer(1);
+            let read = |slice: KvSlice<'_>, position: usize| match slice {
+                KvSlice::F32(rows) => rows.span(position * 4, 4)[0],
+                KvSlice::F16(rows) => rows.span(position * 4, 4)[0].to_f32(),
+            };
+            assert_eq!(read(keys, 7), 107.0, "shared row 7 of layer 1");
+            assert_eq!(read(keys, 8), 0.5, "the first own row");
+
+            // A third cache takes the same rows from a cache that shares them, fewer of them
+            // from a cache that holds more: still one set of rows.
+            let mut third = KvCache::new(ty, 2, 4, 1000);
+            third.share_prefix_of(&mut cache, 5);
+            assert!(Arc::ptr_eq(third.shared_rows().unwrap(), &shared));
+            assert_eq!((third.shared_len(), third.len()), (5, 5));
+            assert_eq!(rows_of(&third), {
+                let mut p = donor.clone();
+                p.truncate(5);
+                rows_of(&p)
+            });
+            // More than the shared rows: the rest is copied.
+            let mut fourth = KvCache::new(ty, 2, 4, 1000);
+            fourth.share_prefix_of(&mut cache, 10);
+            assert_eq!((fourth.shared_len(), fourth.len()), (8, 10));
+            assert_eq!(rows_of(&fourth), {
+                let mut p = cache.clone();
+                p.truncate(10);
+                rows_of(&p)
+            });
+            assert_eq!(fourth.segments(), [5, 3, 2]);
+
+            // Truncating into the shared rows keeps a view of fewer; rolling back a failed
+            // pass, clearing and evicting let them go.
+            cache.truncate(6);
+            assert_eq!(
+                (cache.shared_len(), cache.len(), rows_of(&cache)),
+                (
+                    6,
+                    6,
+                    rows_of(&{
+                        let mut p = donor.clone();
+                        p.truncate(6);
+                        p
+                    })
+                )
+            );
+            append(&mut cache, 1);
+            assert_eq!(cache.len(), 7);
+            cache.clear();
+            assert!(cache.shared_rows().is_none());
+            third.evict();
+            assert!(third.shared_rows().is_none());
+            assert_eq!(
+                Arc::strong_count(&shared),
+                3,
+                "the donor, the fourth and this test"
             );
         }
     }

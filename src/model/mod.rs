@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use hparams::{Architecture, Hyperparams, limits};
-pub use kv_cache::{KV_CHUNK_POSITIONS, KvCache, KvType};
+pub use kv_cache::{KV_CHUNK_POSITIONS, KvCache, KvType, SharedRows};
 pub use weights::{LayerWeights, Matrix, Weights};
 
 use crate::error::{Error, ErrorKind};
