@@ -598,16 +598,7 @@ impl Session {
         if !self.config.kv_cache {
             cache.clear();
         }
-        // Take a system turn another chat holds before reserving, so the reservation counts
-        // only what this chat adds; then make room in the engine's KV budget for the most
-        // this generation can hold.
-        self.engine.lend_prefix(
-            self.budget_id,
-            &mut cache,
-            &prepared.token_ids,
-            prepared.shared_prefix,
-        );
-        self.reserve_kv(&cache, prepared.token_ids.len(), turn.max_tokens, events)?;
+        self.share_and_reserve(&mut cache, &prepared, turn.max_tokens, events)?;
         events.on_request_start(turn.messages.len());
         let parse_calls = turn.tools.is_some() && turn.tool_choice != ToolChoice::None;
         let mut once = OncePerSend::default();
@@ -622,13 +613,7 @@ impl Session {
                 Some(cache) => cache,
                 None => {
                     let mut cache = slot.lock();
-                    self.engine.lend_prefix(
-                        self.budget_id,
-                        &mut cache,
-                        &prepared.token_ids,
-                        prepared.shared_prefix,
-                    );
-                    self.reserve_kv(&cache, prepared.token_ids.len(), turn.max_tokens, events)?;
+                    self.share_and_reserve(&mut cache, &prepared, turn.max_tokens, events)?;
                     cache
                 }
             };
@@ -845,6 +830,25 @@ impl Session {
         );
         out.logprobs = logprobs;
         Ok(out)
+    }
+
+    /// Takes a system turn another chat holds before reserving, so the reservation counts
+    /// only what this chat adds; then makes room in the engine's KV budget for the most
+    /// this generation of `prepared` can hold.
+    fn share_and_reserve(
+        &self,
+        cache: &mut KvCache,
+        prepared: &PreparedPrompt,
+        max_tokens: usize,
+        events: &mut dyn ChatEvents,
+    ) -> Result<()> {
+        self.engine.lend_prefix(
+            self.budget_id,
+            cache,
+            &prepared.token_ids,
+            prepared.shared_prefix,
+        );
+        self.reserve_kv(cache, prepared.token_ids.len(), max_tokens, events)
     }
 
     /// Checks that a generation from `prompt_len` tokens fits the cache and makes room in
