@@ -589,7 +589,9 @@ void smallmind_string_free(char *s);
  chat render work, completion and chat sends fail with INVALID_ARGUMENT), "chat_template"
  (a Jinja template replacing the file's), "kv_budget_bytes", "max_sessions", "share_prefixes"
  (default true: chats whose prompts begin with the same system turn copy its KV rows from
- an idle chat holding them instead of computing them; replies are the same either way)}.
+ an idle chat holding them instead of computing them; replies are the same either way),
+ "kernels": "fast" (default) | "reference" (the scalar reference kernels only, several
+ times slower: to check the fast path on your model; `smallmind_engine_info` reports it)}.
  `cb` may be NULL. On success `*out` receives an
  engine the caller frees with `smallmind_engine_free`; on failure `*out` is untouched.
  Errors: INVALID_ARGUMENT, INVALID_JSON, IO (file missing), MODEL_LOAD (malformed file),

@@ -3,8 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{parse, to_json};
-use crate::engine::KvType;
 use crate::engine::{BudgetLimits, Engine, EngineOptions};
+use crate::engine::{Kernels, KvType};
 use crate::error::{Error, Result};
 
 /// `smallmind_engine_create` options.
@@ -30,6 +30,8 @@ pub struct EngineOptionsJson {
     pub max_sessions: Option<u32>,
     #[serde(default)]
     pub share_prefixes: Option<bool>,
+    #[serde(default)]
+    pub kernels: Option<String>,
 }
 
 /// Parses and validates engine options.
@@ -62,6 +64,15 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
             )));
         }
     };
+    let kernels = match raw.kernels.as_deref() {
+        None | Some("fast") => Kernels::Fast,
+        Some("reference") => Kernels::Reference,
+        Some(other) => {
+            return Err(Error::invalid_argument(format!(
+                "kernels is '{other}'; use \"fast\" (the default) or \"reference\" (the scalar reference kernels, to check the fast ones)"
+            )));
+        }
+    };
     let threads = match raw.threads {
         Some(0) => {
             return Err(Error::invalid_argument(
@@ -89,6 +100,7 @@ pub fn parse_engine_options(json: &str) -> Result<EngineOptions> {
         vocab_only: raw.vocab_only.unwrap_or(false),
         chat_template: raw.chat_template,
         share_prefixes: raw.share_prefixes.unwrap_or(true),
+        kernels,
     })
 }
 
@@ -131,6 +143,8 @@ struct InfoJson<'a> {
     eos_id: Option<u32>,
     kv_type: &'static str,
     threads: usize,
+    /// "fast" or "reference" (the engine option).
+    kernels: &'static str,
     fingerprint: &'a str,
     load_ms: f64,
     /// Milliseconds spent building the token trie for constrained decoding, on the first
@@ -194,6 +208,10 @@ pub fn info_json(engine: &Engine) -> Result<String> {
             KvType::F32 => "f32",
         },
         threads: info.threads,
+        kernels: match info.kernels {
+            Kernels::Fast => "fast",
+            Kernels::Reference => "reference",
+        },
         fingerprint: &info.fingerprint,
         load_ms: info.load_ms,
         constraint_trie_ms: crate::chat::structured::constraint_environment_build_ms(engine),

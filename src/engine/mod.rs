@@ -25,6 +25,7 @@ pub mod debug {
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::GgufFile;
+pub use crate::kernels::Kernels;
 use crate::kernels::ThreadPool;
 use crate::model::Model;
 use crate::quant::GgmlType;
@@ -52,6 +53,8 @@ pub struct EngineOptions {
     /// of computing them (see `GenerationRequest::shared_prefix`). Replies are the same
     /// either way; off, every chat computes its whole prompt.
     pub share_prefixes: bool,
+    /// The fast kernels (default) or the scalar references, to check the fast path.
+    pub kernels: Kernels,
 }
 
 impl EngineOptions {
@@ -66,6 +69,7 @@ impl EngineOptions {
             vocab_only: false,
             chat_template: None,
             share_prefixes: true,
+            kernels: Kernels::Fast,
         }
     }
 }
@@ -272,7 +276,7 @@ impl Engine {
             file,
             chat_template,
             tokenizer,
-            pool: ThreadPool::new(threads),
+            pool: ThreadPool::with_kernels(threads, options.kernels),
             context_length,
             kv_type: options.kv_type,
             fingerprint,
@@ -426,6 +430,7 @@ impl Engine {
             eos_id: self.tokenizer.eos_id(),
             kv_type: self.kv_type,
             threads: self.pool.n_threads(),
+            kernels: self.pool.kernels(),
             fingerprint: self.fingerprint.clone(),
             load_ms: self.load_time.as_secs_f64() * 1000.0,
             warnings: self.warnings.clone(),
@@ -465,6 +470,7 @@ pub struct ModelInfo {
     pub eos_id: Option<u32>,
     pub kv_type: KvType,
     pub threads: usize,
+    pub kernels: Kernels,
     pub fingerprint: String,
     pub load_ms: f64,
     pub warnings: Vec<String>,

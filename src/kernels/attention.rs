@@ -136,7 +136,7 @@ pub fn attention(
     let out_ptr = SharedOut(out.as_mut_ptr());
 
     #[cfg(target_arch = "x86_64")]
-    if head_dim % 64 == 0 && super::attention_avx512::available() {
+    if pool.fast_kernels() && head_dim % 64 == 0 && super::attention_avx512::available() {
         // One task per (query row, KV head): the group's query heads share each K/V row read.
         pool.for_ranges(batch * n_head_kv, 1, |tasks| {
             let out_ptr = &out_ptr;
@@ -174,6 +174,7 @@ pub fn attention(
         return;
     }
 
+    let fast = pool.fast_kernels();
     pool.for_ranges(batch * n_head, 4, |tasks| {
         let out_ptr = &out_ptr;
         let mut scores = SCORES.take();
@@ -195,7 +196,7 @@ pub fn attention(
                 first: first_key,
                 len: pos + 1 - first_key,
             };
-            if !fast_head(k, v, span, qh, scale, &mut scores, oh) {
+            if !(fast && fast_head(k, v, span, qh, scale, &mut scores, oh)) {
                 reference_head(k, v, span, qh, scale, &mut scores, oh);
             }
         }

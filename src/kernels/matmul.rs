@@ -69,8 +69,8 @@ pub fn matmul(
     let activations = &scratch.activations;
 
     #[cfg(target_arch = "x86_64")]
-    if let Some(format) =
-        super::gemm_vnni::Format::of(w.ty, w.cols).filter(|_| super::gemm_vnni::available())
+    if let Some(format) = super::gemm_vnni::Format::of(w.ty, w.cols)
+        .filter(|_| pool.fast_kernels() && super::gemm_vnni::available())
     {
         scratch.panel.fill(act_ty, activations, batch, w.cols);
         let panel = &scratch.panel;
@@ -86,6 +86,7 @@ pub fn matmul(
         return Ok(());
     }
 
+    let fast = pool.fast_kernels();
     let out_ptr = SharedOut(out.as_mut_ptr());
     let first_error = parking_lot::Mutex::new(None);
     let rows_per_task_min = (65536 / (w.cols * batch).max(1)).max(1);
@@ -95,7 +96,7 @@ pub fn matmul(
             let w_row = &w.data[r * w_row_bytes..(r + 1) * w_row_bytes];
             for b in 0..batch {
                 let a_row = &activations[b * act_row_bytes..(b + 1) * act_row_bytes];
-                match dot(w.ty, w_row, a_row, w.cols) {
+                match dot(fast, w.ty, w_row, a_row, w.cols) {
                     // SAFETY: b < batch and r < rows, so the index is inside `out`
                     // (checked above); row r belongs to this thread alone.
                     Ok(v) => unsafe { *out_ptr.0.add(b * w.rows + r) = v },
@@ -127,7 +128,7 @@ pub fn matmul_many(
 ) -> Result<(), QuantError> {
     assert_eq!(weights.len(), outs.len(), "one output per weight matrix");
     #[cfg(target_arch = "x86_64")]
-    if let Some(formats) = fusable_formats(weights) {
+    if let Some(formats) = fusable_formats(weights).filter(|_| pool.fast_kernels()) {
         let (cols, act_ty) = (weights[0].cols, formats[0].activation_type());
         let act_row_bytes = act_ty
             .row_bytes(cols as u64)
@@ -213,7 +214,8 @@ fn quantize_rows(
 ) -> Result<(), QuantError> {
     let batch = x.len() / cols;
     #[cfg(target_arch = "x86_64")]
-    if super::simd_x86::available()
+    if pool.fast_kernels()
+        && super::simd_x86::available()
         && matches!(act_ty, GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K)
     {
         scratch.activations.resize(batch * act_row_bytes, 0);
@@ -250,11 +252,12 @@ struct SharedBytes(*mut u8);
 unsafe impl Sync for SharedBytes {}
 unsafe impl Send for SharedBytes {}
 
-/// The SIMD dot product where the CPU and type have one, else the reference.
+/// The SIMD dot product where `fast` allows it and the CPU and type have one, else the
+/// reference.
 #[inline]
-fn dot(ty: GgmlType, w_row: &[u8], a_row: &[u8], n: usize) -> Result<f32, QuantError> {
+fn dot(fast: bool, ty: GgmlType, w_row: &[u8], a_row: &[u8], n: usize) -> Result<f32, QuantError> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(v) = super::simd_x86::vec_dot(ty, w_row, a_row) {
+    if fast && let Some(v) = super::simd_x86::vec_dot(ty, w_row, a_row) {
         return Ok(v);
     }
     quant::vec_dot(ty, w_row, a_row, n)
@@ -326,6 +329,60 @@ mod tests {
                         b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "batch {batch}"
                     );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fast_against_reference {
+    use super::*;
+    use crate::kernels::Kernels;
+    use crate::kernels::test_data::values;
+
+    /// Every weight type our code can quantize, on the widths that take the VNNI kernels
+    /// (512) and the AVX2 dot products (96), at the batch sizes of each kernel shape: the
+    /// fast pool's outputs equal the reference pool's up to float summation order.
+    #[test]
+    fn every_weight_type_agrees_with_the_reference_pool() {
+        let rows = 67;
+        let fast = ThreadPool::new(2);
+        let reference = ThreadPool::with_kernels(2, Kernels::Reference);
+        let types = [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q5_0,
+            GgmlType::Q5_1,
+            GgmlType::Q8_0,
+            GgmlType::F16,
+            GgmlType::BF16,
+            GgmlType::F32,
+        ];
+        for cols in [96, 512] {
+            for ty in types {
+                let mut data = Vec::new();
+                quant::quantize_row(ty, &values(rows * cols, 5, 0.5), &mut data).unwrap();
+                let w = WeightView {
+                    ty,
+                    rows,
+                    cols,
+                    data: &data,
+                };
+                for batch in [1usize, 2, 3, 5, 40] {
+                    let x = values(batch * cols, 11 + batch as u64, 1.0);
+                    let mut ours = vec![0.0; batch * rows];
+                    let mut theirs = vec![0.0; batch * rows];
+                    let mut scratch = MatmulScratch::default();
+                    matmul(&fast, w, &x, batch, &mut ours, &mut scratch).unwrap();
+                    matmul(&reference, w, &x, batch, &mut theirs, &mut scratch).unwrap();
+                    let largest = theirs.iter().map(|v| v.abs()).fold(1.0, f32::max);
+                    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-6 * largest,
+                            "{ty}, {cols} columns, batch {batch}, output {i}: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }

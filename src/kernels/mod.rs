@@ -23,3 +23,14 @@ pub use ops::{
     rope_table, rope_with_table, silu, softmax_in_place,
 };
 pub use pool::ThreadPool;
+
+/// Which implementation of each kernel a pool's jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kernels {
+    /// The fastest the CPU has: SIMD wherever there is a kernel for the CPU and the shape.
+    #[default]
+    Fast,
+    /// The scalar references only: several times slower, for checking the fast path against
+    /// a whole model's forward pass.
+    Reference,
+}

@@ -136,7 +136,7 @@ pub fn gated_activation(
         };
         let u = &up[range.start * n_ff..range.end * n_ff];
         #[cfg(target_arch = "x86_64")]
-        if super::attention_avx512::available() {
+        if pool.fast_kernels() && super::attention_avx512::available() {
             // SAFETY: the CPU has the features.
             unsafe {
                 if gelu {

@@ -108,6 +108,7 @@ pub struct ThreadPool {
     /// One job at a time (and its epoch counter); a caller that finds the pool busy runs its
     /// job alone.
     dispatch: Mutex<u64>,
+    kernels: super::Kernels,
 }
 
 impl std::fmt::Debug for ThreadPool {
@@ -119,9 +120,15 @@ impl std::fmt::Debug for ThreadPool {
 }
 
 impl ThreadPool {
-    /// A pool of `n_threads` (at least 1, at most 65535); with one thread, work runs on the
-    /// caller. If the system refuses to start a worker, the pool keeps the threads it has.
+    /// A pool of `n_threads` (at least 1, at most 65535) running the fast kernels; with one
+    /// thread, work runs on the caller. If the system refuses to start a worker, the pool
+    /// keeps the threads it has.
     pub fn new(n_threads: usize) -> Self {
+        Self::with_kernels(n_threads, super::Kernels::Fast)
+    }
+
+    /// A pool whose jobs run the given kernels.
+    pub fn with_kernels(n_threads: usize, kernels: super::Kernels) -> Self {
         let shared = Arc::new(Shared {
             claim: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
@@ -147,11 +154,21 @@ impl ThreadPool {
             shared,
             workers,
             dispatch: Mutex::new(0),
+            kernels,
         }
     }
 
     pub fn n_threads(&self) -> usize {
         self.n_threads
+    }
+
+    pub fn kernels(&self) -> super::Kernels {
+        self.kernels
+    }
+
+    /// Whether kernels may take their SIMD paths (false: the scalar references only).
+    pub fn fast_kernels(&self) -> bool {
+        self.kernels == super::Kernels::Fast
     }
 
     /// Calls `work(range)` over disjoint ranges covering `0..n_items`, in parallel.
