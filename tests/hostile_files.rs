@@ -231,8 +231,8 @@ fn a_panicking_forward_pass_rolls_the_kv_cache_back() {
 
     let path = models::oracle_dir().join("synthetic").join(BASE);
     let file = Arc::new(GgufFile::open(&path, false).unwrap());
-    let model = Model::load(file, &mut |_, _| true).unwrap();
     let pool = ThreadPool::new(2);
+    let model = Model::load(file, Some(&pool), &mut |_, _| true).unwrap();
     let mut scratch = ForwardScratch::default();
     let (prefix, next) = ([1u32, 2, 3], [4u32, 5]);
     let run = |cache: &mut _, tokens: &[u32], scratch: &mut _| {

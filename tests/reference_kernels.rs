@@ -25,13 +25,16 @@ use serde_json::Value;
 use smallmind::engine::{Engine, EngineOptions, Kernels, SilentLoad};
 use smallmind::model::{ForwardScratch, KvType, Logits};
 
-/// Largest total variation distance between the two paths' next-token distributions with
-/// quantized weights: llama.cpp's own default and precise runs lie up to 0.067 apart on these
-/// models' oracle cases (Gemma's case a); the paths here reach 0.079 (SmolLM2's case d), a
-/// wrong kernel 0.5 and more.
-const QUANTIZED_TOLERANCE: f64 = 0.1;
+/// Largest total variation distance between the two paths' next-token distributions on one
+/// row with quantized weights: llama.cpp's own default and precise runs lie up to 0.067 apart
+/// on these models' oracle cases (Gemma's case a, last position); the paths here reach 0.14
+/// on a flat row (SmolLM2's case d); a kernel that drops one block in nine, 0.25 to 0.7.
+const QUANTIZED_TOLERANCE: f64 = 0.2;
+/// Largest mean over a case's rows, which a systematic error raises on every row: 0.041 here.
+const QUANTIZED_MEAN_TOLERANCE: f64 = 0.06;
 /// With f32 weights no activation is re-quantized, and the paths stay within 1e-4.
 const F32_TOLERANCE: f64 = 0.001;
+const F32_MEAN_TOLERANCE: f64 = 0.0002;
 
 /// Continuation tokens fed after each prompt: 1 + 2 + 3 in small passes, the rest in one.
 const CONTINUATION: usize = 16;
@@ -89,11 +92,18 @@ fn logit_rows(engine: &Engine, prompt: &[u32], continuation: &[u32]) -> Vec<Vec<
 }
 
 /// Asserts that on every row the two distributions lie within `tolerance` in total
-/// variation (half the summed |Δp|), and that the fast path picks the reference's top token
-/// wherever the reference leads by a nat or more; returns the largest distance.
-fn assert_rows_agree(fast: &[Vec<f32>], reference: &[Vec<f32>], tolerance: f64, what: &str) -> f64 {
+/// variation (half the summed |Δp|), within `mean_tolerance` on average, and that the fast
+/// path picks the reference's top token wherever the reference leads by a nat or more;
+/// returns the largest distance.
+fn assert_rows_agree(
+    fast: &[Vec<f32>],
+    reference: &[Vec<f32>],
+    (tolerance, mean_tolerance): (f64, f64),
+    what: &str,
+) -> f64 {
     assert_eq!(fast.len(), reference.len());
     let mut worst = 0.0f64;
+    let mut total = 0.0f64;
     for (step, (f, r)) in fast.iter().zip(reference).enumerate() {
         assert!(
             f.iter().all(|v| v.is_finite()),
@@ -107,6 +117,7 @@ fn assert_rows_agree(fast: &[Vec<f32>], reference: &[Vec<f32>], tolerance: f64, 
             .sum::<f64>()
             / 2.0;
         worst = worst.max(distance);
+        total += distance;
         assert!(
             distance <= tolerance,
             "{what}, row {step}: the fast path's distribution is {distance:.4} from the \
@@ -121,6 +132,11 @@ fn assert_rows_agree(fast: &[Vec<f32>], reference: &[Vec<f32>], tolerance: f64, 
             );
         }
     }
+    let mean = total / fast.len() as f64;
+    assert!(
+        mean <= mean_tolerance,
+        "{what}: the rows' mean total variation is {mean:.4} (> {mean_tolerance})"
+    );
     worst
 }
 
@@ -161,7 +177,7 @@ fn check_real_model(path: &Path, kv_type: KvType, min_cases: usize) {
         let worst = assert_rows_agree(
             &logit_rows(&fast, &prompt, continuation),
             &logit_rows(&reference, &prompt, continuation),
-            QUANTIZED_TOLERANCE,
+            (QUANTIZED_TOLERANCE, QUANTIZED_MEAN_TOLERANCE),
             &what,
         );
         eprintln!("{what}: largest total variation {worst:.4}");
@@ -197,9 +213,9 @@ fn every_synthetic_model_fast_kernels_match_the_reference_kernels() {
             .values()
             .all(|t| t == "F32");
         let tolerance = if all_f32 {
-            F32_TOLERANCE
+            (F32_TOLERANCE, F32_MEAN_TOLERANCE)
         } else {
-            QUANTIZED_TOLERANCE
+            (QUANTIZED_TOLERANCE, QUANTIZED_MEAN_TOLERANCE)
         };
         let fast = engine(&dir.join(file), Kernels::Fast, KvType::F16);
         let reference = engine(&dir.join(file), Kernels::Reference, KvType::F16);
@@ -244,9 +260,5 @@ fn the_kernels_option_is_parsed_reported_and_checked() {
         "{err}"
     );
     let err = smallmind::api::parse_engine_options(&options(true.into())).unwrap_err();
-    assert_eq!(
-        err.kind,
-        smallmind::error::ErrorKind::InvalidJson,
-        "{err}"
-    );
+    assert_eq!(err.kind, smallmind::error::ErrorKind::InvalidJson, "{err}");
 }

@@ -17,7 +17,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let file = Arc::new(file);
     let tokenizer = Tokenizer::from_gguf(&file);
-    let Ok(model) = Model::load(Arc::clone(&file), &mut |_, _| true) else {
+    let pool = ThreadPool::new(1);
+    let Ok(model) = Model::load(Arc::clone(&file), Some(&pool), &mut |_, _| true) else {
         return;
     };
     let hp = &model.hparams;
@@ -25,7 +26,6 @@ fuzz_target!(|data: &[u8]| {
     if hp.n_layer * (hp.n_embd * (hp.q_dim() + 2 * hp.kv_dim() + 3 * hp.n_ff)) > 1 << 24 {
         return;
     }
-    let pool = ThreadPool::new(1);
     let mut cache = model.new_cache(KvType::F16, 8);
     let mut scratch = ForwardScratch::default();
     let mut logits = Vec::new();

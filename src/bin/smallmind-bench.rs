@@ -8,19 +8,23 @@
 //!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 1,2 -p 512 -n 128 -r 5 --turns 20
 //!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 2 -p 0 -n 0 -r 5 --json-schema bench/person.schema.json
 //!
+//! With `--profile`, one more pp and tg run each print where their time went, per part of
+//! the forward pass (matmuls per tensor, attention, norms, RoPE, the output head) and the
+//! greedy pick over the logits; each part includes its hand-off to the worker threads.
+//!
 //! With `--shared-chats N`, N chats with one long system prompt each answer one question, on an
 //! engine that shares the system turn between chats and on one that does not: the time to
 //! first token of chat 1 and the median of chats 2..N.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
 use smallmind::chat::Chat;
 use smallmind::chat::structured::json_schema_constraint;
 use smallmind::engine::{Engine, EngineOptions, GenerationRequest, NoEvents, SilentLoad};
-use smallmind::model::{ForwardScratch, KvType, Logits};
+use smallmind::model::{ForwardScratch, KvType, Logits, Op, OpProfile};
 use smallmind::sample::{SamplingParams, TokenConstraint, TokenMask};
 
 struct Args {
@@ -33,10 +37,11 @@ struct Args {
     chat_turns: usize,
     json_schema: Option<String>,
     shared_chats: usize,
+    profile: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20] [--json-schema FILE] [--shared-chats 10]"
+    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20] [--json-schema FILE] [--shared-chats 10] [--profile]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -50,6 +55,7 @@ fn parse_args() -> Result<Args, String> {
         chat_turns: 0,
         json_schema: None,
         shared_chats: 0,
+        profile: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +91,7 @@ fn parse_args() -> Result<Args, String> {
             "--turns" => args.chat_turns = number(value()?)?,
             "--json-schema" => args.json_schema = Some(value()?),
             "--shared-chats" => args.shared_chats = number(value()?)?,
+            "--profile" => args.profile = true,
             "-h" | "--help" => return Err(usage().to_string()),
             other => return Err(format!("unknown argument '{other}'\n{}", usage())),
         }
@@ -112,12 +119,11 @@ fn median_and_spread(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 /// Tokens per second of evaluating `n` prompt tokens in one pass from an empty cache.
-fn prefill_rate(engine: &Engine, n: usize) -> f64 {
+fn prefill_rate(engine: &Engine, n: usize, scratch: &mut ForwardScratch) -> f64 {
     let tokens: Vec<u32> = (0..n)
         .map(|i| (100 + i * 7) as u32 % engine.tokenizer.n_vocab() as u32)
         .collect();
     let mut cache = engine.new_cache();
-    let mut scratch = ForwardScratch::default();
     let mut logits = Vec::new();
     let start = Instant::now();
     for chunk in tokens.chunks(512) {
@@ -134,7 +140,7 @@ fn prefill_rate(engine: &Engine, n: usize) -> f64 {
                 chunk,
                 &mut cache,
                 wanted,
-                &mut scratch,
+                scratch,
                 &mut logits,
             )
             .expect("forward");
@@ -143,10 +149,14 @@ fn prefill_rate(engine: &Engine, n: usize) -> f64 {
 }
 
 /// Tokens per second of generating `n` tokens one at a time (llama-bench's tg: from an empty
-/// cache, one token per forward pass).
-fn decode_rate(engine: &Engine, n: usize) -> f64 {
+/// cache, one token per forward pass, the greedy pick over the logits timed into `picking`).
+fn decode_rate(
+    engine: &Engine,
+    n: usize,
+    scratch: &mut ForwardScratch,
+    picking: &mut Duration,
+) -> f64 {
     let mut cache = engine.new_cache();
-    let mut scratch = ForwardScratch::default();
     let mut logits = Vec::new();
     let mut token = engine.tokenizer.bos_id().unwrap_or(0);
     let start = Instant::now();
@@ -159,17 +169,45 @@ fn decode_rate(engine: &Engine, n: usize) -> f64 {
                 &[token],
                 &mut cache,
                 Logits::Last,
-                &mut scratch,
+                scratch,
                 &mut logits,
             )
             .expect("forward");
+        let pick_start = Instant::now();
         token = logits
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map_or(0, |(i, _)| i as u32);
+        *picking += pick_start.elapsed();
     }
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Where the time of a profiled run went, per part of the forward pass.
+fn print_profile(name: &str, threads: usize, test: &str, profile: &OpProfile, picking: Duration) {
+    let total: Duration = profile.time.iter().sum::<Duration>() + picking;
+    let per_token = |d: Duration| d.as_secs_f64() * 1000.0 / profile.tokens.max(1) as f64;
+    println!(
+        "\n{name}, {threads} threads, {test}: {:.3} ms per token",
+        per_token(total)
+    );
+    println!("| part | ms per token | share |");
+    println!("|---|---|---|");
+    let mut parts: Vec<(&str, Duration)> = Op::ALL
+        .iter()
+        .map(|&op| (op.name(), profile.time[op as usize]))
+        .collect();
+    if !picking.is_zero() {
+        parts.push(("greedy pick over the logits", picking));
+    }
+    for (part, time) in parts {
+        println!(
+            "| {part} | {:.4} | {:.1} % |",
+            per_token(time),
+            100.0 * time.as_secs_f64() / total.as_secs_f64()
+        );
+    }
 }
 
 /// Time to first token (ms) of every turn of a scripted conversation: short user questions,
@@ -400,12 +438,23 @@ fn main() -> ExitCode {
         };
         let load_ms = load_start.elapsed().as_secs_f64() * 1000.0;
         // One warm-up of each, as llama-bench does.
-        prefill_rate(&engine, args.prompt_tokens.min(64));
-        decode_rate(&engine, 4);
+        prefill_rate(
+            &engine,
+            args.prompt_tokens.min(64),
+            &mut ForwardScratch::default(),
+        );
+        decode_rate(
+            &engine,
+            4,
+            &mut ForwardScratch::default(),
+            &mut Duration::default(),
+        );
         if args.prompt_tokens > 0 {
             let (m, s) = median_and_spread(
                 (0..args.repetitions)
-                    .map(|_| prefill_rate(&engine, args.prompt_tokens))
+                    .map(|_| {
+                        prefill_rate(&engine, args.prompt_tokens, &mut ForwardScratch::default())
+                    })
                     .collect(),
             );
             println!(
@@ -416,7 +465,14 @@ fn main() -> ExitCode {
         if args.gen_tokens > 0 {
             let (m, s) = median_and_spread(
                 (0..args.repetitions)
-                    .map(|_| decode_rate(&engine, args.gen_tokens))
+                    .map(|_| {
+                        decode_rate(
+                            &engine,
+                            args.gen_tokens,
+                            &mut ForwardScratch::default(),
+                            &mut Duration::default(),
+                        )
+                    })
                     .collect(),
             );
             println!(
@@ -425,6 +481,27 @@ fn main() -> ExitCode {
             );
         }
         eprintln!("threads {threads}: load {load_ms:.0} ms");
+        if args.profile {
+            let profiled = || {
+                let mut scratch = ForwardScratch::default();
+                scratch.profile = Some(OpProfile::default());
+                scratch
+            };
+            if args.prompt_tokens > 0 {
+                let mut scratch = profiled();
+                prefill_rate(&engine, args.prompt_tokens, &mut scratch);
+                let test = format!("pp{}", args.prompt_tokens);
+                let profile = scratch.profile.expect("set above");
+                print_profile(&name, threads, &test, &profile, Duration::ZERO);
+            }
+            if args.gen_tokens > 0 {
+                let (mut scratch, mut picking) = (profiled(), Duration::ZERO);
+                decode_rate(&engine, args.gen_tokens, &mut scratch, &mut picking);
+                let test = format!("tg{}", args.gen_tokens);
+                let profile = scratch.profile.expect("set above");
+                print_profile(&name, threads, &test, &profile, picking);
+            }
+        }
         if let Some(schema_path) = &args.json_schema
             && let Err(e) =
                 json_schema_bench(&engine, &name, threads, schema_path, args.repetitions)

@@ -202,13 +202,16 @@ impl Engine {
                 "loading was cancelled by the progress callback",
             ));
         }
+        let pool = ThreadPool::with_kernels(threads, options.kernels);
         let model = if options.vocab_only {
             None
         } else {
             let mut layer_progress = |done: usize, total: usize| {
                 observer.progress(0.15 + 0.8 * done as f32 / total as f32)
             };
-            let model = Model::load(Arc::clone(&file), &mut layer_progress)?;
+            // The reference kernels read the file's layout only.
+            let repack_on = (options.kernels == Kernels::Fast).then_some(&pool);
+            let model = Model::load(Arc::clone(&file), repack_on, &mut layer_progress)?;
             if tokenizer.n_vocab() != model.hparams.n_vocab {
                 return Err(Error::new(
                     ErrorKind::ModelLoad,
@@ -276,7 +279,7 @@ impl Engine {
             file,
             chat_template,
             tokenizer,
-            pool: ThreadPool::with_kernels(threads, options.kernels),
+            pool,
             context_length,
             kv_type: options.kv_type,
             fingerprint,

@@ -261,6 +261,28 @@ impl GgufFile {
         self.storage.bytes()
     }
 
+    /// Tells the OS that the pages holding `range` of a mapped file (`range.start` at a page
+    /// boundary) are not needed for now, so they leave this process's resident memory; a
+    /// later read maps them again from the file. A file read into memory keeps its bytes.
+    pub fn release_pages(&self, range: std::ops::Range<usize>) {
+        if let Storage::Mapped(map) = &self.storage {
+            let (start, end) = (range.start, range.end.min(map.len()));
+            if start < end {
+                // SAFETY: the map is private and read-only, so dropping its pages discards no
+                // data: every later read of these bytes faults them in again from the file,
+                // unchanged (the file must not change while mapped, as for any read of the
+                // map). The range lies inside the map.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
+
     pub fn file_len(&self) -> u64 {
         self.bytes().len() as u64
     }

@@ -1,16 +1,39 @@
 //! Quantized weight matrix × a batch of activation rows.
 
-use super::ThreadPool;
+use super::{PackedMatrix, ThreadPool};
 use crate::quant::{self, GgmlType, QuantError};
 
 /// A weight matrix as stored in the file: `rows` rows of `cols` elements of type `ty`,
-/// row-major, borrowed from the memory map.
+/// row-major, borrowed from the memory map; and the same matrix repacked for the fastest
+/// kernel when it was repacked at load.
 #[derive(Debug, Clone, Copy)]
 pub struct WeightView<'a> {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    pub packed: Option<&'a PackedMatrix>,
+}
+
+/// `data` (rows × row bytes of `ty`, as in the file) repacked for the fastest kernel, when
+/// the CPU and the type have one; `release(range)` is told each stretch of `data` once it has
+/// been read, so the caller can drop those pages from memory as it goes.
+pub fn repack(
+    pool: &ThreadPool,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: &[u8],
+    release: &mut dyn FnMut(std::ops::Range<usize>),
+) -> Option<PackedMatrix> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(format) =
+        super::gemm_r16::Format::of(ty, rows, cols).filter(|_| super::gemm_r16::available())
+    {
+        return Some(PackedMatrix::pack(pool, format, rows, cols, data, release));
+    }
+    let _ = (pool, ty, rows, cols, data, release);
+    None
 }
 
 /// Buffers reused between calls so the decode loop does not allocate.
@@ -22,6 +45,9 @@ pub struct MatmulScratch {
     /// The activations spread for the AVX-512 VNNI kernels.
     #[cfg(target_arch = "x86_64")]
     panel: super::gemm_vnni::Panel,
+    /// The activations' per-block terms for the interleaved-row kernels.
+    #[cfg(target_arch = "x86_64")]
+    blocks: super::gemm_r16::Activations,
 }
 
 /// A raw pointer to the output that worker threads write through, each to its own rows.
@@ -67,6 +93,21 @@ pub fn matmul(
 
     quantize_rows(pool, act_ty, x, w.cols, act_row_bytes, scratch)?;
     let activations = &scratch.activations;
+
+    #[cfg(target_arch = "x86_64")]
+    if let Some(packed) = w.packed.filter(|_| pool.fast_kernels()) {
+        scratch.blocks.fill(act_ty, activations, batch, w.cols);
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        let (quantized, blocks) = (&scratch.activations, &scratch.blocks);
+        pool.for_ranges(w.rows / super::gemm_r16::GROUP_ROWS, 1, |groups| {
+            let out_ptr = &out_ptr;
+            // SAFETY: packing checked the CPU features; the activation blocks were filled for
+            // this format and width; each task writes only its own groups' rows of `out`,
+            // which is (batch, rows) (checked above).
+            unsafe { super::gemm_r16::matmul_groups(packed, groups, quantized, blocks, out_ptr.0) };
+        });
+        return Ok(());
+    }
 
     #[cfg(target_arch = "x86_64")]
     if let Some(format) = super::gemm_vnni::Format::of(w.ty, w.cols)
@@ -128,6 +169,46 @@ pub fn matmul_many(
 ) -> Result<(), QuantError> {
     assert_eq!(weights.len(), outs.len(), "one output per weight matrix");
     #[cfg(target_arch = "x86_64")]
+    if let Some(packed) = fusable_packed(weights).filter(|_| pool.fast_kernels()) {
+        let (cols, act_ty) = (weights[0].cols, packed[0].format.activation_type());
+        let act_row_bytes = act_ty
+            .row_bytes(cols as u64)
+            .ok_or(QuantError::NotWholeBlocks {
+                ty: act_ty,
+                n: cols,
+            })? as usize;
+        assert_eq!(x.len(), batch * cols, "matmul input is (batch, cols)");
+        for (w, out) in weights.iter().zip(outs.iter()) {
+            assert_eq!(out.len(), batch * w.rows, "matmul output is (batch, rows)");
+        }
+        quantize_rows(pool, act_ty, x, cols, act_row_bytes, scratch)?;
+        scratch
+            .blocks
+            .fill(act_ty, &scratch.activations, batch, cols);
+        let (quantized, blocks) = (&scratch.activations, &scratch.blocks);
+        let out_ptrs: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+        let group_rows = super::gemm_r16::GROUP_ROWS;
+        let total_groups: usize = weights.iter().map(|w| w.rows / group_rows).sum();
+        pool.for_ranges(total_groups, 1, |range| {
+            let mut first = 0;
+            for (w, out) in packed.iter().zip(&out_ptrs) {
+                let n = w.rows / group_rows;
+                let start = range.start.max(first) - first;
+                let end = range.end.min(first + n).saturating_sub(first);
+                if start < end {
+                    // SAFETY: packing checked the CPU features; the blocks were filled for
+                    // the shared activation type and width; this task alone writes groups
+                    // start..end of this matrix's output, inside it (checked above).
+                    unsafe {
+                        super::gemm_r16::matmul_groups(w, start..end, quantized, blocks, out.0)
+                    };
+                }
+                first += n;
+            }
+        });
+        return Ok(());
+    }
+    #[cfg(target_arch = "x86_64")]
     if let Some(formats) = fusable_formats(weights).filter(|_| pool.fast_kernels()) {
         let (cols, act_ty) = (weights[0].cols, formats[0].activation_type());
         let act_row_bytes = act_ty
@@ -181,6 +262,20 @@ pub fn matmul_many(
         matmul(pool, *w, x, batch, out, scratch)?;
     }
     Ok(())
+}
+
+/// The repacked matrices of `weights` when all were repacked, with one width and one
+/// activation type.
+#[cfg(target_arch = "x86_64")]
+fn fusable_packed<'a>(weights: &[WeightView<'a>]) -> Option<Vec<&'a PackedMatrix>> {
+    let packed: Vec<&PackedMatrix> = weights.iter().map(|w| w.packed).collect::<Option<_>>()?;
+    let first = packed.first()?;
+    packed
+        .iter()
+        .all(|p| {
+            p.cols == first.cols && p.format.activation_type() == first.format.activation_type()
+        })
+        .then_some(packed)
 }
 
 /// The VNNI formats of `weights` when all have one, of the same width and activation type.
@@ -306,6 +401,7 @@ mod tests {
                     rows,
                     cols,
                     data: d,
+                    packed: None,
                 })
                 .collect();
             for batch in [1usize, 6] {
@@ -342,46 +438,63 @@ mod fast_against_reference {
     use crate::kernels::test_data::values;
 
     /// Every weight type our code can quantize, on the widths that take the VNNI kernels
-    /// (512) and the AVX2 dot products (96), at the batch sizes of each kernel shape: the
-    /// fast pool's outputs equal the reference pool's up to float summation order.
+    /// (512) and the AVX2 dot products (96), as in the file (67 rows) and repacked (80 rows),
+    /// at the batch sizes of each kernel shape: the fast pool's outputs equal the reference
+    /// pool's up to float summation order.
     #[test]
     fn every_weight_type_agrees_with_the_reference_pool() {
-        let rows = 67;
-        let fast = ThreadPool::new(2);
-        let reference = ThreadPool::with_kernels(2, Kernels::Reference);
-        let types = [
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q5_0,
-            GgmlType::Q5_1,
-            GgmlType::Q8_0,
-            GgmlType::F16,
-            GgmlType::BF16,
-            GgmlType::F32,
-        ];
-        for cols in [96, 512] {
-            for ty in types {
-                let mut data = Vec::new();
-                quant::quantize_row(ty, &values(rows * cols, 5, 0.5), &mut data).unwrap();
-                let w = WeightView {
-                    ty,
-                    rows,
-                    cols,
-                    data: &data,
-                };
-                for batch in [1usize, 2, 3, 5, 40] {
-                    let x = values(batch * cols, 11 + batch as u64, 1.0);
-                    let mut ours = vec![0.0; batch * rows];
-                    let mut theirs = vec![0.0; batch * rows];
-                    let mut scratch = MatmulScratch::default();
-                    matmul(&fast, w, &x, batch, &mut ours, &mut scratch).unwrap();
-                    matmul(&reference, w, &x, batch, &mut theirs, &mut scratch).unwrap();
-                    let largest = theirs.iter().map(|v| v.abs()).fold(1.0, f32::max);
-                    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-                        assert!(
-                            (a - b).abs() <= 1e-6 * largest,
-                            "{ty}, {cols} columns, batch {batch}, output {i}: {a} vs {b}"
+        for rows in [67, 80] {
+            let fast = ThreadPool::new(2);
+            let reference = ThreadPool::with_kernels(2, Kernels::Reference);
+            let types = [
+                GgmlType::Q4_0,
+                GgmlType::Q4_1,
+                GgmlType::Q5_0,
+                GgmlType::Q5_1,
+                GgmlType::Q8_0,
+                GgmlType::F16,
+                GgmlType::BF16,
+                GgmlType::F32,
+            ];
+            for cols in [96, 512] {
+                for ty in types {
+                    let mut data = Vec::new();
+                    quant::quantize_row(ty, &values(rows * cols, 5, 0.5), &mut data).unwrap();
+                    let packed = repack(&fast, ty, rows, cols, &data, &mut |_| {});
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::kernels::gemm_r16::available() {
+                        let repackable = matches!(
+                            ty,
+                            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
                         );
+                        assert_eq!(
+                            packed.is_some(),
+                            repackable && rows % 16 == 0,
+                            "{ty} {rows}"
+                        );
+                    }
+                    let w = WeightView {
+                        ty,
+                        rows,
+                        cols,
+                        data: &data,
+                        packed: packed.as_ref(),
+                    };
+                    for batch in [1usize, 2, 3, 5, 40, 70] {
+                        let x = values(batch * cols, 11 + batch as u64, 1.0);
+                        let mut ours = vec![0.0; batch * rows];
+                        let mut theirs = vec![0.0; batch * rows];
+                        let mut scratch = MatmulScratch::default();
+                        matmul(&fast, w, &x, batch, &mut ours, &mut scratch).unwrap();
+                        matmul(&reference, w, &x, batch, &mut theirs, &mut scratch).unwrap();
+                        let largest = theirs.iter().map(|v| v.abs()).fold(1.0, f32::max);
+                        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                            assert!(
+                                (a - b).abs() <= 1e-6 * largest,
+                                "{ty}, {rows}×{cols}, repacked {}, batch {batch}, output {i}: {a} vs {b}",
+                                packed.is_some()
+                            );
+                        }
                     }
                 }
             }

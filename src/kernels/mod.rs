@@ -7,6 +7,8 @@ mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod gemm_r16;
+#[cfg(target_arch = "x86_64")]
 mod gemm_vnni;
 mod matmul;
 mod ops;
@@ -17,7 +19,15 @@ mod simd_x86;
 mod test_data;
 
 pub use attention::{AttentionShape, KvRows, KvSlice, attention};
-pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many};
+pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many, repack};
+
+/// A weight matrix repacked at load for the fastest kernel (16 interleaved rows).
+#[cfg(target_arch = "x86_64")]
+pub use gemm_r16::PackedMatrix;
+/// Nothing repacks on other CPUs.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug)]
+pub enum PackedMatrix {}
 pub use ops::{
     RopeStyle, add_in_place, gated_activation, gelu_tanh, rms_norm, rms_norm_in_place, rope,
     rope_table, rope_with_table, silu, softmax_in_place,

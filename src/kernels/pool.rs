@@ -171,6 +171,38 @@ impl ThreadPool {
         self.kernels == super::Kernels::Fast
     }
 
+    /// Calls `work(first, chunks)` over disjoint runs of whole `chunk_len`-long chunks of
+    /// `data` in parallel, `first` being the index of the run's first chunk; runs are at least
+    /// `min_chunks` long. `data.len()` must be a multiple of `chunk_len`.
+    pub fn for_chunks_mut<T, F>(&self, data: &mut [T], chunk_len: usize, min_chunks: usize, work: F)
+    where
+        T: Send,
+        F: Fn(usize, &mut [T]) + Sync,
+    {
+        assert!(
+            chunk_len > 0 && data.len().is_multiple_of(chunk_len),
+            "whole chunks"
+        );
+        struct Base<T>(*mut T);
+        // SAFETY: the pointer is shared so that each task can make a slice of its own run;
+        // runs are disjoint (for_ranges hands out disjoint ranges), so no element is reached
+        // from two threads, and T: Send lets elements be written from another thread.
+        unsafe impl<T: Send> Sync for Base<T> {}
+        let base = Base(data.as_mut_ptr());
+        self.for_ranges(data.len() / chunk_len, min_chunks, |range| {
+            let base = &base;
+            // SAFETY: range.end ≤ data.len() / chunk_len, so the run lies inside `data`,
+            // which is mutably borrowed for the whole call; no other task's run overlaps it.
+            let run = unsafe {
+                std::slice::from_raw_parts_mut(
+                    base.0.add(range.start * chunk_len),
+                    range.len() * chunk_len,
+                )
+            };
+            work(range.start, run);
+        });
+    }
+
     /// Calls `work(range)` over disjoint ranges covering `0..n_items`, in parallel.
     /// Ranges are at least `min_items_per_thread` long so tiny jobs stay on one thread; their
     /// bounds depend only on `n_items` and the pool's thread count, never on timing.

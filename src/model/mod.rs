@@ -122,9 +122,87 @@ pub struct Model {
     pub weights: Weights,
 }
 
+/// The parts of a forward pass that [`OpProfile`] times apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Embedding rows looked up and scaled.
+    Embed,
+    /// RMSNorms of the residual stream, of the Q/K heads and of sub-block outputs.
+    Norm,
+    /// The Q, K and V matrices (one pass), with their biases.
+    QkvMatmul,
+    /// RoPE of Q and K and the K/V rows appended to the cache.
+    RopeAndCache,
+    Attention,
+    /// The attention output matrix.
+    OutputMatmul,
+    /// The gate and up matrices (one pass).
+    GateUpMatmul,
+    /// SiLU or GELU of the gate times up.
+    Activation,
+    /// The down matrix.
+    DownMatmul,
+    /// Residual adds.
+    Residual,
+    /// The output norm and the vocabulary-sized output matrix.
+    OutputHead,
+}
+
+impl Op {
+    pub const ALL: [Op; 11] = [
+        Op::Embed,
+        Op::Norm,
+        Op::QkvMatmul,
+        Op::RopeAndCache,
+        Op::Attention,
+        Op::OutputMatmul,
+        Op::GateUpMatmul,
+        Op::Activation,
+        Op::DownMatmul,
+        Op::Residual,
+        Op::OutputHead,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Embed => "embedding lookup",
+            Op::Norm => "RMSNorms",
+            Op::QkvMatmul => "Q/K/V matmul",
+            Op::RopeAndCache => "RoPE + KV append",
+            Op::Attention => "attention",
+            Op::OutputMatmul => "attention output matmul",
+            Op::GateUpMatmul => "gate/up matmul",
+            Op::Activation => "SiLU/GELU × up",
+            Op::DownMatmul => "down matmul",
+            Op::Residual => "residual adds",
+            Op::OutputHead => "output norm + vocabulary matmul",
+        }
+    }
+}
+
+/// Wall time per part of the forward passes run with a scratch that holds one (the
+/// benchmark's `--profile`); each part's time includes its hand-off to the worker threads
+/// and the wait for the slowest one.
+#[derive(Debug, Default, Clone)]
+pub struct OpProfile {
+    /// Indexed like [`Op::ALL`].
+    pub time: [std::time::Duration; 11],
+    pub tokens: usize,
+}
+
+impl OpProfile {
+    fn add(&mut self, op: Op, since: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.time[op as usize] += now - *since;
+        *since = now;
+    }
+}
+
 /// Activation buffers reused across forward calls (one per sequence being computed).
 #[derive(Debug, Default)]
 pub struct ForwardScratch {
+    /// Set to time the parts of every forward pass run with this scratch.
+    pub profile: Option<OpProfile>,
     /// (batch, n_embd) residual stream
     x: Vec<f32>,
     /// (batch, n_embd) normalised input of a sub-block
@@ -149,13 +227,16 @@ pub struct ForwardScratch {
 }
 
 impl Model {
-    /// Reads hyperparameters and collects the weights of `file`.
+    /// Reads hyperparameters and collects the weights of `file`; with `repack_on` a pool,
+    /// repacks on it the matrices the fast kernels read in another layout (None for the
+    /// reference kernels).
     pub fn load(
         file: Arc<GgufFile>,
+        repack_on: Option<&ThreadPool>,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Self, ModelError> {
         let hparams = Hyperparams::from_gguf(&file)?;
-        let weights = Weights::load(&file, &hparams, progress)?;
+        let weights = Weights::load(&file, &hparams, repack_on, progress)?;
         Ok(Self {
             file,
             hparams,
@@ -242,6 +323,16 @@ impl Model {
         s.gate.resize(batch * n_ff, 0.0);
         s.up.resize(batch * n_ff, 0.0);
 
+        let mut lap = std::time::Instant::now();
+        let mut timed = |s: &mut ForwardScratch, op: Op| {
+            if let Some(profile) = &mut s.profile {
+                profile.add(op, &mut lap);
+            }
+        };
+        if let Some(profile) = &mut s.profile {
+            profile.tokens += batch;
+        }
+
         // Token embeddings, (batch, n_embd).
         for (row, &t) in s.x.chunks_exact_mut(n_embd).zip(tokens) {
             w.token_embd.dequantize_row(t as usize, row)?;
@@ -249,12 +340,14 @@ impl Model {
                 row.iter_mut().for_each(|v| *v *= scale);
             }
         }
+        timed(s, Op::Embed);
 
         for (il, layer) in w.layers.iter().enumerate() {
             // Attention block.
             for (xn, x) in s.xn.chunks_exact_mut(n_embd).zip(s.x.chunks_exact(n_embd)) {
                 kernels::rms_norm(x, &layer.attn_norm, hp.rms_eps, xn);
             }
+            timed(s, Op::Norm);
             kernels::matmul_many(
                 pool,
                 &[layer.wq.view(), layer.wk.view(), layer.wv.view()],
@@ -267,6 +360,7 @@ impl Model {
             add_bias(&mut s.q, layer.bq.as_deref());
             add_bias(&mut s.k, layer.bk.as_deref());
             add_bias(&mut s.v, layer.bv.as_deref());
+            timed(s, Op::QkvMatmul);
             if let Some(norm) = &layer.q_norm {
                 s.q.chunks_exact_mut(head_dim)
                     .for_each(|h| kernels::rms_norm_in_place(h, norm, hp.rms_eps));
@@ -275,6 +369,7 @@ impl Model {
                 s.k.chunks_exact_mut(head_dim)
                     .for_each(|h| kernels::rms_norm_in_place(h, norm, hp.rms_eps));
             }
+            timed(s, Op::Norm);
             let window = hp.layer_window(il);
             let freq_base = if window.is_some() {
                 hp.rope_freq_base_local
@@ -294,6 +389,7 @@ impl Model {
                 }
             }
             cache.append_layer(il, &s.k, &s.v);
+            timed(s, Op::RopeAndCache);
             if il + 1 == w.layers.len() && debug::take_injected_panic() {
                 // Inside a parallel job, as a real kernel panic would be.
                 pool.for_ranges(1 << 16, 1, |range| {
@@ -312,6 +408,7 @@ impl Model {
                 window,
             };
             kernels::attention(pool, &s.q, keys, values, shape, &mut s.attn);
+            timed(s, Op::Attention);
             kernels::matmul(
                 pool,
                 layer.wo.view(),
@@ -321,17 +418,21 @@ impl Model {
                 &mut s.matmul,
             )
             .map_err(quant_err)?;
+            timed(s, Op::OutputMatmul);
             if let Some(norm) = &layer.post_attn_norm {
                 s.delta
                     .chunks_exact_mut(n_embd)
                     .for_each(|r| kernels::rms_norm_in_place(r, norm, hp.rms_eps));
             }
+            timed(s, Op::Norm);
             kernels::add_in_place(&mut s.x, &s.delta);
+            timed(s, Op::Residual);
 
             // Feed-forward block: down(act(gate(x)) * up(x)).
             for (xn, x) in s.xn.chunks_exact_mut(n_embd).zip(s.x.chunks_exact(n_embd)) {
                 kernels::rms_norm(x, &layer.ffn_norm, hp.rms_eps, xn);
             }
+            timed(s, Op::Norm);
             kernels::matmul_many(
                 pool,
                 &[layer.w_gate.view(), layer.w_up.view()],
@@ -341,8 +442,10 @@ impl Model {
                 &mut s.matmul,
             )
             .map_err(quant_err)?;
+            timed(s, Op::GateUpMatmul);
             let gelu = hp.arch == Architecture::Gemma3;
             kernels::gated_activation(pool, gelu, &mut s.gate, &s.up, n_ff);
+            timed(s, Op::Activation);
             kernels::matmul(
                 pool,
                 layer.w_down.view(),
@@ -352,12 +455,15 @@ impl Model {
                 &mut s.matmul,
             )
             .map_err(quant_err)?;
+            timed(s, Op::DownMatmul);
             if let Some(norm) = &layer.post_ffn_norm {
                 s.delta
                     .chunks_exact_mut(n_embd)
                     .for_each(|r| kernels::rms_norm_in_place(r, norm, hp.rms_eps));
             }
+            timed(s, Op::Norm);
             kernels::add_in_place(&mut s.x, &s.delta);
+            timed(s, Op::Residual);
         }
 
         // Output head over the rows whose logits were asked for.
@@ -383,6 +489,7 @@ impl Model {
             &mut s.matmul,
         )
         .map_err(quant_err)?;
+        timed(s, Op::OutputHead);
         Ok(())
     }
 }

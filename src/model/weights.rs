@@ -5,10 +5,14 @@ use std::sync::Arc;
 
 use super::{Architecture, Hyperparams, ModelError};
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::kernels::WeightView;
+use crate::kernels::{self, PackedMatrix, ThreadPool, WeightView};
+
+/// The memory map's page size (the OS drops pages whole).
+const PAGE_BYTES: usize = 4096;
 use crate::quant::{self, GgmlType};
 
-/// A 2-D weight in its stored type, borrowed from the file (never dequantized).
+/// A 2-D weight in its stored type, borrowed from the file (never dequantized), and, when
+/// the fastest kernel reads another layout, repacked once at load.
 #[derive(Debug, Clone)]
 pub struct Matrix {
     file: Arc<GgufFile>,
@@ -18,6 +22,7 @@ pub struct Matrix {
     pub cols: usize,
     offset: usize,
     len: usize,
+    packed: Option<Arc<PackedMatrix>>,
 }
 
 impl Matrix {
@@ -31,7 +36,42 @@ impl Matrix {
             rows: self.rows,
             cols: self.cols,
             data: self.bytes(),
+            packed: self.packed.as_deref(),
         }
+    }
+
+    /// Repacks the matrix for the fastest kernel when there is one for the CPU and type,
+    /// dropping the file's pages from memory as they are read (the embedding lookup reads
+    /// the file's rows again, faulting in only those).
+    fn repack(&mut self, pool: &ThreadPool) {
+        let file = Arc::clone(&self.file);
+        let (start, end) = (self.offset, self.offset + self.len);
+        // Pages are released up to the last one read whole; the last, shared with whatever
+        // follows the tensor, when the matrix is done.
+        let mut released = start / PAGE_BYTES * PAGE_BYTES;
+        let packed = kernels::repack(
+            pool,
+            self.ty,
+            self.rows,
+            self.cols,
+            self.bytes(),
+            &mut |read| {
+                let upto = (start + read.end) / PAGE_BYTES * PAGE_BYTES;
+                if upto > released {
+                    file.release_pages(released..upto);
+                    released = upto;
+                }
+            },
+        );
+        if packed.is_some() {
+            file.release_pages(released..end.next_multiple_of(PAGE_BYTES));
+        }
+        self.packed = packed.map(Arc::new);
+    }
+
+    /// Bytes of the repacked copy (0 if none).
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |p| p.bytes())
     }
 
     /// Row `r` converted to f32 (embedding lookup).
@@ -115,6 +155,7 @@ impl Loader<'_> {
             cols,
             offset: t.offset as usize,
             len: t.n_bytes as usize,
+            packed: None,
         })
     }
 
@@ -155,19 +196,28 @@ impl Loader<'_> {
 }
 
 impl Weights {
-    /// Collects every tensor the architecture needs, checking each shape against `hp`.
-    /// `progress(done, total)` is told after each layer.
+    /// Collects every tensor the architecture needs, checking each shape against `hp`, and
+    /// with `repack_on` a pool repacks on it the matrices the fastest kernels read in another
+    /// layout. `progress(done, total)` is told after each layer.
     pub fn load(
         file: &Arc<GgufFile>,
         hp: &Hyperparams,
+        repack_on: Option<&ThreadPool>,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<Self, ModelError> {
         let l = Loader { file };
         let (n_embd, q_dim, kv_dim, n_ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
-        let token_embd = l.matrix("token_embd.weight", hp.n_vocab, n_embd)?;
-        let output = l
-            .optional_matrix("output.weight", hp.n_vocab, n_embd)?
-            .unwrap_or_else(|| token_embd.clone());
+        let mut token_embd = l.matrix("token_embd.weight", hp.n_vocab, n_embd)?;
+        let mut output = l.optional_matrix("output.weight", hp.n_vocab, n_embd)?;
+        if let Some(pool) = repack_on {
+            // The embedding is only looked up by row; as the tied output matrix it is read
+            // whole for every token.
+            match &mut output {
+                Some(output) => output.repack(pool),
+                None => token_embd.repack(pool),
+            }
+        }
+        let output = output.unwrap_or_else(|| token_embd.clone());
         let output_norm = l.vector("output_norm.weight", n_embd)?;
         let rope_freqs = l.optional_vector("rope_freqs.weight", hp.rope_dims / 2)?;
 
@@ -224,6 +274,20 @@ impl Weights {
                     None
                 },
             });
+            if let Some(pool) = repack_on {
+                let layer = layers.last_mut().expect("pushed above");
+                for m in [
+                    &mut layer.wq,
+                    &mut layer.wk,
+                    &mut layer.wv,
+                    &mut layer.wo,
+                    &mut layer.w_gate,
+                    &mut layer.w_up,
+                    &mut layer.w_down,
+                ] {
+                    m.repack(pool);
+                }
+            }
             if !progress(il + 1, hp.n_layer) {
                 return Err(ModelError::LoadAborted);
             }

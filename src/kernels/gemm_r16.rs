@@ -1,0 +1,452 @@
+//! AVX-512 VNNI matrix × activations over weights repacked at load into groups of 16
+//! interleaved rows, for the 32-element block formats (Q4_0, Q4_1, Q5_0, Q8_0).
+//!
+//! In the file each row's blocks follow one another, so a dot product sums 64 products per
+//! `vpdpbusd` lane-wise for one row and needs a float multiply per block and a horizontal
+//! sum per output. Here one 512-bit register holds four consecutive weights of each of 16
+//! rows: one `vpdpbusd` with four activation bytes broadcast adds four products to 16 rows'
+//! sums at once, eight of them finish a block for 16 rows, and one float multiply-add per
+//! block applies the 16 rows' scales. Outputs leave as 16 floats, no horizontal sum.
+//!
+//! Repacked layout, per group of 16 rows, per block (32 elements), in this order:
+//! - quants: Q8_0 — 8 vectors, lane i's 4 bytes of vector k are row i's quants 4k..4k + 4
+//!   plus 128 (unsigned); Q4_0, Q4_1, Q5_0 — 4 vectors, lane i's byte t of vector m holds
+//!   row i's element 8m + t in its low nibble and 8m + 4 + t in its high nibble;
+//! - Q5_0 only: 8 masks of 64 bits, bit 4i + t of mask k the fifth bit of row i's element
+//!   4k + t;
+//! - 16 f16 scales d; Q4_1 only: 16 f16 mins m.
+//!
+//! Integer sums are exact and each output is Σ over blocks, in block order, of
+//! `float(isum) · (d_w · d_a)` (+ `m_w · s_a` for Q4_1) — the same operations whatever the
+//! thread count or batch split, so results are bit-identical across them; against the scalar
+//! reference they differ only in float rounding order.
+
+use std::arch::x86_64::*;
+
+use super::ThreadPool;
+use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
+
+/// Rows per interleaved group.
+pub const GROUP_ROWS: usize = 16;
+/// Elements per block.
+const BLOCK: usize = 32;
+/// Activation rows whose outputs are accumulated in registers together.
+const MAX_BATCH_TILE: usize = 8;
+/// Activation rows kept hot in cache while a thread's weight groups pass over them.
+const BATCH_BLOCK: usize = 64;
+
+/// Whether the running CPU has what these kernels need (checked once).
+pub fn available() -> bool {
+    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    });
+    *AVAILABLE
+}
+
+/// The weight formats that repack into interleaved groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q8_0,
+}
+
+impl Format {
+    /// The interleaved format of a `rows` × `cols` matrix of type `ty`, when it has one.
+    pub fn of(ty: GgmlType, rows: usize, cols: usize) -> Option<Self> {
+        let format = match ty {
+            GgmlType::Q4_0 => Self::Q4_0,
+            GgmlType::Q4_1 => Self::Q4_1,
+            GgmlType::Q5_0 => Self::Q5_0,
+            GgmlType::Q8_0 => Self::Q8_0,
+            _ => return None,
+        };
+        (rows.is_multiple_of(GROUP_ROWS) && cols.is_multiple_of(BLOCK) && cols > 0)
+            .then_some(format)
+    }
+
+    /// The activation type ggml pairs with the weight type.
+    pub fn activation_type(self) -> GgmlType {
+        match self {
+            Self::Q4_1 => GgmlType::Q8_1,
+            Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+
+    /// Bytes of one block of one group (16 rows × 32 elements and their scales).
+    const fn group_block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 256 + 32,
+            Self::Q4_1 => 256 + 64,
+            Self::Q5_0 => 256 + 64 + 32,
+            Self::Q8_0 => 512 + 32,
+        }
+    }
+
+    /// The unsigned shift of the stored quants (q + 8, q + 16, q + 128; Q4_1 has none).
+    const fn shift(self) -> i32 {
+        match self {
+            Self::Q4_0 => 8,
+            Self::Q4_1 => 0,
+            Self::Q5_0 => 16,
+            Self::Q8_0 => 128,
+        }
+    }
+
+    fn id(self) -> u8 {
+        match self {
+            Self::Q4_0 => Q4_0,
+            Self::Q4_1 => Q4_1,
+            Self::Q5_0 => Q5_0,
+            Self::Q8_0 => Q8_0,
+        }
+    }
+}
+
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q8_0: u8 = 3;
+
+const fn format_of(id: u8) -> Format {
+    match id {
+        Q4_0 => Format::Q4_0,
+        Q4_1 => Format::Q4_1,
+        Q5_0 => Format::Q5_0,
+        _ => Format::Q8_0,
+    }
+}
+
+/// A weight matrix in interleaved groups (see the module documentation).
+pub struct PackedMatrix {
+    pub format: Format,
+    pub rows: usize,
+    pub cols: usize,
+    /// (rows / 16, cols / 32, group block bytes)
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedMatrix")
+            .field("format", &self.format)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Repacks one group: `source` is 16 rows as in the file, `out` the group's blocks.
+fn pack_group(format: Format, source: &[u8], out: &mut [u8]) {
+    let gbb = format.group_block_bytes();
+    let row_bytes = source.len() / GROUP_ROWS;
+    let block_bytes = row_bytes / (out.len() / gbb);
+    let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    for (j, out) in out.chunks_exact_mut(gbb).enumerate() {
+        let (quants, rest) = out.split_at_mut(if format == Format::Q8_0 { 512 } else { 256 });
+        let (masks, scales) = rest.split_at_mut(if format == Format::Q5_0 { 64 } else { 0 });
+        for i in 0..GROUP_ROWS {
+            let block = &source[i * row_bytes + j * block_bytes..][..block_bytes];
+            // Every block begins with its f16 scale; Q4_1's min follows it.
+            scales[2 * i..2 * i + 2].copy_from_slice(&block[..2]);
+            let put = |quants: &mut [u8], v: usize, bytes: u32| {
+                quants[64 * v + 4 * i..64 * v + 4 * i + 4].copy_from_slice(&bytes.to_le_bytes())
+            };
+            let nibbles = match format {
+                Format::Q8_0 => {
+                    for k in 0..8 {
+                        put(quants, k, word(&block[2 + 4 * k..]) ^ 0x8080_8080);
+                    }
+                    continue;
+                }
+                Format::Q4_0 => &block[2..18],
+                Format::Q4_1 => {
+                    scales[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&block[2..4]);
+                    &block[4..20]
+                }
+                Format::Q5_0 => {
+                    let qh = word(&block[2..6]);
+                    for k in 0..8 {
+                        let bits = u64::from((qh >> (4 * k)) & 0xf) << (4 * i);
+                        let mask = &mut masks[8 * k..8 * k + 8];
+                        let merged = u64::from_le_bytes(mask.try_into().expect("8 bytes")) | bits;
+                        mask.copy_from_slice(&merged.to_le_bytes());
+                    }
+                    &block[6..22]
+                }
+            };
+            // Elements 0..16 are the low nibbles of the 16 bytes, 16..32 the high ones;
+            // vector m holds elements 8m..8m + 4 (low) and 8m + 4..8m + 8 (high).
+            for m in 0..4 {
+                let at = 8 * (m % 2);
+                let (a, b) = (word(&nibbles[at..]), word(&nibbles[at + 4..]));
+                let bytes = if m < 2 {
+                    (a & 0x0f0f_0f0f) | ((b & 0x0f0f_0f0f) << 4)
+                } else {
+                    ((a >> 4) & 0x0f0f_0f0f) | (b & 0xf0f0_f0f0)
+                };
+                put(quants, m, bytes);
+            }
+        }
+    }
+}
+
+/// Groups repacked between two releases of source pages: about 1–2 MiB of the file, so the
+/// source pages held at once stay few while each parallel job is long enough to share.
+const GROUPS_PER_STRETCH: usize = 128;
+
+impl PackedMatrix {
+    /// Repacks `rows` rows of `cols` elements of `format`, as stored in the file (`data` is
+    /// rows × row bytes), on `pool`. `release(bytes)` is told, in order, each stretch of
+    /// `data` that has been read, so the caller can drop the source pages as it goes.
+    pub fn pack(
+        pool: &ThreadPool,
+        format: Format,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        release: &mut dyn FnMut(std::ops::Range<usize>),
+    ) -> Self {
+        let blocks = cols / BLOCK;
+        let block_bytes = match format {
+            Format::Q4_0 => 18,
+            Format::Q4_1 => 20,
+            Format::Q5_0 => 22,
+            Format::Q8_0 => 34,
+        };
+        let row_bytes = blocks * block_bytes;
+        assert_eq!(
+            data.len(),
+            rows * row_bytes,
+            "weight bytes are rows × row bytes"
+        );
+        let group_bytes = blocks * format.group_block_bytes();
+        let source_group_bytes = GROUP_ROWS * row_bytes;
+        let mut packed = vec![0u8; rows / GROUP_ROWS * group_bytes];
+        for (s, stretch) in packed
+            .chunks_mut(GROUPS_PER_STRETCH * group_bytes)
+            .enumerate()
+        {
+            let first_group = s * GROUPS_PER_STRETCH;
+            pool.for_chunks_mut(stretch, group_bytes, 4, |first, run| {
+                for (i, out) in run.chunks_exact_mut(group_bytes).enumerate() {
+                    let g = first_group + first + i;
+                    pack_group(
+                        format,
+                        &data[g * source_group_bytes..][..source_group_bytes],
+                        out,
+                    );
+                }
+            });
+            let end_group = first_group + stretch.len() / group_bytes;
+            release(first_group * source_group_bytes..end_group * source_group_bytes);
+        }
+        Self {
+            format,
+            rows,
+            cols,
+            data: packed,
+        }
+    }
+
+    /// Bytes the repacked matrix holds.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Activation rows quantized to the format's activation type, with what the kernel reads
+/// per block beside the quants.
+#[derive(Debug, Default)]
+pub struct Activations {
+    /// (rows, blocks): the block's scale d as f32.
+    scale: Vec<f32>,
+    /// (rows, blocks): Σq, which times the weights' unsigned shift is subtracted.
+    sums: Vec<i32>,
+    /// (rows, blocks): s = d · Σq as stored (Q8_1 only; the Q4_1 min term).
+    offset: Vec<f32>,
+    rows: usize,
+    blocks: usize,
+    /// Bytes of one quantized activation row and where its first block's quants begin.
+    row_bytes: usize,
+    block_bytes: usize,
+    quants_at: usize,
+}
+
+impl Activations {
+    /// Reads the blocks of `rows` activation rows of `cols` elements, already quantized to
+    /// `act_ty` (Q8_0 or Q8_1; `quantized` is rows × row bytes). One fill serves every
+    /// format whose activation type is `act_ty`.
+    pub fn fill(&mut self, act_ty: GgmlType, quantized: &[u8], rows: usize, cols: usize) {
+        let blocks = cols / BLOCK;
+        self.rows = rows;
+        self.blocks = blocks;
+        self.row_bytes = quantized.len() / rows.max(1);
+        self.scale.clear();
+        self.sums.clear();
+        self.offset.clear();
+        let f16 = |b: [u8; 2]| half::f16::from_le_bytes(b).to_f32();
+        if act_ty == GgmlType::Q8_1 {
+            (self.block_bytes, self.quants_at) = (36, 4);
+            for b in bytemuck::cast_slice::<u8, BlockQ8_1>(quantized) {
+                self.scale.push(f16(b.d));
+                self.offset.push(f16(b.s));
+                self.sums.push(b.qs.iter().map(|&q| q as i32).sum::<i32>());
+            }
+        } else {
+            (self.block_bytes, self.quants_at) = (34, 2);
+            for b in bytemuck::cast_slice::<u8, BlockQ8_0>(quantized) {
+                self.scale.push(f16(b.d));
+                self.sums.push(b.qs.iter().map(|&q| q as i32).sum::<i32>());
+            }
+        }
+        debug_assert_eq!(self.scale.len(), rows * blocks);
+    }
+}
+
+/// out[b * rows + r] = Σ w[r]·x[b] for the rows of groups `groups` and every activation row.
+///
+/// # Safety
+/// `available()` must be true; `acts` must have been filled for `w.format`'s activation
+/// type from `quantized`
+/// with `w.cols` columns; `out` must point to (activation rows, w.rows) floats of which this
+/// call alone writes the rows of `groups`.
+pub unsafe fn matmul_groups(
+    w: &PackedMatrix,
+    groups: std::ops::Range<usize>,
+    quantized: &[u8],
+    acts: &Activations,
+    out: *mut f32,
+) {
+    debug_assert_eq!(acts.blocks * BLOCK, w.cols);
+    debug_assert!(groups.end * GROUP_ROWS <= w.rows);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match w.format.id() {
+            Q4_0 => groups_of::<Q4_0>(w, groups, quantized, acts, out),
+            Q4_1 => groups_of::<Q4_1>(w, groups, quantized, acts, out),
+            Q5_0 => groups_of::<Q5_0>(w, groups, quantized, acts, out),
+            _ => groups_of::<Q8_0>(w, groups, quantized, acts, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
+unsafe fn groups_of<const FMT: u8>(
+    w: &PackedMatrix,
+    groups: std::ops::Range<usize>,
+    quantized: &[u8],
+    acts: &Activations,
+    out: *mut f32,
+) {
+    let group_bytes = acts.blocks * format_of(FMT).group_block_bytes();
+    for first_row in (0..acts.rows).step_by(BATCH_BLOCK) {
+        let end_row = (first_row + BATCH_BLOCK).min(acts.rows);
+        for g in groups.clone() {
+            let group = &w.data[g * group_bytes..(g + 1) * group_bytes];
+            let mut b0 = first_row;
+            while b0 < end_row {
+                let n = MAX_BATCH_TILE.min(end_row - b0);
+                macro_rules! tile {
+                    ($($c:literal)*) => {
+                        match n {
+                            $($c => tile::<FMT, $c>(group, quantized, acts, b0, g, w.rows, out),)*
+                            _ => unreachable!("tiles hold 1..=8 activation rows"),
+                        }
+                    };
+                }
+                // SAFETY: the group's bytes and rows b0..b0 + n of the activations exist;
+                // the caller owns these outputs.
+                unsafe { tile!(1 2 3 4 5 6 7 8) };
+                b0 += n;
+            }
+        }
+    }
+}
+
+/// One group's 16 rows × activation rows b0..b0 + C, every block.
+#[inline(always)]
+unsafe fn tile<const FMT: u8, const C: usize>(
+    group: &[u8],
+    quantized: &[u8],
+    acts: &Activations,
+    b0: usize,
+    g: usize,
+    n_rows: usize,
+    out: *mut f32,
+) {
+    let format = format_of(FMT);
+    let gbb = format.group_block_bytes();
+    let blocks = acts.blocks;
+    debug_assert_eq!(group.len(), blocks * gbb);
+    debug_assert!((b0 + C) * acts.row_bytes <= quantized.len());
+    // SAFETY: every pointer below stays inside `group` (blocks × gbb bytes) or inside rows
+    // b0..b0 + C of `quantized` and of the per-block activation arrays (checked above; the
+    // caller filled them for these rows); the CPU features are enabled by the caller.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); C];
+        let nibble_mask = _mm512_set1_epi8(0x0f);
+        let fifth_bit = _mm512_set1_epi8(0x10);
+        for j in 0..blocks {
+            let base = group.as_ptr().add(j * gbb);
+            let mut wq = [_mm512_setzero_si512(); 8];
+            let scales_at = if FMT == Q8_0 {
+                for (k, v) in wq.iter_mut().enumerate() {
+                    *v = _mm512_loadu_si512(base.add(64 * k).cast());
+                }
+                512
+            } else {
+                for m in 0..4 {
+                    let v = _mm512_loadu_si512(base.add(64 * m).cast());
+                    wq[2 * m] = _mm512_and_si512(v, nibble_mask);
+                    wq[2 * m + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble_mask);
+                }
+                if FMT == Q5_0 {
+                    for (k, v) in wq.iter_mut().enumerate() {
+                        let bits = base.add(256 + 8 * k).cast::<u64>().read_unaligned();
+                        *v = _mm512_or_si512(*v, _mm512_maskz_mov_epi8(bits, fifth_bit));
+                    }
+                    256 + 64
+                } else {
+                    256
+                }
+            };
+            let d_w = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(scales_at).cast()));
+            let m_w = if FMT == Q4_1 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(base.add(scales_at + 32).cast()))
+            } else {
+                _mm512_setzero_ps()
+            };
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let row = b0 + c;
+                let side = row * blocks + j;
+                let a = quantized
+                    .as_ptr()
+                    .add(row * acts.row_bytes + j * acts.block_bytes + acts.quants_at);
+                let shift = const { format_of(FMT).shift() };
+                let mut isum = _mm512_set1_epi32(-shift * *acts.sums.get_unchecked(side));
+                for (k, &v) in wq.iter().enumerate() {
+                    let four = a.add(4 * k).cast::<i32>().read_unaligned();
+                    isum = _mm512_dpbusd_epi32(isum, v, _mm512_set1_epi32(four));
+                }
+                let scale = _mm512_mul_ps(d_w, _mm512_set1_ps(*acts.scale.get_unchecked(side)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+                if FMT == Q4_1 {
+                    *acc = _mm512_fmadd_ps(
+                        m_w,
+                        _mm512_set1_ps(*acts.offset.get_unchecked(side)),
+                        *acc,
+                    );
+                }
+            }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add((b0 + c) * n_rows + g * GROUP_ROWS), *acc);
+        }
+    }
+}
