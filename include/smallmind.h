@@ -327,6 +327,8 @@ typedef struct smallmind_engine_callbacks {
 
 
 
+
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

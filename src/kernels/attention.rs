@@ -381,6 +381,61 @@ mod tests {
         }
     }
 
+    /// The whole attention (every SIMD path the CPU has: AVX-512 groups, AVX2 heads) against
+    /// a pool running the reference kernels: grouped heads, f16 and f32 caches, windows,
+    /// prefill batches and key counts on both sides of each 16-key block.
+    #[test]
+    fn fast_attention_matches_the_reference_pool() {
+        let reference = ThreadPool::with_kernels(2, crate::kernels::Kernels::Reference);
+        let fast = ThreadPool::new(2);
+        for (head_dim, n_head, n_head_kv, first_pos, batch, window) in [
+            (64usize, 9usize, 3usize, 0usize, 40usize, None),
+            (64, 9, 3, 15, 1, None),
+            (64, 9, 3, 16, 2, None),
+            (64, 9, 3, 300, 3, None),
+            (256, 4, 1, 0, 33, Some(7)),
+            (256, 4, 1, 100, 1, Some(20)),
+            (128, 8, 8, 31, 5, None),
+        ] {
+            let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+            let positions = first_pos + batch;
+            let keys = values(positions * kv_dim, 1, 2.0);
+            let vals = values(positions * kv_dim, 2, 1.0);
+            let keys16: Vec<f16> = keys.iter().map(|&x| f16::from_f32(x)).collect();
+            let vals16: Vec<f16> = vals.iter().map(|&x| f16::from_f32(x)).collect();
+            let q = values(batch * q_dim, 3, 1.0);
+            let shape = AttentionShape {
+                n_head,
+                n_head_kv,
+                head_dim,
+                first_pos,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
+            };
+            for (k, v) in [
+                (
+                    KvSlice::F32(KvRows::whole(&keys)),
+                    KvSlice::F32(KvRows::whole(&vals)),
+                ),
+                (
+                    KvSlice::F16(KvRows::whole(&keys16)),
+                    KvSlice::F16(KvRows::whole(&vals16)),
+                ),
+            ] {
+                let mut ours = vec![0.0f32; q.len()];
+                let mut theirs = vec![0.0f32; q.len()];
+                attention(&fast, &q, k, v, shape, &mut ours);
+                attention(&reference, &q, k, v, shape, &mut theirs);
+                for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "head_dim {head_dim}, {positions} positions, output {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Attention over rows split between shared and own buffers at `split` positions.
     #[allow(clippy::too_many_arguments)]
     fn attention_split<'a, T: Copy>(

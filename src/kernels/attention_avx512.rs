@@ -191,6 +191,50 @@ pub unsafe fn softmax(x: &mut [f32]) {
     }
 }
 
+thread_local! {
+    /// Each thread's block of 16 key rows converted to f32, kept between calls.
+    static KEY_BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Lane j of the result is the sum of the 16 lanes of `v[j]`. Every vector's lanes are added
+/// in one fixed tree: within each 128-bit quarter (0 + 2, 1 + 3, then the two), then the
+/// quarters (0 + 1, 2 + 3, then the two), whichever vector and lane it lands in.
+#[inline(always)]
+unsafe fn sum16(v: &[__m512; 16]) -> __m512 {
+    // SAFETY: register-only intrinsics under the caller's avx512f feature.
+    unsafe {
+        // Per quarter, [a0 + a2, b0 + b2, a1 + a3, b1 + b3] of the pair (a, b).
+        let pairs: [__m512; 8] = std::array::from_fn(|p| {
+            let (a, b) = (v[2 * p], v[2 * p + 1]);
+            _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+        });
+        // Per quarter, the quarter's sum of a, b, c, d for pairs (a, b) and (c, d).
+        let quads: [__m512; 4] = std::array::from_fn(|q| {
+            let (ab, cd) = (
+                _mm512_castps_pd(pairs[2 * q]),
+                _mm512_castps_pd(pairs[2 * q + 1]),
+            );
+            _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(ab, cd)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(ab, cd)),
+            )
+        });
+        // Quarters 0 + 1 and 2 + 3 of two quads side by side: [x01, x23, y01, y23].
+        let halves = |x: __m512, y: __m512| {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            )
+        };
+        let (h0, h1) = (halves(quads[0], quads[1]), halves(quads[2], quads[3]));
+        // [v0..4: 01 + 23, v4..8, v8..12, v12..16].
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(h0, h1),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(h0, h1),
+        )
+    }
+}
+
 /// Attention of the query heads in `q` (and `out`), both (heads, head_dim) with head_dim a
 /// multiple of 64, over one KV head's rows; `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
@@ -220,19 +264,43 @@ pub unsafe fn group<T: KvElement16>(
     // SAFETY: every row slice below is bounds-checked; vector loads read inside them
     // (head_dim is a multiple of 16); features enabled.
     unsafe {
-        for i in 0..len {
-            let start = (first + i) * kv_dim + offset;
-            let k = keys.span(start, head_dim);
-            for h in 0..heads {
-                let qh = &q[h * head_dim..(h + 1) * head_dim];
-                let mut acc = _mm512_setzero_ps();
-                for d in (0..head_dim).step_by(16) {
-                    acc =
-                        _mm512_fmadd_ps(T::load16(k, d), _mm512_loadu_ps(qh.as_ptr().add(d)), acc);
+        // Keys 16 at a time: each block's rows are converted to f32 once for all the query
+        // heads (missing rows of the last block are zeros, never stored), then the 16 dot
+        // products' lanes are summed by one transposing tree (sum16), each key's lanes in
+        // the same fixed order wherever it falls.
+        let scale16 = _mm512_set1_ps(scale);
+        KEY_BLOCK.with_borrow_mut(|block| {
+            // (16, head_dim)
+            block.resize(16 * head_dim, 0.0);
+            for i0 in (0..len).step_by(16) {
+                let n = (len - i0).min(16);
+                for j in 0..16 {
+                    let row = &mut block[j * head_dim..(j + 1) * head_dim];
+                    if j < n {
+                        let k = keys.span((first + i0 + j) * kv_dim + offset, head_dim);
+                        for d in (0..head_dim).step_by(16) {
+                            _mm512_storeu_ps(row.as_mut_ptr().add(d), T::load16(k, d));
+                        }
+                    } else {
+                        row.fill(0.0);
+                    }
                 }
-                scores[h * len + i] = _mm512_reduce_add_ps(acc) * scale;
+                for h in 0..heads {
+                    let qh = &q[h * head_dim..(h + 1) * head_dim];
+                    let mut acc = [_mm512_setzero_ps(); 16];
+                    for d in (0..head_dim).step_by(16) {
+                        let qv = _mm512_loadu_ps(qh.as_ptr().add(d));
+                        for (j, acc) in acc.iter_mut().enumerate() {
+                            let kv = _mm512_loadu_ps(block.as_ptr().add(j * head_dim + d));
+                            *acc = _mm512_fmadd_ps(kv, qv, *acc);
+                        }
+                    }
+                    let dots = _mm512_mul_ps(sum16(&acc), scale16);
+                    let mask = ((1u32 << n) - 1) as __mmask16;
+                    _mm512_mask_storeu_ps(scores.as_mut_ptr().add(h * len + i0), mask, dots);
+                }
             }
-        }
+        });
         for h in 0..heads {
             softmax(&mut scores[h * len..(h + 1) * len]);
         }
@@ -375,5 +443,29 @@ mod tests {
                 assert!((f - r).abs() <= 1e-6 * (1.0 + r.abs()), "n={n}: {f} vs {r}");
             }
         }
+    }
+}
+#[cfg(test)]
+mod sum16_tests {
+    use super::*;
+
+    #[test]
+    fn sum16_sums_each_vector_in_its_lane() {
+        if !available() {
+            return;
+        }
+        // Distinct values per vector and lane, with halves so a mixed-up lane shows.
+        let v: [[f32; 16]; 16] = std::array::from_fn(|j| {
+            std::array::from_fn(|l| (j * 100 + l) as f32 + 0.5 * (l % 3) as f32)
+        });
+        // SAFETY: the CPU has avx512f (checked above); loads and stores stay in the arrays.
+        let sums = unsafe {
+            let regs: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(v[j].as_ptr()));
+            let mut out = [0f32; 16];
+            _mm512_storeu_ps(out.as_mut_ptr(), sum16(&regs));
+            out
+        };
+        let want: Vec<f32> = v.iter().map(|r| r.iter().sum()).collect();
+        assert_eq!(sums.to_vec(), want);
     }
 }

@@ -27,7 +27,7 @@ use super::ThreadPool;
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
 
 /// Rows per interleaved group.
-pub const GROUP_ROWS: usize = 16;
+pub(crate) const GROUP_ROWS: usize = 16;
 /// Elements per block.
 const BLOCK: usize = 32;
 /// Activation rows whose outputs are accumulated in registers together.
