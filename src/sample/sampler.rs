@@ -341,7 +341,7 @@ mod tests {
 
     /// Draws for the frequency tests: enough for a chi-square test either way, fewer under
     /// Miri (an interpreter).
-    const DRAWS: usize = if cfg!(miri) { 3_000 } else { 20_000 };
+    const DRAWS: usize = if cfg!(miri) { 600 } else { 20_000 };
 
     fn draws(sampler: &mut Sampler, logits: &[f32], n: usize) -> Vec<u32> {
         (0..n)

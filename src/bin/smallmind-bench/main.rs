@@ -8,6 +8,10 @@
 //!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 1,2 -p 512 -n 128 -r 5 --turns 20
 //!     cargo run --release --bin smallmind-bench -- -m MODEL.gguf -t 2 -p 0 -n 0 -r 5 --json-schema bench/person.schema.json
 //!
+//! With `--chart OUT.svg`, the results are drawn as an SVG chart, beside every
+//! `--compare NAME=FILE` (llama-bench's `-o md` output of the same tests), with the chat
+//! turns' time to first token when `--turns` is given.
+//!
 //! With `--profile`, one more pp and tg run each print where their time went, per part of
 //! the forward pass (matmuls per tensor, attention, norms, RoPE, the output head) and the
 //! greedy pick over the logits; each part includes its hand-off to the worker threads.
@@ -15,6 +19,8 @@
 //! With `--shared-chats N`, N chats with one long system prompt each answer one question, on an
 //! engine that shares the system turn between chats and on one that does not: the time to
 //! first token of chat 1 and the median of chats 2..N.
+
+mod chart;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -38,10 +44,14 @@ struct Args {
     json_schema: Option<String>,
     shared_chats: usize,
     profile: bool,
+    /// Where to write the SVG chart, and llama-bench outputs (name, markdown file) to draw
+    /// beside ours.
+    chart: Option<String>,
+    compare: Vec<(String, String)>,
 }
 
 fn usage() -> &'static str {
-    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20] [--json-schema FILE] [--shared-chats 10] [--profile]"
+    "usage: smallmind-bench -m MODEL.gguf [-t 1,2] [-p 512] [-n 128] [-r 5] [--kv f16|f32] [--turns 20] [--json-schema FILE] [--shared-chats 10] [--profile] [--chart OUT.svg [--compare NAME=llama-bench-md-output ...]]"
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +66,8 @@ fn parse_args() -> Result<Args, String> {
         json_schema: None,
         shared_chats: 0,
         profile: false,
+        chart: None,
+        compare: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -92,6 +104,14 @@ fn parse_args() -> Result<Args, String> {
             "--json-schema" => args.json_schema = Some(value()?),
             "--shared-chats" => args.shared_chats = number(value()?)?,
             "--profile" => args.profile = true,
+            "--chart" => args.chart = Some(value()?),
+            "--compare" => {
+                let spec = value()?;
+                let (name, file) = spec.split_once('=').ok_or_else(|| {
+                    format!("--compare takes NAME=LLAMA_BENCH_OUTPUT.md, not '{spec}'")
+                })?;
+                args.compare.push((name.to_string(), file.to_string()));
+            }
             "-h" | "--help" => return Err(usage().to_string()),
             other => return Err(format!("unknown argument '{other}'\n{}", usage())),
         }
@@ -108,6 +128,19 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// The CPU's model name (Linux), for the chart's title.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| "this CPU".to_string())
 }
 
 fn median_and_spread(mut v: Vec<f64>) -> (f64, f64) {
@@ -419,6 +452,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut peers = Vec::new();
+    for (peer, file) in &args.compare {
+        match std::fs::read_to_string(file)
+            .map_err(|e| format!("{file}: {e}"))
+            .and_then(|text| chart::read_llama_bench(peer, &text))
+        {
+            Ok(engine) => peers.push(engine),
+            Err(e) => {
+                eprintln!("--compare: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut ours = chart::Engine {
+        name: "smallmind".to_string(),
+        results: Vec::new(),
+    };
+    let mut chat_turns: Option<chart::Turns> = None;
     println!("| model | threads | test | t/s | ± |");
     println!("|---|---|---|---|---|");
     let name = std::path::Path::new(&args.model)
@@ -461,6 +512,8 @@ fn main() -> ExitCode {
                 "| {name} | {threads} | pp{} | {m:.2} | {s:.2} |",
                 args.prompt_tokens
             );
+            ours.results
+                .push((format!("pp{}", args.prompt_tokens), threads, m));
         }
         if args.gen_tokens > 0 {
             let (m, s) = median_and_spread(
@@ -479,6 +532,8 @@ fn main() -> ExitCode {
                 "| {name} | {threads} | tg{} | {m:.2} | {s:.2} |",
                 args.gen_tokens
             );
+            ours.results
+                .push((format!("tg{}", args.gen_tokens), threads, m));
         }
         eprintln!("threads {threads}: load {load_ms:.0} ms");
         if args.profile {
@@ -555,9 +610,19 @@ fn main() -> ExitCode {
             );
         }
         if args.chat_turns > 0 {
+            let mut turns_of_this_engine = chart::Turns {
+                cached: Vec::new(),
+                uncached: Vec::new(),
+            };
             for kv_cache in [true, false] {
                 match chat_ttft(&engine, args.chat_turns, kv_cache) {
                     Ok(turns) => {
+                        let ms = turns.iter().map(|t| t.0).collect();
+                        if kv_cache {
+                            turns_of_this_engine.cached = ms;
+                        } else {
+                            turns_of_this_engine.uncached = ms;
+                        }
                         let (first, last) = (turns[0], turns[turns.len() - 1]);
                         println!(
                             "| {name} | {threads} | chat ttft, kv cache {} | turn 1: {:.1} ms ({} prompt tokens) | turn {}: {:.1} ms ({} prompt tokens, {} cached) |",
@@ -576,10 +641,21 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            // The chart shows the last thread count's turns.
+            chat_turns = Some(turns_of_this_engine);
         }
     }
     if let Some(rss) = peak_rss_mib() {
         println!("\npeak RSS: {rss:.1} MiB");
+    }
+    if let Some(path) = &args.chart {
+        let mut engines = vec![ours];
+        engines.extend(peers);
+        let title = format!("{name} on {}", cpu_name());
+        if let Err(e) = std::fs::write(path, chart::svg(&title, &engines, chat_turns.as_ref())) {
+            eprintln!("--chart: {path}: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     ExitCode::SUCCESS
 }
