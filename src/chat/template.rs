@@ -110,12 +110,11 @@ impl BuiltinFormat {
         }
     }
 
-    /// The format a model family uses.
+    /// The format a model family uses (the architecture table's `default_chat_format`).
     pub fn for_architecture(arch: crate::engine::Architecture) -> Self {
-        use crate::engine::Architecture;
-        match arch {
-            Architecture::Gemma3 => Self::Gemma,
-            Architecture::Llama | Architecture::Qwen2 | Architecture::Qwen3 => Self::ChatMl,
+        match arch.traits().default_chat_format {
+            crate::model::ChatFamily::Gemma => Self::Gemma,
+            crate::model::ChatFamily::ChatMl => Self::ChatMl,
         }
     }
 }

@@ -34,26 +34,124 @@ pub enum Architecture {
     Gemma3,
 }
 
+/// The FFN's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU.
+    Silu,
+    /// GeGLU with the tanh approximation of GELU.
+    GeluTanh,
+}
+
+/// The chat turn markup a family's models were trained on (the chat layer renders it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatFamily {
+    /// `<|im_start|>role … <|im_end|>` (Llama 3 files use their own header tokens instead,
+    /// which the chat layer detects from the vocabulary).
+    ChatMl,
+    /// `<start_of_turn>role … <end_of_turn>`, no system role.
+    Gemma,
+}
+
+/// Everything that differs between architectures, decided once per architecture here: the
+/// metadata reader, the weight loader, the forward pass and the chat layer read it from this
+/// table, so a new architecture is one row (and its tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchTraits {
+    pub arch: Architecture,
+    /// `general.architecture` in the file, and the metadata keys' prefix.
+    pub name: &'static str,
+    pub rope_style: RopeStyle,
+    pub activation: Activation,
+    /// Q/K/V biases (`attn_q.bias`, …), loaded when present.
+    pub qkv_bias: bool,
+    /// Per-head RMSNorm of Q and K (`attn_q_norm`, `attn_k_norm`), required.
+    pub qk_norm: bool,
+    /// Norms of the attention and FFN outputs before the residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`), required.
+    pub post_norms: bool,
+    /// Token embeddings multiplied by √n_embd.
+    pub scaled_embeddings: bool,
+    /// Local (sliding-window) layers, read from `attention.sliding_window`, with this
+    /// local/global pattern when `attention.sliding_window_pattern` is absent.
+    pub sliding_window_pattern: Option<usize>,
+    /// The chat format of files without a template.
+    pub default_chat_format: ChatFamily,
+}
+
+/// One row per architecture.
+const ARCHITECTURES: [ArchTraits; 4] = [
+    ArchTraits {
+        arch: Architecture::Llama,
+        name: "llama",
+        rope_style: RopeStyle::Normal,
+        activation: Activation::Silu,
+        qkv_bias: false,
+        qk_norm: false,
+        post_norms: false,
+        scaled_embeddings: false,
+        sliding_window_pattern: None,
+        default_chat_format: ChatFamily::ChatMl,
+    },
+    ArchTraits {
+        arch: Architecture::Qwen2,
+        name: "qwen2",
+        rope_style: RopeStyle::Neox,
+        activation: Activation::Silu,
+        qkv_bias: true,
+        qk_norm: false,
+        post_norms: false,
+        scaled_embeddings: false,
+        sliding_window_pattern: None,
+        default_chat_format: ChatFamily::ChatMl,
+    },
+    ArchTraits {
+        arch: Architecture::Qwen3,
+        name: "qwen3",
+        rope_style: RopeStyle::Neox,
+        activation: Activation::Silu,
+        qkv_bias: false,
+        qk_norm: true,
+        post_norms: false,
+        scaled_embeddings: false,
+        sliding_window_pattern: None,
+        default_chat_format: ChatFamily::ChatMl,
+    },
+    ArchTraits {
+        arch: Architecture::Gemma3,
+        name: "gemma3",
+        rope_style: RopeStyle::Neox,
+        activation: Activation::GeluTanh,
+        qkv_bias: false,
+        qk_norm: true,
+        post_norms: true,
+        scaled_embeddings: true,
+        // llama.cpp's gemma3 default when the key is absent: 5 local layers, 1 global.
+        sliding_window_pattern: Some(6),
+        default_chat_format: ChatFamily::Gemma,
+    },
+];
+
 impl Architecture {
     pub const SUPPORTED: &'static str = "llama, qwen2, qwen3, gemma3";
 
     pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "llama" => Some(Self::Llama),
-            "qwen2" => Some(Self::Qwen2),
-            "qwen3" => Some(Self::Qwen3),
-            "gemma3" => Some(Self::Gemma3),
-            _ => None,
-        }
+        ARCHITECTURES
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.arch)
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Llama => "llama",
-            Self::Qwen2 => "qwen2",
-            Self::Qwen3 => "qwen3",
-            Self::Gemma3 => "gemma3",
-        }
+        self.traits().name
+    }
+
+    /// This architecture's row of the table.
+    pub fn traits(self) -> &'static ArchTraits {
+        ARCHITECTURES
+            .iter()
+            .find(|t| t.arch == self)
+            .expect("every architecture has a row")
     }
 }
 
@@ -194,17 +292,16 @@ impl Hyperparams {
             }
         }
 
-        let (rope_style, sliding_window, sliding_window_pattern, embedding_scale) = match arch {
-            Architecture::Llama => (RopeStyle::Normal, None, 1, None),
-            Architecture::Qwen2 | Architecture::Qwen3 => (RopeStyle::Neox, None, 1, None),
-            Architecture::Gemma3 => (
-                RopeStyle::Neox,
+        let traits = arch.traits();
+        let rope_style = traits.rope_style;
+        let (sliding_window, sliding_window_pattern) = match traits.sliding_window_pattern {
+            None => (None, 1),
+            Some(default_pattern) => (
                 optional("attention.sliding_window"),
-                // llama.cpp's gemma3 default when the key is absent: 5 local layers, 1 global.
-                optional("attention.sliding_window_pattern").unwrap_or(6),
-                Some((n_embd as f32).sqrt()),
+                optional("attention.sliding_window_pattern").unwrap_or(default_pattern),
             ),
         };
+        let embedding_scale = traits.scaled_embeddings.then(|| (n_embd as f32).sqrt());
         if sliding_window_pattern == 0 || sliding_window == Some(0) {
             return Err(invalid(
                 "attention.sliding_window and attention.sliding_window_pattern must be at least 1"
@@ -254,5 +351,21 @@ impl Hyperparams {
         let pattern = self.sliding_window_pattern;
         self.sliding_window
             .filter(|_| pattern > 1 && il % pattern < pattern - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_architecture_has_one_row_and_the_supported_list_names_them() {
+        let names: Vec<&str> = ARCHITECTURES.iter().map(|t| t.name).collect();
+        assert_eq!(names.join(", "), Architecture::SUPPORTED);
+        for t in &ARCHITECTURES {
+            assert_eq!(Architecture::from_name(t.name), Some(t.arch));
+            assert_eq!(t.arch.traits(), t);
+        }
+        assert_eq!(Architecture::from_name("falcon"), None);
     }
 }

@@ -10,7 +10,7 @@ mod weights;
 use std::fmt;
 use std::sync::Arc;
 
-pub use hparams::{Architecture, Hyperparams, limits};
+pub use hparams::{Activation, ArchTraits, Architecture, ChatFamily, Hyperparams, limits};
 pub use kv_cache::{KV_CHUNK_POSITIONS, KvCache, KvType, SharedRows};
 pub use weights::{LayerWeights, Matrix, Weights};
 
@@ -443,7 +443,7 @@ impl Model {
             )
             .map_err(quant_err)?;
             timed(s, Op::GateUpMatmul);
-            let gelu = hp.arch == Architecture::Gemma3;
+            let gelu = hp.arch.traits().activation == Activation::GeluTanh;
             kernels::gated_activation(pool, gelu, &mut s.gate, &s.up, n_ff);
             timed(s, Op::Activation);
             kernels::matmul(

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Architecture, Hyperparams, ModelError};
+use super::{Hyperparams, ModelError};
 use crate::gguf::{GgufFile, TensorInfo};
 use crate::kernels::{self, PackedMatrix, ThreadPool, WeightView};
 
@@ -221,13 +221,12 @@ impl Weights {
         let output_norm = l.vector("output_norm.weight", n_embd)?;
         let rope_freqs = l.optional_vector("rope_freqs.weight", hp.rope_dims / 2)?;
 
-        let is = |a: Architecture| hp.arch == a;
+        let traits = hp.arch.traits();
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {
             let name = |suffix: &str| format!("blk.{il}.{suffix}");
-            let has_qk_norm = is(Architecture::Qwen3) || is(Architecture::Gemma3);
-            let has_bias = is(Architecture::Qwen2);
-            let has_post_norms = is(Architecture::Gemma3);
+            let (has_qk_norm, has_bias, has_post_norms) =
+                (traits.qk_norm, traits.qkv_bias, traits.post_norms);
             layers.push(LayerWeights {
                 attn_norm: l.vector(&name("attn_norm.weight"), n_embd)?,
                 wq: l.matrix(&name("attn_q.weight"), q_dim, n_embd)?,
