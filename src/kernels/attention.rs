@@ -102,12 +102,6 @@ pub struct AttentionShape {
     pub window: Option<usize>,
 }
 
-struct SharedOut(*mut f32);
-// SAFETY: each (query row, head) pair is written by exactly one task, into its own
-// head_dim-long span of `out`, which outlives the parallel scope.
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
-
 /// out[b][h] = softmax(scale · q[b][h] · K[..=p]ᵀ) · V[..=p] for every query row b and head h,
 /// where K and V rows hold every position up to the last query's (the batch's own keys
 /// are already in the cache). Grouped-query attention: head h reads kv head h / (n_head / n_head_kv).
@@ -133,7 +127,7 @@ pub fn attention(
     let batch = q.len() / q_dim;
     assert_eq!(out.len(), q.len(), "attention output has the shape of q");
     let group = n_head / n_head_kv;
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = super::DisjointWrites::new(out);
 
     #[cfg(target_arch = "x86_64")]
     if pool.fast_kernels() && head_dim % 64 == 0 && super::attention_avx512::available() {
@@ -153,11 +147,8 @@ pub fn attention(
                 };
                 let heads =
                     b * q_dim + g * group * head_dim..b * q_dim + (g + 1) * group * head_dim;
-                // SAFETY: task (b, g) owns out[b][g·group·head_dim ..][.. group·head_dim],
-                // inside `out` since b < batch and g < n_head_kv.
-                let out_heads = unsafe {
-                    std::slice::from_raw_parts_mut(out_ptr.0.add(heads.start), heads.len())
-                };
+                // SAFETY: only task (b, g) writes these query heads of row b.
+                let out_heads = unsafe { out_ptr.part(heads.start..heads.end) };
                 group_head_avx512(
                     k,
                     v,
@@ -185,11 +176,9 @@ pub fn attention(
             let kv_offset = (h / group) * head_dim;
             let qh = &q[b * q_dim + h * head_dim..b * q_dim + (h + 1) * head_dim];
 
-            // SAFETY: task (b, h) owns out[b][h*head_dim .. (h+1)*head_dim], inside `out`
-            // because b < batch and h < n_head.
-            let oh = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.0.add(b * q_dim + h * head_dim), head_dim)
-            };
+            let start = b * q_dim + h * head_dim;
+            // SAFETY: only task (b, h) writes head h of row b.
+            let oh = unsafe { out_ptr.part(start..start + head_dim) };
             let span = Span {
                 kv_dim,
                 offset: kv_offset,

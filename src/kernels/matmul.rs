@@ -1,6 +1,6 @@
 //! Quantized weight matrix × a batch of activation rows.
 
-use super::{PackedMatrix, ThreadPool};
+use super::{DisjointWrites, PackedMatrix, ThreadPool};
 use crate::quant::{self, GgmlType, QuantError};
 
 /// A weight matrix as stored in the file: `rows` rows of `cols` elements of type `ty`,
@@ -50,13 +50,6 @@ pub struct MatmulScratch {
     blocks: super::gemm_r16::Activations,
 }
 
-/// A raw pointer to the output that worker threads write through, each to its own rows.
-struct SharedOut(*mut f32);
-// SAFETY: the pointer is only dereferenced inside `matmul`, where every thread writes a
-// disjoint set of elements (its own weight rows) of a buffer that outlives the scope.
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
-
 /// out[b][r] = Σ_c w[r][c] · x[b][c] for every batch row b and weight row r.
 ///
 /// `x` is (batch, cols) and `out` is (batch, rows). Each activation row is converted once to
@@ -97,14 +90,16 @@ pub fn matmul(
     #[cfg(target_arch = "x86_64")]
     if let Some(packed) = w.packed.filter(|_| pool.fast_kernels()) {
         scratch.blocks.fill(act_ty, activations, batch, w.cols);
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        let out_ptr = DisjointWrites::new(out);
         let (quantized, blocks) = (&scratch.activations, &scratch.blocks);
         pool.for_ranges(w.rows / super::gemm_r16::GROUP_ROWS, 1, |groups| {
             let out_ptr = &out_ptr;
             // SAFETY: packing checked the CPU features; the activation blocks were filled for
             // this format and width; each task writes only its own groups' rows of `out`,
             // which is (batch, rows) (checked above).
-            unsafe { super::gemm_r16::matmul_groups(packed, groups, quantized, blocks, out_ptr.0) };
+            unsafe {
+                super::gemm_r16::matmul_groups(packed, groups, quantized, blocks, out_ptr.ptr())
+            };
         });
         return Ok(());
     }
@@ -115,20 +110,20 @@ pub fn matmul(
     {
         scratch.panel.fill(act_ty, activations, batch, w.cols);
         let panel = &scratch.panel;
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        let out_ptr = DisjointWrites::new(out);
         pool.for_ranges(w.rows, 16, |rows| {
             let out_ptr = &out_ptr;
             // SAFETY: the CPU has the features; the panel was filled for this format and
             // width; each thread writes only its own rows' outputs, inside `out` (checked above).
             unsafe {
-                super::gemm_vnni::matmul_rows(format, w.data, w.rows, rows, panel, out_ptr.0)
+                super::gemm_vnni::matmul_rows(format, w.data, w.rows, rows, panel, out_ptr.ptr())
             };
         });
         return Ok(());
     }
 
     let fast = pool.fast_kernels();
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = DisjointWrites::new(out);
     let first_error = parking_lot::Mutex::new(None);
     let rows_per_task_min = (65536 / (w.cols * batch).max(1)).max(1);
     pool.for_ranges(w.rows, rows_per_task_min, |rows| {
@@ -138,9 +133,8 @@ pub fn matmul(
             for b in 0..batch {
                 let a_row = &activations[b * act_row_bytes..(b + 1) * act_row_bytes];
                 match dot(fast, w.ty, w_row, a_row, w.cols) {
-                    // SAFETY: b < batch and r < rows, so the index is inside `out`
-                    // (checked above); row r belongs to this thread alone.
-                    Ok(v) => unsafe { *out_ptr.0.add(b * w.rows + r) = v },
+                    // SAFETY: weight row r belongs to this task alone, so output (b, r) too.
+                    Ok(v) => unsafe { out_ptr.part(b * w.rows + r..b * w.rows + r + 1)[0] = v },
                     Err(e) => {
                         first_error.lock().get_or_insert(e);
                         return;
@@ -186,7 +180,8 @@ pub fn matmul_many(
             .blocks
             .fill(act_ty, &scratch.activations, batch, cols);
         let (quantized, blocks) = (&scratch.activations, &scratch.blocks);
-        let out_ptrs: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+        let out_ptrs: Vec<DisjointWrites<'_, f32>> =
+            outs.iter_mut().map(|o| DisjointWrites::new(o)).collect();
         let group_rows = super::gemm_r16::GROUP_ROWS;
         let total_groups: usize = weights.iter().map(|w| w.rows / group_rows).sum();
         pool.for_ranges(total_groups, 1, |range| {
@@ -200,7 +195,7 @@ pub fn matmul_many(
                     // the shared activation type and width; this task alone writes groups
                     // start..end of this matrix's output, inside it (checked above).
                     unsafe {
-                        super::gemm_r16::matmul_groups(w, start..end, quantized, blocks, out.0)
+                        super::gemm_r16::matmul_groups(w, start..end, quantized, blocks, out.ptr())
                     };
                 }
                 first += n;
@@ -231,7 +226,8 @@ pub fn matmul_many(
             .panel
             .fill(act_ty, &scratch.activations, batch, cols);
         let panel = &scratch.panel;
-        let out_ptrs: Vec<SharedOut> = outs.iter_mut().map(|o| SharedOut(o.as_mut_ptr())).collect();
+        let out_ptrs: Vec<DisjointWrites<'_, f32>> =
+            outs.iter_mut().map(|o| DisjointWrites::new(o)).collect();
         let total_rows: usize = weights.iter().map(|w| w.rows).sum();
         pool.for_ranges(total_rows, 16, |range| {
             let mut first_row = 0;
@@ -249,7 +245,7 @@ pub fn matmul_many(
                             w.rows,
                             start..end,
                             panel,
-                            out.0,
+                            out.ptr(),
                         )
                     };
                 }
@@ -314,23 +310,22 @@ fn quantize_rows(
         && matches!(act_ty, GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K)
     {
         scratch.activations.resize(batch * act_row_bytes, 0);
-        let out = SharedBytes(scratch.activations.as_mut_ptr());
-        pool.for_ranges(batch, 32, |rows| {
-            let out = &out;
-            for b in rows {
-                // SAFETY: row b's bytes lie inside `activations` (resized above) and belong to
-                // this task alone.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(out.0.add(b * act_row_bytes), act_row_bytes)
-                };
-                let quantized = super::simd_x86::quantize_activations(
-                    act_ty,
-                    &x[b * cols..(b + 1) * cols],
-                    row,
-                );
-                debug_assert!(quantized, "the SIMD quantizer handles {act_ty}");
-            }
-        });
+        pool.for_chunks_mut(
+            &mut scratch.activations,
+            act_row_bytes,
+            32,
+            |first, rows| {
+                for (i, row) in rows.chunks_exact_mut(act_row_bytes).enumerate() {
+                    let b = first + i;
+                    let quantized = super::simd_x86::quantize_activations(
+                        act_ty,
+                        &x[b * cols..(b + 1) * cols],
+                        row,
+                    );
+                    debug_assert!(quantized, "the SIMD quantizer handles {act_ty}");
+                }
+            },
+        );
         return Ok(());
     }
     scratch.activations.clear();
@@ -340,12 +335,6 @@ fn quantize_rows(
     }
     Ok(())
 }
-
-/// Like `SharedOut`, for the activation bytes: each task writes its own rows.
-struct SharedBytes(*mut u8);
-// SAFETY: only dereferenced in `quantize_rows`, where row ranges are disjoint.
-unsafe impl Sync for SharedBytes {}
-unsafe impl Send for SharedBytes {}
 
 /// The SIMD dot product where `fast` allows it and the CPU and type have one, else the
 /// reference.

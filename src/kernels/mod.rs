@@ -32,7 +32,7 @@ pub use ops::{
     RopeStyle, add_in_place, gated_activation, gelu_tanh, rms_norm, rms_norm_in_place, rope,
     rope_table, rope_with_table, silu, softmax_in_place,
 };
-pub use pool::ThreadPool;
+pub use pool::{DisjointWrites, ThreadPool};
 
 /// Which implementation of each kernel a pool's jobs run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -123,18 +123,9 @@ pub fn gated_activation(
     up: &[f32],
     n_ff: usize,
 ) {
-    struct Rows(*mut f32);
-    // SAFETY: each task writes only its own rows of `gate`, which outlives the call.
-    unsafe impl Sync for Rows {}
-    let rows = gate.len() / n_ff.max(1);
-    let gate_ptr = Rows(gate.as_mut_ptr());
-    pool.for_ranges(rows, 8, |range| {
-        let gate_ptr = &gate_ptr;
-        // SAFETY: rows `range` of gate belong to this task alone and lie inside it.
-        let g = unsafe {
-            std::slice::from_raw_parts_mut(gate_ptr.0.add(range.start * n_ff), range.len() * n_ff)
-        };
-        let u = &up[range.start * n_ff..range.end * n_ff];
+    assert_eq!(gate.len(), up.len(), "gate and up are (rows, n_ff)");
+    pool.for_chunks_mut(gate, n_ff.max(1), 8, |first, g| {
+        let u = &up[first * n_ff..first * n_ff + g.len()];
         #[cfg(target_arch = "x86_64")]
         if pool.fast_kernels() && super::attention_avx512::available() {
             // SAFETY: the CPU has the features.

@@ -100,6 +100,62 @@ impl Shared {
     }
 }
 
+/// A buffer that the tasks of one parallel job write through, each to its own elements: the
+/// one place the crate shares a mutable buffer between threads.
+///
+/// It borrows the buffer mutably for its lifetime, so nothing else reads or writes it
+/// meanwhile; every part is bounds-checked, so a task can only reach the buffer's own
+/// elements. What remains for a caller is that no two parts in use at once overlap.
+pub struct DisjointWrites<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _buffer: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: tasks on other threads only reach elements through `part` or `ptr`, whose callers
+// promise disjoint elements; T: Send lets those elements be written from another thread.
+unsafe impl<T: Send> Sync for DisjointWrites<'_, T> {}
+
+impl<'a, T> DisjointWrites<'a, T> {
+    pub fn new(buffer: &'a mut [T]) -> Self {
+        Self {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+            _buffer: std::marker::PhantomData,
+        }
+    }
+
+    /// Elements `range` of the buffer (panics outside it).
+    ///
+    /// # Safety
+    /// No other part or `ptr` write in use at the same time may touch these elements.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn part(&self, range: std::ops::Range<usize>) -> &mut [T] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "part {range:?} of a buffer of {}",
+            self.len
+        );
+        // SAFETY: inside the borrowed buffer (checked above), and no other live reference
+        // reaches these elements (the caller's promise).
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+
+    /// The buffer's start and length, for kernels that write scattered elements (a matrix's
+    /// columns); they must keep to the elements their task owns.
+    pub fn ptr(&self) -> *mut T {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// A persistent pool of `threads - 1` workers plus the calling thread.
 pub struct ThreadPool {
     n_threads: usize,
@@ -183,22 +239,11 @@ impl ThreadPool {
             chunk_len > 0 && data.len().is_multiple_of(chunk_len),
             "whole chunks"
         );
-        struct Base<T>(*mut T);
-        // SAFETY: the pointer is shared so that each task can make a slice of its own run;
-        // runs are disjoint (for_ranges hands out disjoint ranges), so no element is reached
-        // from two threads, and T: Send lets elements be written from another thread.
-        unsafe impl<T: Send> Sync for Base<T> {}
-        let base = Base(data.as_mut_ptr());
-        self.for_ranges(data.len() / chunk_len, min_chunks, |range| {
-            let base = &base;
-            // SAFETY: range.end ≤ data.len() / chunk_len, so the run lies inside `data`,
-            // which is mutably borrowed for the whole call; no other task's run overlaps it.
-            let run = unsafe {
-                std::slice::from_raw_parts_mut(
-                    base.0.add(range.start * chunk_len),
-                    range.len() * chunk_len,
-                )
-            };
+        let n_chunks = data.len() / chunk_len;
+        let writes = DisjointWrites::new(data);
+        self.for_ranges(n_chunks, min_chunks, |range| {
+            // SAFETY: for_ranges hands out disjoint ranges, so no two runs overlap.
+            let run = unsafe { writes.part(range.start * chunk_len..range.end * chunk_len) };
             work(range.start, run);
         });
     }
