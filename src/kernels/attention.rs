@@ -130,7 +130,9 @@ pub fn attention(
     let out_ptr = super::DisjointWrites::new(out);
 
     #[cfg(target_arch = "x86_64")]
-    if pool.fast_kernels() && head_dim % 64 == 0 && super::attention_avx512::available() {
+    if let Some(cpu) = super::cpu::Avx512::detect().filter(|_| pool.fast_kernels())
+        && head_dim.is_multiple_of(64)
+    {
         // One task per (query row, KV head): the group's query heads share each K/V row read.
         pool.for_ranges(batch * n_head_kv, 1, |tasks| {
             let out_ptr = &out_ptr;
@@ -150,6 +152,7 @@ pub fn attention(
                 // SAFETY: only task (b, g) writes these query heads of row b.
                 let out_heads = unsafe { out_ptr.part(heads.start..heads.end) };
                 group_head_avx512(
+                    cpu,
                     k,
                     v,
                     span,
@@ -245,6 +248,7 @@ fn reference_head(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn group_head_avx512(
+    cpu: super::cpu::Avx512,
     k: KvSlice<'_>,
     v: KvSlice<'_>,
     span: Span,
@@ -255,18 +259,14 @@ fn group_head_avx512(
     out: &mut [f32],
 ) {
     use super::attention_avx512::group;
-    // SAFETY: the caller checked the CPU features and head size; the cache holds the span's
-    // rows (the causal span of a committed sequence).
-    unsafe {
-        match (k, v) {
-            (KvSlice::F32(keys), KvSlice::F32(values)) => {
-                group(keys, values, span, head_dim, q, scale, scores, out)
-            }
-            (KvSlice::F16(keys), KvSlice::F16(values)) => {
-                group(keys, values, span, head_dim, q, scale, scores, out)
-            }
-            _ => unreachable!("keys and values share the cache's storage type"),
+    match (k, v) {
+        (KvSlice::F32(keys), KvSlice::F32(values)) => {
+            group(cpu, keys, values, span, head_dim, q, scale, scores, out)
         }
+        (KvSlice::F16(keys), KvSlice::F16(values)) => {
+            group(cpu, keys, values, span, head_dim, q, scale, scores, out)
+        }
+        _ => unreachable!("keys and values share the cache's storage type"),
     }
 }
 
@@ -281,7 +281,9 @@ fn fast_head(
     out: &mut [f32],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if q.len().is_multiple_of(8) && super::simd_x86::available() {
+    if let Some(cpu) = super::cpu::Avx2::detect()
+        && q.len().is_multiple_of(8)
+    {
         use super::simd_x86::{attention_scores, attention_weighted_sum};
         let Span {
             kv_dim,
@@ -290,25 +292,21 @@ fn fast_head(
             len,
         } = span;
         scores.resize(len, 0.0);
-        // SAFETY: the CPU has avx2/fma/f16c; the cache holds rows first..first + len (the
-        // caller's causal span) of kv_dim elements, and offset + head size <= kv_dim.
-        unsafe {
-            match k {
-                KvSlice::F32(keys) => {
-                    attention_scores(keys, kv_dim, offset, first, q, scale, scores)
-                }
-                KvSlice::F16(keys) => {
-                    attention_scores(keys, kv_dim, offset, first, q, scale, scores)
-                }
+        match k {
+            KvSlice::F32(keys) => {
+                attention_scores(cpu, keys, kv_dim, offset, first, q, scale, scores)
             }
-            softmax_in_place(scores);
-            match v {
-                KvSlice::F32(values) => {
-                    attention_weighted_sum(values, kv_dim, offset, first, scores, out)
-                }
-                KvSlice::F16(values) => {
-                    attention_weighted_sum(values, kv_dim, offset, first, scores, out)
-                }
+            KvSlice::F16(keys) => {
+                attention_scores(cpu, keys, kv_dim, offset, first, q, scale, scores)
+            }
+        }
+        softmax_in_place(scores);
+        match v {
+            KvSlice::F32(values) => {
+                attention_weighted_sum(cpu, values, kv_dim, offset, first, scores, out)
+            }
+            KvSlice::F16(values) => {
+                attention_weighted_sum(cpu, values, kv_dim, offset, first, scores, out)
             }
         }
         return true;

@@ -3,23 +3,12 @@
 //! head that shares it (grouped-query attention), and the softmax uses a vector exp.
 //! `attention::reference_head` is the reference these are tested against.
 
-#![allow(clippy::missing_safety_doc)]
-
 use std::arch::x86_64::*;
 
 use half::f16;
 
 use super::attention::{KvRows, Span};
-
-/// Whether the running CPU has what these kernels need (checked once).
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    });
-    *AVAILABLE
-}
+use super::cpu::Avx512;
 
 /// A KV cache element type these kernels read 16 at a time as f32.
 pub trait KvElement16: Copy {
@@ -34,7 +23,8 @@ impl KvElement16 for f32 {
     #[inline(always)]
     unsafe fn load16(row: &[f32], d: usize) -> __m512 {
         debug_assert!(d + 16 <= row.len());
-        // SAFETY: per the trait contract.
+        // SAFETY: the trait's caller guarantees d + 16 <= row.len(), so the 64 bytes read lie
+        // inside `row`, and that the CPU has avx512f.
         unsafe { _mm512_loadu_ps(row.as_ptr().add(d)) }
     }
 }
@@ -43,13 +33,14 @@ impl KvElement16 for f16 {
     #[inline(always)]
     unsafe fn load16(row: &[f16], d: usize) -> __m512 {
         debug_assert!(d + 16 <= row.len());
-        // SAFETY: per the trait contract; 16 f16 are 32 bytes.
+        // SAFETY: the trait's caller guarantees d + 16 <= row.len() (16 f16 are the 32 bytes
+        // read, inside `row`) and that the CPU has avx512f.
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(row.as_ptr().add(d).cast())) }
     }
 }
 
 /// e^x for 16 lanes, |error| below 2 ulp over the range softmax uses (x ≤ 0); underflows
-/// to 0 below about −87.
+/// to 0 below about −87. Inlined into the `#[target_feature]` kernels, which enable avx512f.
 #[inline(always)]
 unsafe fn exp16(x: __m512) -> __m512 {
     // SAFETY: register-only intrinsics under the caller's avx512f feature.
@@ -76,9 +67,10 @@ unsafe fn exp16(x: __m512) -> __m512 {
 }
 
 /// gate[i] = act(gate[i]) · up[i], 16 lanes at a time (a masked tail for the rest).
+/// Inlined into the `#[target_feature]` kernels, which enable avx512f.
 #[inline(always)]
 unsafe fn gated(gate: &mut [f32], up: &[f32], act: impl Fn(__m512) -> __m512) {
-    debug_assert_eq!(gate.len(), up.len());
+    assert_eq!(gate.len(), up.len(), "gate and up have one length");
     // SAFETY: masked loads and stores stay inside both slices; the caller enabled the features.
     unsafe {
         for i in (0..gate.len()).step_by(16) {
@@ -96,8 +88,20 @@ unsafe fn gated(gate: &mut [f32], up: &[f32], act: impl Fn(__m512) -> __m512) {
 }
 
 /// gate[i] = silu(gate[i]) · up[i] (SwiGLU).
+pub fn silu_mul(_cpu: Avx512, gate: &mut [f32], up: &[f32]) {
+    // SAFETY: `_cpu` exists only when the CPU has avx512f, avx512dq, fma and f16c, all that
+    // the kernel enables.
+    unsafe { silu_mul_kernel(gate, up) }
+}
+
+/// gate[i] = gelu_tanh(gate[i]) · up[i] (GeGLU).
+pub fn gelu_mul(_cpu: Avx512, gate: &mut [f32], up: &[f32]) {
+    // SAFETY: as in silu_mul.
+    unsafe { gelu_mul_kernel(gate, up) }
+}
+
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+fn silu_mul_kernel(gate: &mut [f32], up: &[f32]) {
     // SAFETY: features enabled here; register-only arithmetic inside the closure.
     unsafe {
         gated(gate, up, |x| {
@@ -107,9 +111,9 @@ pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-/// gate[i] = gelu_tanh(gate[i]) · up[i] (GeGLU), with tanh(y) = 1 − 2 / (e^{2y} + 1).
+/// GeGLU with tanh(y) = 1 − 2 / (e^{2y} + 1).
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-pub unsafe fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+fn gelu_mul_kernel(gate: &mut [f32], up: &[f32]) {
     // SAFETY: features enabled here; register-only arithmetic inside the closure.
     unsafe {
         gated(gate, up, |x| {
@@ -134,7 +138,7 @@ pub unsafe fn gelu_mul(gate: &mut [f32], up: &[f32]) {
 
 /// In-place softmax of `x` with the vector exp.
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-pub unsafe fn softmax(x: &mut [f32]) {
+fn softmax(x: &mut [f32]) {
     let n = x.len();
     let full = n / 16 * 16;
     // SAFETY: loads/stores stay below `full` or use masks below `n`; features enabled.
@@ -199,6 +203,7 @@ thread_local! {
 /// Lane j of the result is the sum of the 16 lanes of `v[j]`. Every vector's lanes are added
 /// in one fixed tree: within each 128-bit quarter (0 + 2, 1 + 3, then the two), then the
 /// quarters (0 + 1, 2 + 3, then the two), whichever vector and lane it lands in.
+/// Inlined into the `#[target_feature]` kernels, which enable avx512f.
 #[inline(always)]
 unsafe fn sum16(v: &[__m512; 16]) -> __m512 {
     // SAFETY: register-only intrinsics under the caller's avx512f feature.
@@ -238,8 +243,32 @@ unsafe fn sum16(v: &[__m512; 16]) -> __m512 {
 /// Attention of the query heads in `q` (and `out`), both (heads, head_dim) with head_dim a
 /// multiple of 64, over one KV head's rows; `scores` is scratch.
 #[allow(clippy::too_many_arguments)]
+pub fn group<T: KvElement16>(
+    _cpu: Avx512,
+    keys: KvRows<'_, T>,
+    values: KvRows<'_, T>,
+    rows: Span,
+    head_dim: usize,
+    q: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    assert!(
+        head_dim > 0
+            && head_dim.is_multiple_of(64)
+            && q.len() == out.len()
+            && q.len().is_multiple_of(head_dim),
+        "query heads and outputs are (heads, head_dim), head_dim a multiple of 64"
+    );
+    // SAFETY: `_cpu` exists only when the CPU has avx512f, avx512dq, fma and f16c, all that
+    // the kernel enables.
+    unsafe { group_kernel(keys, values, rows, head_dim, q, scale, scores, out) }
+}
+
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512dq,fma,f16c")]
-pub unsafe fn group<T: KvElement16>(
+fn group_kernel<T: KvElement16>(
     keys: KvRows<'_, T>,
     values: KvRows<'_, T>,
     rows: Span,
@@ -255,9 +284,6 @@ pub unsafe fn group<T: KvElement16>(
         first,
         len,
     } = rows;
-    debug_assert!(
-        head_dim.is_multiple_of(64) && q.len() == out.len() && q.len().is_multiple_of(head_dim)
-    );
     let heads = q.len() / head_dim;
     scores.clear();
     scores.resize(heads * len, 0.0);
@@ -321,7 +347,8 @@ pub unsafe fn group<T: KvElement16>(
 }
 
 /// out[h] = Σ_i weights[h][i] · value(first + i) for H heads, 64 dimensions at a time so the
-/// H × 4 accumulators stay in registers.
+/// H × 4 accumulators stay in registers. Inlined into `group_kernel`, which enables avx512f;
+/// `head_dim` is a multiple of 64 and `out` holds H heads.
 #[inline(always)]
 unsafe fn weighted_sum<T: KvElement16, const H: usize>(
     values: KvRows<'_, T>,
@@ -371,7 +398,7 @@ mod tests {
 
     #[test]
     fn vector_exp_is_within_two_ulp_of_libm() {
-        if !available() {
+        if Avx512::detect().is_none() {
             eprintln!("no AVX-512 on this CPU: nothing to compare");
             return;
         }
@@ -381,7 +408,8 @@ mod tests {
             let mut lanes = [0.0f32; 16];
             lanes[..chunk.len()].copy_from_slice(chunk);
             let mut got = [0.0f32; 16];
-            // SAFETY: features checked above.
+            // SAFETY: Avx512::detect() found avx512f above; the load and the store cover the
+            // 16-float arrays exactly.
             unsafe { _mm512_storeu_ps(got.as_mut_ptr(), exp16(_mm512_loadu_ps(lanes.as_ptr()))) };
             for (&xi, &g) in chunk.iter().zip(&got) {
                 let want = xi.exp();
@@ -396,9 +424,9 @@ mod tests {
 
     #[test]
     fn gated_activations_match_the_scalar_ones() {
-        if !available() {
+        let Some(cpu) = Avx512::detect() else {
             return;
-        }
+        };
         for n in [1usize, 17, 2048] {
             let gate: Vec<f32> = (0..n)
                 .map(|i| (i as f32 * 0.37).sin() * 12.0 - 1.0)
@@ -406,14 +434,13 @@ mod tests {
             let up: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() * 3.0).collect();
             for (fast_fn, scalar) in [
                 (
-                    silu_mul as unsafe fn(&mut [f32], &[f32]),
+                    silu_mul as fn(Avx512, &mut [f32], &[f32]),
                     crate::kernels::silu as fn(f32) -> f32,
                 ),
                 (gelu_mul, crate::kernels::gelu_tanh),
             ] {
                 let mut fast = gate.clone();
-                // SAFETY: features checked above.
-                unsafe { fast_fn(&mut fast, &up) };
+                fast_fn(cpu, &mut fast, &up);
                 for i in 0..n {
                     let want = scalar(gate[i]) * up[i];
                     assert!(
@@ -429,14 +456,14 @@ mod tests {
 
     #[test]
     fn softmax_matches_the_scalar_softmax_on_odd_lengths() {
-        if !available() {
+        if Avx512::detect().is_none() {
             return;
         }
         for n in [1usize, 15, 16, 17, 100] {
             let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 3.1).collect();
             let mut fast = x.clone();
             let mut reference = x.clone();
-            // SAFETY: features checked above.
+            // SAFETY: Avx512::detect() found the features softmax enables.
             unsafe { softmax(&mut fast) };
             crate::kernels::softmax_in_place(&mut reference);
             for (f, r) in fast.iter().zip(&reference) {
@@ -451,14 +478,14 @@ mod sum16_tests {
 
     #[test]
     fn sum16_sums_each_vector_in_its_lane() {
-        if !available() {
+        if Avx512::detect().is_none() {
             return;
         }
         // Distinct values per vector and lane, with halves so a mixed-up lane shows.
         let v: [[f32; 16]; 16] = std::array::from_fn(|j| {
             std::array::from_fn(|l| (j * 100 + l) as f32 + 0.5 * (l % 3) as f32)
         });
-        // SAFETY: the CPU has avx512f (checked above); loads and stores stay in the arrays.
+        // SAFETY: Avx512::detect() found avx512f above; loads and stores stay in the arrays.
         let sums = unsafe {
             let regs: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(v[j].as_ptr()));
             let mut out = [0f32; 16];

@@ -24,6 +24,7 @@
 use std::arch::x86_64::*;
 
 use super::ThreadPool;
+use super::cpu::Avx512Vnni;
 use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
 
 /// Rows per interleaved group.
@@ -34,18 +35,6 @@ const BLOCK: usize = 32;
 const MAX_BATCH_TILE: usize = 8;
 /// Activation rows kept hot in cache while a thread's weight groups pass over them.
 const BATCH_BLOCK: usize = 64;
-
-/// Whether the running CPU has what these kernels need (checked once).
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    });
-    *AVAILABLE
-}
 
 /// The weight formats that repack into interleaved groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,33 +86,30 @@ impl Format {
             Self::Q8_0 => 128,
         }
     }
-
-    fn id(self) -> u8 {
-        match self {
-            Self::Q4_0 => Q4_0,
-            Self::Q4_1 => Q4_1,
-            Self::Q5_0 => Q5_0,
-            Self::Q8_0 => Q8_0,
-        }
-    }
 }
 
+/// Format ids for const generics (enums cannot be const parameters on stable Rust); kernels
+/// turn the id back into a [`Format`] at compile time with `const { format_of(FMT) }`.
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q5_0: u8 = 2;
 const Q8_0: u8 = 3;
 
+/// The format of a kernel id; any other id fails to compile where a kernel uses it.
 const fn format_of(id: u8) -> Format {
     match id {
         Q4_0 => Format::Q4_0,
         Q4_1 => Format::Q4_1,
         Q5_0 => Format::Q5_0,
-        _ => Format::Q8_0,
+        Q8_0 => Format::Q8_0,
+        _ => panic!("not an interleaved format id"),
     }
 }
 
 /// A weight matrix in interleaved groups (see the module documentation).
 pub struct PackedMatrix {
+    /// Packing needed the CPU its kernels run on.
+    cpu: Avx512Vnni,
     pub format: Format,
     pub rows: usize,
     pub cols: usize,
@@ -205,6 +191,7 @@ impl PackedMatrix {
     /// rows × row bytes), on `pool`. `release(bytes)` is told, in order, each stretch of
     /// `data` that has been read, so the caller can drop the source pages as it goes.
     pub fn pack(
+        cpu: Avx512Vnni,
         pool: &ThreadPool,
         format: Format,
         rows: usize,
@@ -247,6 +234,7 @@ impl PackedMatrix {
             release(first_group * source_group_bytes..end_group * source_group_bytes);
         }
         Self {
+            cpu,
             format,
             rows,
             cols,
@@ -291,19 +279,23 @@ impl Activations {
         self.sums.clear();
         self.offset.clear();
         let f16 = |b: [u8; 2]| half::f16::from_le_bytes(b).to_f32();
-        if act_ty == GgmlType::Q8_1 {
-            (self.block_bytes, self.quants_at) = (36, 4);
-            for b in bytemuck::cast_slice::<u8, BlockQ8_1>(quantized) {
-                self.scale.push(f16(b.d));
-                self.offset.push(f16(b.s));
-                self.sums.push(b.qs.iter().map(|&q| q as i32).sum::<i32>());
+        match act_ty {
+            GgmlType::Q8_1 => {
+                (self.block_bytes, self.quants_at) = (36, 4);
+                for b in bytemuck::cast_slice::<u8, BlockQ8_1>(quantized) {
+                    self.scale.push(f16(b.d));
+                    self.offset.push(f16(b.s));
+                    self.sums.push(b.qs.iter().map(|&q| q as i32).sum::<i32>());
+                }
             }
-        } else {
-            (self.block_bytes, self.quants_at) = (34, 2);
-            for b in bytemuck::cast_slice::<u8, BlockQ8_0>(quantized) {
-                self.scale.push(f16(b.d));
-                self.sums.push(b.qs.iter().map(|&q| q as i32).sum::<i32>());
+            GgmlType::Q8_0 => {
+                (self.block_bytes, self.quants_at) = (34, 2);
+                for b in bytemuck::cast_slice::<u8, BlockQ8_0>(quantized) {
+                    self.scale.push(f16(b.d));
+                    self.sums.push(b.qs.iter().map(|&q| q as i32).sum::<i32>());
+                }
             }
+            other => panic!("no interleaved kernel reads activations of type {other}"),
         }
         debug_assert_eq!(self.scale.len(), rows * blocks);
     }
@@ -311,11 +303,12 @@ impl Activations {
 
 /// out[b * rows + r] = Σ w[r]·x[b] for the rows of groups `groups` and every activation row.
 ///
+/// `acts` holds the per-block terms of `quantized`, activation rows of `w.cols` columns in
+/// `w.format`'s activation type (checked).
+///
 /// # Safety
-/// `available()` must be true; `acts` must have been filled for `w.format`'s activation
-/// type from `quantized`
-/// with `w.cols` columns; `out` must point to (activation rows, w.rows) floats of which this
-/// call alone writes the rows of `groups`.
+/// `out` must point to (activation rows, w.rows) floats of which no other thread reads or
+/// writes the rows of `groups` during the call.
 pub unsafe fn matmul_groups(
     w: &PackedMatrix,
     groups: std::ops::Range<usize>,
@@ -323,28 +316,58 @@ pub unsafe fn matmul_groups(
     acts: &Activations,
     out: *mut f32,
 ) {
-    debug_assert_eq!(acts.blocks * BLOCK, w.cols);
-    debug_assert!(groups.end * GROUP_ROWS <= w.rows);
-    // SAFETY: forwarded from the caller.
+    // The kernel's unchecked reads of the activations rest on these.
+    let act_ty = w.format.activation_type();
+    let act_row_bytes = act_ty.row_bytes(w.cols as u64).map(|b| b as usize);
+    assert_eq!(
+        acts.blocks * BLOCK,
+        w.cols,
+        "activations of the matrix's width"
+    );
+    assert_eq!(
+        act_row_bytes,
+        Some(acts.row_bytes),
+        "activations of its type"
+    );
+    assert_eq!(
+        quantized.len(),
+        acts.rows * acts.row_bytes,
+        "every activation row"
+    );
+    assert_eq!(
+        acts.scale.len(),
+        acts.rows * acts.blocks,
+        "a scale per block"
+    );
+    assert_eq!(acts.sums.len(), acts.rows * acts.blocks, "a sum per block");
+    assert!(act_ty != GgmlType::Q8_1 || acts.offset.len() == acts.scale.len());
+    assert!(
+        groups.end * GROUP_ROWS <= w.rows,
+        "groups inside the matrix"
+    );
+    // SAFETY: `w.cpu` proves the kernels' features (packing needed them); the activations
+    // have the sizes the kernel reads (asserted above); the caller gives this call the rows
+    // of `groups` of the (activation rows, w.rows) outputs at `out`, all it writes.
     unsafe {
-        match w.format.id() {
-            Q4_0 => groups_of::<Q4_0>(w, groups, quantized, acts, out),
-            Q4_1 => groups_of::<Q4_1>(w, groups, quantized, acts, out),
-            Q5_0 => groups_of::<Q5_0>(w, groups, quantized, acts, out),
-            _ => groups_of::<Q8_0>(w, groups, quantized, acts, out),
+        match w.format {
+            Format::Q4_0 => groups_of::<Q4_0>(w.cpu, w, groups, quantized, acts, out),
+            Format::Q4_1 => groups_of::<Q4_1>(w.cpu, w, groups, quantized, acts, out),
+            Format::Q5_0 => groups_of::<Q5_0>(w.cpu, w, groups, quantized, acts, out),
+            Format::Q8_0 => groups_of::<Q8_0>(w.cpu, w, groups, quantized, acts, out),
         }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,fma,f16c")]
 unsafe fn groups_of<const FMT: u8>(
+    _cpu: Avx512Vnni,
     w: &PackedMatrix,
     groups: std::ops::Range<usize>,
     quantized: &[u8],
     acts: &Activations,
     out: *mut f32,
 ) {
-    let group_bytes = acts.blocks * format_of(FMT).group_block_bytes();
+    let group_bytes = acts.blocks * const { format_of(FMT).group_block_bytes() };
     for first_row in (0..acts.rows).step_by(BATCH_BLOCK) {
         let end_row = (first_row + BATCH_BLOCK).min(acts.rows);
         for g in groups.clone() {
@@ -369,7 +392,8 @@ unsafe fn groups_of<const FMT: u8>(
     }
 }
 
-/// One group's 16 rows × activation rows b0..b0 + C, every block.
+/// One group's 16 rows × activation rows b0..b0 + C, every block. Inlined into
+/// `groups_of`, which enables its features.
 #[inline(always)]
 unsafe fn tile<const FMT: u8, const C: usize>(
     group: &[u8],
@@ -380,7 +404,7 @@ unsafe fn tile<const FMT: u8, const C: usize>(
     n_rows: usize,
     out: *mut f32,
 ) {
-    let format = format_of(FMT);
+    let format = const { format_of(FMT) };
     let gbb = format.group_block_bytes();
     let blocks = acts.blocks;
     debug_assert_eq!(group.len(), blocks * gbb);

@@ -14,25 +14,11 @@
 //! order whatever the tile, batch split or thread count, so results are bit-identical across
 //! thread counts; against the scalar reference they differ only in float summation order.
 
-#![allow(clippy::missing_safety_doc)]
-
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use super::cpu::Avx512Vbmi;
 use crate::quant::{BlockQ8_0, BlockQ8_1, BlockQ8_K, GgmlType};
-
-/// Whether the running CPU has what these kernels need (checked once).
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("avx512vbmi")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    });
-    *AVAILABLE
-}
 
 /// 64 bytes, aligned for 512-bit loads: 64 quants, 16 i32 or 16 f32 lanes.
 #[derive(Clone, Copy)]
@@ -76,7 +62,7 @@ impl Format {
         (cols.is_multiple_of(64) && cols.is_multiple_of(ty.block_elements())).then_some(format)
     }
 
-    fn block_bytes(self) -> usize {
+    const fn block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
@@ -195,10 +181,11 @@ impl Panel {
                             put_i32(&mut slot.corr, 4 * g, -bsum(g));
                         }
                     }
-                    _ => {
+                    GgmlType::Q8_0 => {
                         let b: &[BlockQ8_0] = bytemuck::cast_slice(row);
                         fill_legacy_pair(slot, [&b[2 * p], &b[2 * p + 1]].map(|x| (x.d, &x.qs)));
                     }
+                    other => panic!("no VNNI kernel reads activations of type {other}"),
                 }
                 let lanes: &[f32] = bytemuck::cast_slice(&slot.offset.0);
                 let dense = &mut self.offsets[r * self.offset_stride + 2 * p..][..2];
@@ -223,25 +210,30 @@ fn fill_legacy_pair(slot: &mut PanelSlot, blocks: [([u8; 2], &[i8; 32]); 2]) {
 }
 
 /// The dot product's integer accumulator before the first pair: the weight format's unsigned
-/// shift (q + 8, q + 16, q + 128, q + 32) times the activations' −Σq, or zero.
+/// shift (q + 8, q + 16, q + 128, q + 32) times the activations' −Σq, or zero. Inlined into
+/// the `#[target_feature]` kernels, which enable avx512f.
 #[inline(always)]
 unsafe fn initial_sum<const FMT: u8>(corr: &Lanes) -> __m512i {
-    // SAFETY: Lanes is 64-byte aligned; the caller enabled avx512f.
+    // SAFETY: Lanes is 64 bytes, 64-byte aligned, so the aligned load reads exactly `corr`;
+    // the caller enabled avx512f.
     unsafe {
         let neg_sums = || _mm512_load_si512(corr.0.as_ptr().cast());
-        match FMT {
-            Q4_0 => _mm512_slli_epi32::<3>(neg_sums()),
-            Q5_0 => _mm512_slli_epi32::<4>(neg_sums()),
-            Q8_0 => _mm512_slli_epi32::<7>(neg_sums()),
-            Q6K => _mm512_slli_epi32::<5>(neg_sums()),
-            _ => _mm512_setzero_si512(),
+        match const { format_of(FMT) } {
+            Format::Q4_0 => _mm512_slli_epi32::<3>(neg_sums()),
+            Format::Q5_0 => _mm512_slli_epi32::<4>(neg_sums()),
+            Format::Q8_0 => _mm512_slli_epi32::<7>(neg_sums()),
+            Format::Q6K => _mm512_slli_epi32::<5>(neg_sums()),
+            Format::Q4_1 | Format::Q4K => _mm512_setzero_si512(),
         }
     }
 }
 
 /// Whether weight format `FMT` has an offset (min) term.
 const fn has_offset(fmt: u8) -> bool {
-    fmt == Q4_1 || fmt == Q4K
+    match format_of(fmt) {
+        Format::Q4_1 | Format::Q4K => true,
+        Format::Q4_0 | Format::Q5_0 | Format::Q8_0 | Format::Q6K => false,
+    }
 }
 
 /// Weight rows per tile: the unpacked tile is reused across every activation row.
@@ -284,13 +276,14 @@ thread_local! {
 
 /// out[b * n_rows + r] = Σ w[r]·x[b] for the weight rows `rows` and every panel row b.
 ///
-/// `weights` is the whole matrix (n_rows rows of the format's row bytes, as in the file).
+/// `weights` is the whole matrix (n_rows rows of the format's row bytes, as in the file), and
+/// `panel` holds activations for `format` with the matrix's column count (both checked).
 ///
 /// # Safety
-/// `available()` must be true, `panel` must have been filled for `format` with the matrix's
-/// column count, and `out` must point to (panel rows, n_rows) floats of which this call
-/// alone writes the columns `rows`.
+/// `out` must point to (panel rows, n_rows) floats of which no other thread reads or writes
+/// the columns `rows` during the call.
 pub unsafe fn matmul_rows(
+    _cpu: Avx512Vbmi,
     format: Format,
     weights: &[u8],
     n_rows: usize,
@@ -300,23 +293,29 @@ pub unsafe fn matmul_rows(
 ) {
     macro_rules! by_format {
         ($f:ident, $($args:tt)*) => {
-            match format.id() {
-                Q4_0 => $f::<Q4_0, $($args)*>,
-                Q4_1 => $f::<Q4_1, $($args)*>,
-                Q5_0 => $f::<Q5_0, $($args)*>,
-                Q8_0 => $f::<Q8_0, $($args)*>,
-                Q4K => $f::<Q4K, $($args)*>,
-                _ => $f::<Q6K, $($args)*>,
+            match format {
+                Format::Q4_0 => $f::<Q4_0, $($args)*>,
+                Format::Q4_1 => $f::<Q4_1, $($args)*>,
+                Format::Q5_0 => $f::<Q5_0, $($args)*>,
+                Format::Q8_0 => $f::<Q8_0, $($args)*>,
+                Format::Q4K => $f::<Q4K, $($args)*>,
+                Format::Q6K => $f::<Q6K, $($args)*>,
             }
         };
     }
-    let row_bytes = weights.len() / n_rows.max(1);
-    debug_assert_eq!(panel.act_ty, Some(format.activation_type()));
-    debug_assert_eq!(
-        row_bytes,
-        panel.pairs * 64 / format_block_elements(format) * format.block_bytes()
+    // The kernels' unchecked reads of the panel and the weights rest on these.
+    let row_bytes = panel.pairs * 64 / format_block_elements(format) * format.block_bytes();
+    assert_eq!(panel.act_ty, Some(format.activation_type()), "panel format");
+    assert_eq!(panel.slots.len(), panel.rows * panel.pairs, "panel size");
+    assert_eq!(
+        weights.len(),
+        n_rows * row_bytes,
+        "weights are n_rows × row bytes"
     );
-    // SAFETY: forwarded from the caller.
+    assert!(rows.end <= n_rows, "rows inside the matrix");
+    // SAFETY: `_cpu` proves every feature the kernels enable; the panel and weights have the
+    // sizes they read (asserted above); the caller gives this call the columns `rows` of
+    // (panel rows, n_rows) outputs at `out`, which are all it writes.
     unsafe {
         match panel.rows {
             1 => by_format!(gemv_rows, 1)(weights, row_bytes, n_rows, rows, panel, out),
@@ -350,8 +349,7 @@ unsafe fn gemm_rows<const FMT: u8>(
                 let n_r = TILE_ROWS.min(rows.end - r0);
                 for t in 0..n_r {
                     let row = &weights[(r0 + t) * row_bytes..(r0 + t + 1) * row_bytes];
-                    // SAFETY: the caller checked the CPU features; `row` holds `pairs` pairs.
-                    unsafe { unpack_row::<FMT>(row, pairs, tile, t * pairs) };
+                    unpack_row::<FMT>(row, pairs, tile, t * pairs);
                 }
                 let mut c0 = col_start;
                 while c0 < col_end {
@@ -372,7 +370,7 @@ unsafe fn gemm_rows<const FMT: u8>(
 fn format_block_elements(format: Format) -> usize {
     match format {
         Format::Q4K | Format::Q6K => 256,
-        _ => 32,
+        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q8_0 => 32,
     }
 }
 
@@ -391,7 +389,9 @@ unsafe fn dispatch_tile<const FMT: u8>(
 ) {
     macro_rules! go {
         ($r:literal, $c:literal) => {
-            // SAFETY: forwarded from the caller.
+            // SAFETY: the caller filled tile rows 0..n_r and has panel rows c0..c0 + n_c
+            // with `pairs` slots each, and owns outputs (c0.., r0..) of `out`; this function
+            // enables the kernel's features.
             unsafe { kernel::<FMT, $r, $c>(tile, panel, pairs, c0, r0, n_rows, out) }
         };
     }
@@ -411,7 +411,8 @@ unsafe fn dispatch_tile<const FMT: u8>(
         (1, 4) => go!(1, 4),
         (1, 3) => go!(1, 3),
         (1, 2) => go!(1, 2),
-        _ => go!(1, 1),
+        (1, 1) => go!(1, 1),
+        _ => unreachable!("tiles are 1..=4 × 1..=4"),
     }
 }
 
@@ -571,7 +572,9 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Format ids for const generics (one monomorphized kernel per weight format).
+/// Format ids for const generics (one monomorphized kernel per weight format; enums cannot
+/// be const parameters on stable Rust). Kernels turn the id back into a [`Format`] at compile
+/// time, with `const { format_of(FMT) }`, and match on that exhaustively.
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q5_0: u8 = 2;
@@ -579,41 +582,33 @@ const Q8_0: u8 = 3;
 const Q4K: u8 = 4;
 const Q6K: u8 = 5;
 
-impl Format {
-    fn id(self) -> u8 {
-        match self {
-            Self::Q4_0 => Q4_0,
-            Self::Q4_1 => Q4_1,
-            Self::Q5_0 => Q5_0,
-            Self::Q8_0 => Q8_0,
-            Self::Q4K => Q4K,
-            Self::Q6K => Q6K,
-        }
-    }
-}
-
-const fn block_bytes_of(fmt: u8) -> usize {
-    match fmt {
-        Q4_0 => 18,
-        Q4_1 => 20,
-        Q5_0 => 22,
-        Q8_0 => 34,
-        Q4K => 144,
-        _ => 210,
+/// The format of a kernel id; any other id fails to compile where a kernel uses it.
+const fn format_of(id: u8) -> Format {
+    match id {
+        Q4_0 => Format::Q4_0,
+        Q4_1 => Format::Q4_1,
+        Q5_0 => Format::Q5_0,
+        Q8_0 => Format::Q8_0,
+        Q4K => Format::Q4K,
+        Q6K => Format::Q6K,
+        _ => panic!("not a VNNI format id"),
     }
 }
 
 /// Pair `p` (elements 64p..64p + 64) of a weight row: the 64 quants as unsigned bytes in
 /// element order, the per-lane weight scale, and the per-lane weight offset (zero for
-/// formats without one).
+/// formats without one). Inlined into the `#[target_feature]` kernels, which enable its
+/// features.
 #[inline(always)]
 unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __m512) {
-    let bb = block_bytes_of(FMT);
+    let format = const { format_of(FMT) };
+    let bb = format.block_bytes();
     // SAFETY: the slices below are bounds-checked views of `row`; every load reads inside
-    // them; register intrinsics run under the caller's enabled target features.
+    // them (the masked load only its first 2·bb bytes); register intrinsics run under the
+    // caller's enabled target features.
     unsafe {
-        match FMT {
-            Q4_0 | Q4_1 | Q5_0 | Q8_0 => {
+        match format {
+            Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q8_0 => {
                 // Both blocks of the pair come in one or two 64-byte loads; byte and word
                 // permutes pick the quants and the f16 scales out of them.
                 let pair = &row[2 * p * bb..(2 * p + 2) * bb];
@@ -625,10 +620,13 @@ unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __
                     (_mm512_xor_si512(q, _mm512_set1_epi8(0x80u8 as i8)), a)
                 } else {
                     let a = _mm512_maskz_loadu_epi8((1u64 << (2 * bb)) - 1, ptr.cast());
-                    let (index, shifts) = match FMT {
-                        Q4_0 => (&Q4_0_NIBBLES, NIBBLE_SHIFTS),
-                        Q4_1 => (&Q4_1_NIBBLES, NIBBLE_SHIFTS),
-                        _ => (&Q5_0_NIBBLES, NIBBLE_SHIFTS),
+                    let (index, shifts) = match format {
+                        Format::Q4_0 => (&Q4_0_NIBBLES, NIBBLE_SHIFTS),
+                        Format::Q4_1 => (&Q4_1_NIBBLES, NIBBLE_SHIFTS),
+                        Format::Q5_0 => (&Q5_0_NIBBLES, NIBBLE_SHIFTS),
+                        Format::Q8_0 | Format::Q4K | Format::Q6K => {
+                            unreachable!("nibble formats only")
+                        }
                     };
                     let spread = _mm512_permutexvar_epi8(idx8(index), a);
                     let shift = _mm512_loadu_si512(shifts.as_ptr().cast());
@@ -650,11 +648,12 @@ unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __
                     (q, a)
                 };
                 // f16 words [d0, m0, d1, m1] (Q4_1) or [d0, d1] into the low lanes.
-                let word_index = match FMT {
-                    Q4_1 => &Q4_1_WORDS,
-                    Q4_0 => &Q4_0_WORDS,
-                    Q5_0 => &Q5_0_WORDS,
-                    _ => &Q8_0_WORDS,
+                let word_index = match format {
+                    Format::Q4_1 => &Q4_1_WORDS,
+                    Format::Q4_0 => &Q4_0_WORDS,
+                    Format::Q5_0 => &Q5_0_WORDS,
+                    Format::Q8_0 => &Q8_0_WORDS,
+                    Format::Q4K | Format::Q6K => unreachable!("32-element block formats only"),
                 };
                 let w =
                     _mm512_permutexvar_epi16(_mm512_loadu_si512(word_index.as_ptr().cast()), words);
@@ -673,7 +672,7 @@ unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __
                     )
                 }
             }
-            Q4K => {
+            Format::Q4K => {
                 let (sb, within) = (p / 4, p % 4);
                 let b = &row[sb * bb..(sb + 1) * bb];
                 let y = _mm256_loadu_si256(b[16 + 32 * within..].as_ptr().cast());
@@ -694,7 +693,7 @@ unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __
                     _mm512_permutexvar_ps(idx(&PAIR_SPREAD), _mm512_castps128_ps512(mv)),
                 )
             }
-            _ => {
+            Format::Q6K => {
                 let (sb, within) = (p / 4, p % 4);
                 let b = &row[sb * bb..(sb + 1) * bb];
                 let (half, upper) = (within / 2, within % 2);
@@ -739,9 +738,11 @@ unsafe fn load_pair<const FMT: u8>(row: &[u8], p: usize) -> (__m512i, __m512, __
 
 /// Unpacks every pair of one weight row into tile slots `first..first + pairs`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi,fma,f16c")]
-unsafe fn unpack_row<const FMT: u8>(row: &[u8], pairs: usize, tile: &mut WeightTile, first: usize) {
+fn unpack_row<const FMT: u8>(row: &[u8], pairs: usize, tile: &mut WeightTile, first: usize) {
     for p in 0..pairs {
-        // SAFETY: `row` holds `pairs` pairs; the tile slots exist (sized by the caller).
+        // SAFETY: load_pair reads only through bounds-checked slices of `row`, and this
+        // function enables its features; the slot is a bounds-checked element of the tile,
+        // and Lanes are 64 bytes, 64-byte aligned, for the aligned stores.
         unsafe {
             let (q, scale, offset) = load_pair::<FMT>(row, p);
             let slot = &mut tile.slots[first + p];
@@ -833,10 +834,10 @@ mod tests {
 
     #[test]
     fn vnni_matmul_matches_the_reference_on_awkward_shapes() {
-        if !available() {
-            eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+        let Some(cpu) = Avx512Vbmi::detect() else {
+            eprintln!("no AVX-512 VNNI and VBMI on this CPU: nothing to compare");
             return;
-        }
+        };
         let types = [
             GgmlType::Q4_0,
             GgmlType::Q4_1,
@@ -873,10 +874,19 @@ mod tests {
                 let mut fast = vec![f32::NAN; batch * rows];
                 // Two calls over a split of the rows, as two threads would make them.
                 let split = rows / 2;
-                // SAFETY: features checked; panel filled for this format; disjoint row ranges.
+                // SAFETY: `fast` holds (batch, rows) floats and the two calls, one after the
+                // other, write disjoint row ranges.
                 unsafe {
-                    matmul_rows(format, &w, rows, 0..split, &panel, fast.as_mut_ptr());
-                    matmul_rows(format, &w, rows, split..rows, &panel, fast.as_mut_ptr());
+                    matmul_rows(cpu, format, &w, rows, 0..split, &panel, fast.as_mut_ptr());
+                    matmul_rows(
+                        cpu,
+                        format,
+                        &w,
+                        rows,
+                        split..rows,
+                        &panel,
+                        fast.as_mut_ptr(),
+                    );
                 }
                 let mut reference = vec![0.0f32; batch * rows];
                 for b in 0..batch {
@@ -901,8 +911,8 @@ mod tests {
                 }
                 // The same outputs, bit for bit, from one call over all rows (another tiling).
                 let mut whole = vec![f32::NAN; batch * rows];
-                // SAFETY: as above.
-                unsafe { matmul_rows(format, &w, rows, 0..rows, &panel, whole.as_mut_ptr()) };
+                // SAFETY: `whole` holds (batch, rows) floats, all written by this one call.
+                unsafe { matmul_rows(cpu, format, &w, rows, 0..rows, &panel, whole.as_mut_ptr()) };
                 assert_eq!(
                     whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),

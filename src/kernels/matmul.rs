@@ -27,10 +27,12 @@ pub fn repack(
     release: &mut dyn FnMut(std::ops::Range<usize>),
 ) -> Option<PackedMatrix> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(format) =
-        super::gemm_r16::Format::of(ty, rows, cols).filter(|_| super::gemm_r16::available())
+    if let Some(cpu) = super::cpu::Avx512Vnni::detect()
+        && let Some(format) = super::gemm_r16::Format::of(ty, rows, cols)
     {
-        return Some(PackedMatrix::pack(pool, format, rows, cols, data, release));
+        return Some(PackedMatrix::pack(
+            cpu, pool, format, rows, cols, data, release,
+        ));
     }
     let _ = (pool, ty, rows, cols, data, release);
     None
@@ -94,9 +96,8 @@ pub fn matmul(
         let (quantized, blocks) = (&scratch.activations, &scratch.blocks);
         pool.for_ranges(w.rows / super::gemm_r16::GROUP_ROWS, 1, |groups| {
             let out_ptr = &out_ptr;
-            // SAFETY: packing checked the CPU features; the activation blocks were filled for
-            // this format and width; each task writes only its own groups' rows of `out`,
-            // which is (batch, rows) (checked above).
+            // SAFETY: `out` is (batch, rows) (asserted above) and for_ranges gives each task
+            // its own groups, so no two tasks write the same output.
             unsafe {
                 super::gemm_r16::matmul_groups(packed, groups, quantized, blocks, out_ptr.ptr())
             };
@@ -105,18 +106,26 @@ pub fn matmul(
     }
 
     #[cfg(target_arch = "x86_64")]
-    if let Some(format) = super::gemm_vnni::Format::of(w.ty, w.cols)
-        .filter(|_| pool.fast_kernels() && super::gemm_vnni::available())
+    if let Some(cpu) = super::cpu::Avx512Vbmi::detect().filter(|_| pool.fast_kernels())
+        && let Some(format) = super::gemm_vnni::Format::of(w.ty, w.cols)
     {
         scratch.panel.fill(act_ty, activations, batch, w.cols);
         let panel = &scratch.panel;
         let out_ptr = DisjointWrites::new(out);
         pool.for_ranges(w.rows, 16, |rows| {
             let out_ptr = &out_ptr;
-            // SAFETY: the CPU has the features; the panel was filled for this format and
-            // width; each thread writes only its own rows' outputs, inside `out` (checked above).
+            // SAFETY: `out` is (batch, rows) (asserted above) and for_ranges gives each task
+            // its own rows, so no two tasks write the same output.
             unsafe {
-                super::gemm_vnni::matmul_rows(format, w.data, w.rows, rows, panel, out_ptr.ptr())
+                super::gemm_vnni::matmul_rows(
+                    cpu,
+                    format,
+                    w.data,
+                    w.rows,
+                    rows,
+                    panel,
+                    out_ptr.ptr(),
+                )
             };
         });
         return Ok(());
@@ -191,9 +200,8 @@ pub fn matmul_many(
                 let start = range.start.max(first) - first;
                 let end = range.end.min(first + n).saturating_sub(first);
                 if start < end {
-                    // SAFETY: packing checked the CPU features; the blocks were filled for
-                    // the shared activation type and width; this task alone writes groups
-                    // start..end of this matrix's output, inside it (checked above).
+                    // SAFETY: each output is (batch, rows of its matrix) (asserted above) and
+                    // for_ranges gives this task alone groups start..end of this matrix.
                     unsafe {
                         super::gemm_r16::matmul_groups(w, start..end, quantized, blocks, out.ptr())
                     };
@@ -204,7 +212,7 @@ pub fn matmul_many(
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(formats) = fusable_formats(weights).filter(|_| pool.fast_kernels()) {
+    if let Some((cpu, formats)) = fusable_formats(weights).filter(|_| pool.fast_kernels()) {
         let (cols, act_ty) = (weights[0].cols, formats[0].activation_type());
         let act_row_bytes = act_ty
             .row_bytes(cols as u64)
@@ -235,11 +243,11 @@ pub fn matmul_many(
                 let start = range.start.max(first_row) - first_row;
                 let end = range.end.min(first_row + w.rows).saturating_sub(first_row);
                 if start < end {
-                    // SAFETY: the CPU has the features (checked by `fusable_formats`); the panel
-                    // was filled for this activation type and width; this task alone writes
-                    // rows start..end of this matrix's output, inside it (checked above).
+                    // SAFETY: each output is (batch, rows of its matrix) (asserted above) and
+                    // for_ranges gives this task alone rows start..end of this matrix.
                     unsafe {
                         super::gemm_vnni::matmul_rows(
+                            cpu,
                             format,
                             w.data,
                             w.rows,
@@ -274,14 +282,15 @@ fn fusable_packed<'a>(weights: &[WeightView<'a>]) -> Option<Vec<&'a PackedMatrix
         .then_some(packed)
 }
 
-/// The VNNI formats of `weights` when all have one, of the same width and activation type.
+/// The VNNI formats of `weights` when the CPU has the kernels and all have one, of the same
+/// width and activation type.
 #[cfg(target_arch = "x86_64")]
-fn fusable_formats(weights: &[WeightView<'_>]) -> Option<Vec<super::gemm_vnni::Format>> {
-    use super::gemm_vnni::{Format, available};
+fn fusable_formats(
+    weights: &[WeightView<'_>],
+) -> Option<(super::cpu::Avx512Vbmi, Vec<super::gemm_vnni::Format>)> {
+    use super::gemm_vnni::Format;
     let first = weights.first()?;
-    if !available() {
-        return None;
-    }
+    let cpu = super::cpu::Avx512Vbmi::detect()?;
     let formats: Option<Vec<Format>> = weights
         .iter()
         .map(|w| Format::of(w.ty, w.cols).filter(|_| w.cols == first.cols))
@@ -290,7 +299,7 @@ fn fusable_formats(weights: &[WeightView<'_>]) -> Option<Vec<super::gemm_vnni::F
     formats
         .iter()
         .all(|f| f.activation_type() == formats[0].activation_type())
-        .then_some(formats)
+        .then_some((cpu, formats))
 }
 
 /// Converts each (cols)-long row of `x` to `act_ty` into `scratch.activations`, rows in
@@ -305,8 +314,7 @@ fn quantize_rows(
 ) -> Result<(), QuantError> {
     let batch = x.len() / cols;
     #[cfg(target_arch = "x86_64")]
-    if pool.fast_kernels()
-        && super::simd_x86::available()
+    if let Some(cpu) = super::cpu::Avx2::detect().filter(|_| pool.fast_kernels())
         && matches!(act_ty, GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K)
     {
         scratch.activations.resize(batch * act_row_bytes, 0);
@@ -318,6 +326,7 @@ fn quantize_rows(
                 for (i, row) in rows.chunks_exact_mut(act_row_bytes).enumerate() {
                     let b = first + i;
                     let quantized = super::simd_x86::quantize_activations(
+                        cpu,
                         act_ty,
                         &x[b * cols..(b + 1) * cols],
                         row,
@@ -341,7 +350,10 @@ fn quantize_rows(
 #[inline]
 fn dot(fast: bool, ty: GgmlType, w_row: &[u8], a_row: &[u8], n: usize) -> Result<f32, QuantError> {
     #[cfg(target_arch = "x86_64")]
-    if fast && let Some(v) = super::simd_x86::vec_dot(ty, w_row, a_row) {
+    if fast
+        && let Some(cpu) = super::cpu::Avx2::detect()
+        && let Some(v) = super::simd_x86::vec_dot(cpu, ty, w_row, a_row)
+    {
         return Ok(v);
     }
     quant::vec_dot(ty, w_row, a_row, n)
@@ -451,7 +463,7 @@ mod fast_against_reference {
                     quant::quantize_row(ty, &values(rows * cols, 5, 0.5), &mut data).unwrap();
                     let packed = repack(&fast, ty, rows, cols, &data, &mut |_| {});
                     #[cfg(target_arch = "x86_64")]
-                    if crate::kernels::gemm_r16::available() {
+                    if crate::kernels::cpu::Avx512Vnni::detect().is_some() {
                         let repackable = matches!(
                             ty,
                             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0

@@ -7,6 +7,8 @@ mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_avx512;
 #[cfg(target_arch = "x86_64")]
+pub mod cpu;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm_r16;
 #[cfg(target_arch = "x86_64")]
 mod gemm_vnni;

@@ -127,14 +127,11 @@ pub fn gated_activation(
     pool.for_chunks_mut(gate, n_ff.max(1), 8, |first, g| {
         let u = &up[first * n_ff..first * n_ff + g.len()];
         #[cfg(target_arch = "x86_64")]
-        if pool.fast_kernels() && super::attention_avx512::available() {
-            // SAFETY: the CPU has the features.
-            unsafe {
-                if gelu {
-                    super::attention_avx512::gelu_mul(g, u)
-                } else {
-                    super::attention_avx512::silu_mul(g, u)
-                }
+        if let Some(cpu) = super::cpu::Avx512::detect().filter(|_| pool.fast_kernels()) {
+            if gelu {
+                super::attention_avx512::gelu_mul(cpu, g, u)
+            } else {
+                super::attention_avx512::silu_mul(cpu, g, u)
             }
             return;
         }

@@ -3,25 +3,14 @@
 //! Integer parts are exact; only the order of the final float accumulation differs from the
 //! reference, so results agree to a few ulps of the row's magnitude.
 
-#![allow(clippy::missing_safety_doc)]
-
 use super::attention::KvRows;
+use super::cpu::Avx2;
 use std::arch::x86_64::*;
 
 use crate::quant::{
     BlockQ4_0, BlockQ4_1, BlockQ4_K, BlockQ5_0, BlockQ6_K, BlockQ8_0, BlockQ8_1, BlockQ8_K,
     GgmlType,
 };
-
-/// Whether the running CPU has what these kernels need (checked once).
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    });
-    *AVAILABLE
-}
 
 /// f16 → f32 with the F16C instruction (the `half` crate re-checks CPU features per call).
 #[inline]
@@ -80,7 +69,7 @@ unsafe fn load32(p: &[i8; 32]) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in w.iter().zip(a) {
         // SAFETY: block fields are fixed-size arrays; avx2 is enabled for this function.
@@ -95,7 +84,7 @@ pub unsafe fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0.0f32;
     for (w, a) in w.iter().zip(a) {
@@ -134,7 +123,7 @@ unsafe fn q5_high(qh: [u8; 4]) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in w.iter().zip(a) {
         // SAFETY: as in dot_q4_0.
@@ -149,7 +138,7 @@ pub unsafe fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in w.iter().zip(a) {
         // SAFETY: as in dot_q4_0.
@@ -176,7 +165,7 @@ fn scale_min_k4(j: usize, s: &[u8; 12]) -> (i16, i32) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q4_k(w: &[BlockQ4_K], a: &[BlockQ8_K]) -> f32 {
+fn dot_q4_k(w: &[BlockQ4_K], a: &[BlockQ8_K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins_total = 0.0f32;
     for (w, a) in w.iter().zip(a) {
@@ -211,7 +200,7 @@ pub unsafe fn dot_q4_k(w: &[BlockQ4_K], a: &[BlockQ8_K]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
+fn dot_q6_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (w, a) in w.iter().zip(a) {
         // SAFETY: every load reads 32 bytes inside the block's fixed-size arrays.
@@ -267,8 +256,28 @@ pub unsafe fn dot_q6_k(w: &[BlockQ6_K], a: &[BlockQ8_K]) -> f32 {
 /// Attention scores `scores[i] = scale · q · key(first + i)` for the keys of one kv head:
 /// `keys` is (positions, kv_dim) and the head's slice starts at `offset` in each row.
 /// `q.len()` is the head size, a multiple of 8.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_scores<T: KvElement>(
+    _cpu: Avx2,
+    keys: KvRows<'_, T>,
+    kv_dim: usize,
+    offset: usize,
+    first: usize,
+    q: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+) {
+    assert!(
+        q.len().is_multiple_of(8),
+        "the head size is a multiple of 8"
+    );
+    // SAFETY: `_cpu` exists only when the CPU has avx2, fma and f16c, all that the kernel
+    // enables.
+    unsafe { scores_kernel(keys, kv_dim, offset, first, q, scale, scores) }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn attention_scores<T: KvElement>(
+fn scores_kernel<T: KvElement>(
     keys: KvRows<'_, T>,
     kv_dim: usize,
     offset: usize,
@@ -304,8 +313,26 @@ pub unsafe fn attention_scores<T: KvElement>(
 
 /// `out = Σ_i weights[i] · value(first + i)` for the values of one kv head (layout as in
 /// [`attention_scores`]); `out.len()` is the head size, a multiple of 8.
+pub fn attention_weighted_sum<T: KvElement>(
+    _cpu: Avx2,
+    values: KvRows<'_, T>,
+    kv_dim: usize,
+    offset: usize,
+    first: usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    assert!(
+        out.len().is_multiple_of(8),
+        "the head size is a multiple of 8"
+    );
+    // SAFETY: `_cpu` exists only when the CPU has avx2, fma and f16c, all that the kernel
+    // enables.
+    unsafe { weighted_sum_kernel(values, kv_dim, offset, first, weights, out) }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn attention_weighted_sum<T: KvElement>(
+fn weighted_sum_kernel<T: KvElement>(
     values: KvRows<'_, T>,
     kv_dim: usize,
     offset: usize,
@@ -351,7 +378,8 @@ impl KvElement for f32 {
     #[inline(always)]
     unsafe fn load8(row: &[f32], d: usize) -> __m256 {
         debug_assert!(d + 8 <= row.len());
-        // SAFETY: per the trait contract.
+        // SAFETY: the trait's caller guarantees d + 8 <= row.len(), so the 32 bytes read lie
+        // inside `row`, and that the CPU has avx2.
         unsafe { _mm256_loadu_ps(row.as_ptr().add(d)) }
     }
 }
@@ -360,7 +388,8 @@ impl KvElement for half::f16 {
     #[inline(always)]
     unsafe fn load8(row: &[half::f16], d: usize) -> __m256 {
         debug_assert!(d + 8 <= row.len());
-        // SAFETY: per the trait contract; f16 is 2 bytes, so 8 of them are 16 bytes.
+        // SAFETY: the trait's caller guarantees d + 8 <= row.len() (f16 is 2 bytes, so the
+        // 16 bytes read lie inside `row`) and that the CPU has avx2 and f16c.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(d).cast())) }
     }
 }
@@ -398,8 +427,8 @@ unsafe fn pack_i8(q: [__m256i; 4]) -> [i8; 32] {
 /// ggml's 8-bit block rounding of 32 values (d = amax/127, q = round(x/d)), bit-exact with
 /// `quant`'s reference: (d, quants, Σ quants).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn round_8bit(x: &[f32]) -> (f32, [i8; 32], i32) {
-    debug_assert_eq!(x.len(), 32);
+fn round_8bit(x: &[f32]) -> (f32, [i8; 32], i32) {
+    assert_eq!(x.len(), 32, "one block");
     // SAFETY: x holds 32 floats; features enabled.
     unsafe {
         let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(x.as_ptr().add(i)));
@@ -430,15 +459,12 @@ unsafe fn round_8bit(x: &[f32]) -> (f32, [i8; 32], i32) {
 /// Quantizes one activation row to `ty` (Q8_0, Q8_1 or Q8_K), bit-exact with
 /// `quant::quantize_activations`; `out` is that format's row bytes. False when there is no
 /// fast path for `ty` on this CPU.
-pub fn quantize_activations(ty: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
-    if !available() {
-        return false;
-    }
+pub fn quantize_activations(_cpu: Avx2, ty: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
     match ty {
         GgmlType::Q8_0 | GgmlType::Q8_1 => {
             let block_bytes = ty.block_bytes();
             for (xb, ob) in x.chunks_exact(32).zip(out.chunks_exact_mut(block_bytes)) {
-                // SAFETY: the CPU has avx2/fma/f16c.
+                // SAFETY: `_cpu` proves avx2, fma and f16c, the features round_8bit enables.
                 let (d, qs, sum) = unsafe { round_8bit(xb) };
                 let dh = half::f16::from_f32(d).to_le_bytes();
                 ob[..2].copy_from_slice(&dh);
@@ -457,7 +483,7 @@ pub fn quantize_activations(ty: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
                 .chunks_exact(256)
                 .zip(out.chunks_exact_mut(ty.block_bytes()))
             {
-                // SAFETY: the CPU has avx2/fma/f16c.
+                // SAFETY: `_cpu` proves avx2, fma and f16c, the features quantize_q8_k enables.
                 unsafe { quantize_q8_k(xb, ob) };
             }
             true
@@ -469,7 +495,8 @@ pub fn quantize_activations(ty: GgmlType, x: &[f32], out: &mut [u8]) -> bool {
 /// ggml's quantize_row_q8_K_ref for one block of 256: scale from the signed value of largest
 /// magnitude (the first on ties), round half to even, sums of every 16 quants.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
+fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
+    assert_eq!(x.len(), 256, "one block");
     let block: &mut BlockQ8_K = bytemuck::from_bytes_mut(out);
     // SAFETY: x holds 256 floats; features enabled.
     unsafe {
@@ -517,12 +544,10 @@ unsafe fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
 }
 
 /// The fast dot product for `ty`, when there is one.
-pub fn vec_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
-    if !available() {
-        return None;
-    }
-    // SAFETY: `available()` confirmed avx2, fma and f16c; the casts of block-aligned-1 Pod types
-    // cannot fail once the caller has checked the lengths.
+pub fn vec_dot(_cpu: Avx2, ty: GgmlType, w: &[u8], a: &[u8]) -> Option<f32> {
+    // SAFETY: `_cpu` proves avx2, fma and f16c, the features the dot kernels enable; they only
+    // read the blocks' fixed-size arrays. (The casts of alignment-1 Pod blocks panic, never
+    // misread, when a length is not whole blocks.)
     unsafe {
         Some(match ty {
             GgmlType::Q4_0 => dot_q4_0(bytemuck::cast_slice(w), bytemuck::cast_slice(a)),
@@ -544,10 +569,10 @@ mod tests {
 
     #[test]
     fn simd_activation_quantization_is_bit_exact() {
-        if !available() {
+        let Some(cpu) = Avx2::detect() else {
             eprintln!("no AVX2 on this CPU: nothing to compare");
             return;
-        }
+        };
         for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K] {
             for (seed, scale) in [(1u64, 1.0f32), (2, 1e-6), (3, 3e4), (4, 0.0)] {
                 let mut x = values(1024, seed, scale);
@@ -558,7 +583,7 @@ mod tests {
                 let mut reference = Vec::new();
                 quant::quantize_activations(ty, &x, &mut reference).unwrap();
                 let mut fast = vec![0u8; reference.len()];
-                assert!(quantize_activations(ty, &x, &mut fast));
+                assert!(quantize_activations(cpu, ty, &x, &mut fast));
                 assert_eq!(fast, reference, "{ty} scale {scale}");
             }
         }
@@ -566,10 +591,10 @@ mod tests {
 
     #[test]
     fn simd_dots_match_the_reference_on_awkward_inputs() {
-        if !available() {
+        let Some(cpu) = Avx2::detect() else {
             eprintln!("no AVX2 on this CPU: nothing to compare");
             return;
-        }
+        };
         let cases: [(GgmlType, &[usize]); 6] = [
             (GgmlType::Q4_0, &[]),
             (GgmlType::Q4_1, &[]),
@@ -596,7 +621,7 @@ mod tests {
                 quant::quantize_activations(ty.vec_dot_type(), &values(n, seed * 7, scale), &mut a)
                     .unwrap();
                 let reference = quant::vec_dot(ty, &w, &a, n).unwrap();
-                let fast = vec_dot(ty, &w, &a).unwrap();
+                let fast = vec_dot(cpu, ty, &w, &a).unwrap();
                 let tolerance = 1e-5 * reference.abs().max(1e-30) + 1e-30;
                 assert!(
                     (fast - reference).abs() <= tolerance.max(reference.abs() * 1e-5),
