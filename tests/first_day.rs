@@ -36,7 +36,8 @@ fn take(p: *mut c_char) -> String {
     assert!(!p.is_null());
     // SAFETY: p came from the library and is NUL-terminated; it is freed exactly once here.
     let s = unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_string();
-    // SAFETY: as above.
+    // SAFETY: `p` is a string the library returned, non-NULL (asserted above) and not yet
+    // freed; this is the only place it is freed, and `s` is an owned copy.
     unsafe { smallmind_string_free(p) };
     s
 }
@@ -61,8 +62,11 @@ impl Drop for Chat {
     }
 }
 
-// SAFETY: chats may be cancelled from any thread (smallmind_chat_cancel is thread-safe).
+// SAFETY: a chat handle may be used and freed from any thread, one call at a time
+// (smallmind_chat's docs); Drop frees it exactly once.
 unsafe impl Send for Chat {}
+// SAFETY: through `&Chat` the tests only overlap calls the library allows: smallmind_chat_cancel
+// is thread-safe, and a second concurrent call on a chat returns BUSY.
 unsafe impl Sync for Chat {}
 
 fn engine_with(
@@ -667,7 +671,8 @@ fn a_directory_as_model_path_is_named_as_a_directory() {
 unsafe extern "C" fn collect_log(user_data: *mut c_void, level: i32, message: *const c_char) {
     // SAFETY: user_data is the Vec the test passed; message is valid during the call.
     let logs = unsafe { &mut *user_data.cast::<Vec<(i32, String)>>() };
-    // SAFETY: as above.
+    // SAFETY: `message` is the pointer of the CString the library passes to on_log, NUL-terminated
+    // and alive for the callback.
     logs.push((
         level,
         unsafe { CStr::from_ptr(message) }
@@ -729,10 +734,8 @@ fn response_ids_are_unique_across_chats_with_one_session_id_and_after_import() {
     let second = send(&b, &request)["id"].as_str().unwrap().to_string();
     let mut exported = ptr::null_mut();
     // SAFETY: a live chat and a valid out pointer.
-    assert_eq!(
-        unsafe { smallmind_chat_export(a.0, &mut exported) },
-        SMALLMIND_OK
-    );
+    let status = unsafe { smallmind_chat_export(a.0, &mut exported) };
+    assert_eq!(status, SMALLMIND_OK);
     let exported = CString::new(take(exported)).unwrap();
     let mut imported = ptr::null_mut();
     // SAFETY: a live engine, a NUL-terminated export and a valid out pointer.

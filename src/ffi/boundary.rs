@@ -72,7 +72,8 @@ pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, name: &str) -> Result<&'a s
     if ptr.is_null() {
         return Err(Error::invalid_argument(format!("{name} is NULL")));
     }
-    // SAFETY: non-null, and the caller guarantees a NUL-terminated string alive for the call.
+    // SAFETY: `ptr` is non-null (checked just above) and, by this fn's # Safety, NUL-terminated and
+    // alive for the call.
     let cstr = unsafe { CStr::from_ptr(ptr) };
     cstr.to_str().map_err(|e| {
         Error::invalid_argument(format!(

@@ -204,11 +204,13 @@ pub unsafe extern "C" fn smallmind_host_result_set(
     content: *const c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: NULL or the live result the library passed to the running callback.
+        // SAFETY: `result` is NULL or the pointer the running callback got (# Safety): ask's local
+        // result, alive and not otherwise borrowed during the callback; as_mut maps NULL to None.
         let result =
             unsafe { result.as_mut() }.ok_or_else(|| Error::invalid_argument("result is NULL"))?;
         let callback = result.callback;
-        // SAFETY: NULL or NUL-terminated per the contract.
+        // SAFETY: `content` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_host_result_set); str_arg rejects NULL.
         match unsafe { str_arg(content, "content") } {
             Ok(text) => {
                 result.answer = Some(Ok(text.to_string()));
@@ -252,7 +254,8 @@ impl smallmind_chat_callbacks {
         if ptr.is_null() {
             return Ok(None);
         }
-        // SAFETY: non-null; every table starts with its u32 struct_size (read unaligned-safe).
+        // SAFETY: `ptr` is non-null (checked above), so by # Safety it points at a readable table
+        // whose first 4 bytes are its u32 struct_size; read_unaligned needs no alignment.
         let declared = unsafe { ptr.cast::<u32>().read_unaligned() } as usize;
         let host_size = match declared {
             0 => FIRST_TABLE_SIZE,
@@ -266,8 +269,8 @@ impl smallmind_chat_callbacks {
         let copy = host_size.min(std::mem::size_of::<Self>());
         let copy = copy - copy % std::mem::size_of::<usize>();
         let mut table = std::mem::MaybeUninit::<Self>::zeroed();
-        // SAFETY: the host guarantees `host_size` >= `copy` readable bytes at `ptr`; the
-        // destination is a local of size_of::<Self>() >= `copy`; the two do not overlap.
+        // SAFETY: # Safety makes `host_size` bytes readable at `ptr` and `copy` <= host_size (min
+        // above); the destination is a local of size_of::<Self>() >= `copy`, so no overlap.
         unsafe {
             std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), table.as_mut_ptr().cast::<u8>(), copy)
         };

@@ -20,7 +20,8 @@ unsafe fn optional_str<'a>(ptr: *const c_char, name: &str) -> Result<Option<&'a 
     if ptr.is_null() {
         Ok(None)
     } else {
-        // SAFETY: non-null and NUL-terminated per the caller's contract.
+        // SAFETY: `ptr` is non-null (checked just above) and, by this fn's # Safety, NUL-terminated
+        // and alive for the call, as str_arg requires.
         unsafe { str_arg(ptr, name) }.map(Some)
     }
 }
@@ -37,7 +38,8 @@ pub struct smallmind_chat {
 /// # Safety
 /// `chat` is NULL or a live handle.
 unsafe fn chat_ref<'a>(chat: *const smallmind_chat) -> Result<&'a Chat> {
-    // SAFETY: per the caller's contract.
+    // SAFETY: this fn's # Safety makes `chat` NULL or a live handle, so as_ref is sound; NULL
+    // becomes the error.
     unsafe { chat.as_ref() }
         .map(|c| &c.chat)
         .ok_or_else(|| Error::invalid_argument("chat is NULL"))
@@ -70,17 +72,20 @@ pub unsafe extern "C" fn smallmind_chat_create(
     out: *mut *mut smallmind_chat,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `engine` is NULL or a live handle from smallmind_engine_create (# Safety of
+        // smallmind_chat_create); engine_ref turns NULL into an error.
         let engine = unsafe { engine_ref(engine) }?;
         out_arg(out, "out")?;
         let options_text = if options_json.is_null() {
             None
         } else {
-            // SAFETY: non-null, NUL-terminated per the contract.
+            // SAFETY: `options_json` is non-null (checked just above), and NUL-terminated and alive
+            // for this call (# Safety of smallmind_chat_create).
             Some(unsafe { str_arg(options_json, "options_json") }?)
         };
         let chat = Chat::create(Arc::clone(&engine.engine), options_text)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_chat_create).
         unsafe { *out = into_handle(chat) };
         Ok(())
     })
@@ -94,7 +99,8 @@ pub unsafe extern "C" fn smallmind_chat_create(
 pub unsafe extern "C" fn smallmind_chat_free(chat: *mut smallmind_chat) {
     if !chat.is_null() {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: the caller guarantees a live handle from Box::into_raw.
+            // SAFETY: `chat` is non-null (checked above) and, by # Safety, an unfreed handle from
+            // into_handle's Box::into_raw that no running call uses.
             drop(unsafe { Box::from_raw(chat) });
         }));
     }
@@ -153,17 +159,21 @@ pub unsafe extern "C" fn smallmind_chat_send(
 ) -> smallmind_status {
     let started_at = std::time::Instant::now();
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `chat` is NULL or a live chat handle (# Safety of smallmind_chat_send); chat_ref
+        // turns NULL into an error.
         let chat = unsafe { chat_ref(chat) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `request_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_send); str_arg rejects NULL.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_response_json, "out_response_json")?;
-        // SAFETY: cb is NULL or a table of its struct_size, valid for the call.
+        // SAFETY: `cb` is NULL or a host table readable for its struct_size bytes during this call
+        // (# Safety of smallmind_chat_send), which is what read requires.
         let table = unsafe { smallmind_chat_callbacks::read(cb) }?;
         let mut events = RequestCallbacks::new(table, chat.session_id());
         let (response, _usage) = chat.send(json, started_at, &mut events)?;
         let response = string_to_c(response)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_response_json` above, and a non-NULL one is valid
+        // for writes (# Safety of smallmind_chat_send).
         unsafe { *out_response_json = response };
         Ok(())
     })
@@ -185,13 +195,16 @@ pub unsafe extern "C" fn smallmind_chat_render(
     out_json: *mut *mut c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `chat` is NULL or a live chat handle (# Safety of smallmind_chat_render);
+        // chat_ref turns NULL into an error.
         let chat = unsafe { chat_ref(chat) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `request_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_render); str_arg rejects NULL.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_json, "out_json")?;
         let text = string_to_c(chat.render(json)?)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_json` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_chat_render).
         unsafe { *out_json = text };
         Ok(())
     })
@@ -206,7 +219,8 @@ pub unsafe extern "C" fn smallmind_chat_render(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smallmind_chat_cancel(chat: *mut smallmind_chat) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `chat` is NULL or a live handle (# Safety of smallmind_chat_cancel) that no
+        // smallmind_chat_free ends during this call; chat_ref turns NULL into an error.
         let chat = unsafe { chat_ref(chat) }?;
         chat.cancel();
         Ok(())
@@ -220,7 +234,8 @@ pub unsafe extern "C" fn smallmind_chat_cancel(chat: *mut smallmind_chat) -> sma
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smallmind_chat_reset(chat: *mut smallmind_chat) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `chat` is NULL or a live chat handle (# Safety of smallmind_chat_reset); chat_ref
+        // turns NULL into an error.
         let chat = unsafe { chat_ref(chat) }?;
         chat.reset()
     })
@@ -237,11 +252,13 @@ pub unsafe extern "C" fn smallmind_chat_history(
     out_json: *mut *mut c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `chat` is NULL or a live chat handle (# Safety of smallmind_chat_history);
+        // chat_ref turns NULL into an error.
         let chat = unsafe { chat_ref(chat) }?;
         out_arg(out_json, "out_json")?;
         let text = string_to_c(chat.history_json()?)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_json` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_chat_history).
         unsafe { *out_json = text };
         Ok(())
     })
@@ -261,11 +278,13 @@ pub unsafe extern "C" fn smallmind_chat_export(
     out_json: *mut *mut c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `chat` is NULL or a live chat handle (# Safety of smallmind_chat_export);
+        // chat_ref turns NULL into an error.
         let chat = unsafe { chat_ref(chat) }?;
         out_arg(out_json, "out_json")?;
         let text = string_to_c(chat.export_json()?)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_json` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_chat_export).
         unsafe { *out_json = text };
         Ok(())
     })
@@ -287,13 +306,16 @@ pub unsafe extern "C" fn smallmind_chat_import(
     out: *mut *mut smallmind_chat,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `engine` is NULL or a live handle from smallmind_engine_create (# Safety of
+        // smallmind_chat_import); engine_ref turns NULL into an error.
         let engine = unsafe { engine_ref(engine) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_import); str_arg rejects NULL.
         let text = unsafe { str_arg(json, "json") }?;
         out_arg(out, "out")?;
         let chat = Chat::import(Arc::clone(&engine.engine), text)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_chat_import).
         unsafe { *out = into_handle(chat) };
         Ok(())
     })
@@ -314,13 +336,16 @@ pub unsafe extern "C" fn smallmind_chat_export_with_options(
     out_json: *mut *mut c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `chat` is NULL or a live chat handle (# Safety of
+        // smallmind_chat_export_with_options); chat_ref turns NULL into an error.
         let chat = unsafe { chat_ref(chat) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `options_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_export_with_options); optional_str maps NULL to None.
         let options = unsafe { optional_str(options_json, "options_json") }?;
         out_arg(out_json, "out_json")?;
         let text = string_to_c(store::export(chat, options)?)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_json` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_chat_export_with_options).
         unsafe { *out_json = text };
         Ok(())
     })
@@ -339,15 +364,19 @@ pub unsafe extern "C" fn smallmind_chat_import_with_options(
     out: *mut *mut smallmind_chat,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `engine` is NULL or a live handle from smallmind_engine_create (# Safety of
+        // smallmind_chat_import_with_options); engine_ref turns NULL into an error.
         let engine = unsafe { engine_ref(engine) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_import_with_options); str_arg rejects NULL.
         let text = unsafe { str_arg(json, "json") }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `options_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_import_with_options); optional_str maps NULL to None.
         let options = unsafe { optional_str(options_json, "options_json") }?;
         out_arg(out, "out")?;
         let chat = store::import_json(Arc::clone(&engine.engine), text, options)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_chat_import_with_options).
         unsafe { *out = into_handle(chat) };
         Ok(())
     })
@@ -372,11 +401,14 @@ pub unsafe extern "C" fn smallmind_chat_save(
     options_json: *const c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `chat` is NULL or a live chat handle (# Safety of smallmind_chat_save); chat_ref
+        // turns NULL into an error.
         let chat = unsafe { chat_ref(chat) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `path` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_save); str_arg rejects NULL.
         let path = unsafe { str_arg(path, "path") }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `options_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_save); optional_str maps NULL to None.
         let options = unsafe { optional_str(options_json, "options_json") }?;
         store::save(chat, std::path::Path::new(path), options)
     })
@@ -403,11 +435,14 @@ pub unsafe extern "C" fn smallmind_chat_load(
     out: *mut *mut smallmind_chat,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `engine` is NULL or a live handle from smallmind_engine_create (# Safety of
+        // smallmind_chat_load); engine_ref turns NULL into an error.
         let engine = unsafe { engine_ref(engine) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `path` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_load); str_arg rejects NULL.
         let path = unsafe { str_arg(path, "path") }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `options_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_chat_load); optional_str maps NULL to None.
         let options = unsafe { optional_str(options_json, "options_json") }?;
         out_arg(out, "out")?;
         let chat = store::load(
@@ -415,7 +450,8 @@ pub unsafe extern "C" fn smallmind_chat_load(
             std::path::Path::new(path),
             options,
         )?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_chat_load).
         unsafe { *out = into_handle(chat) };
         Ok(())
     })

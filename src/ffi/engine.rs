@@ -49,7 +49,8 @@ pub extern "C" fn smallmind_last_error() -> *const c_char {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smallmind_string_free(s: *mut c_char) {
     if !s.is_null() {
-        // SAFETY: the caller guarantees `s` came from CString::into_raw in this library.
+        // SAFETY: `s` is non-null (checked above) and, by # Safety, an unfreed string smallmind
+        // returned; every such string comes from CString::into_raw in boundary::string_to_c.
         drop(unsafe { std::ffi::CString::from_raw(s) });
     }
 }
@@ -80,7 +81,8 @@ pub unsafe extern "C" fn smallmind_engine_create(
 ) -> smallmind_status {
     ffi_call(|| {
         out_arg(out, "out")?;
-        // SAFETY: the caller passes a valid string or NULL.
+        // SAFETY: `options_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_engine_create); str_arg rejects NULL.
         let json = unsafe { str_arg(options_json, "options_json") }.map_err(|e| {
             if options_json.is_null() {
                 e
@@ -94,11 +96,13 @@ pub unsafe extern "C" fn smallmind_engine_create(
             }
         })?;
         let options = api::parse_engine_options(json)?;
-        // SAFETY: cb is NULL or points to a callbacks struct valid for the call.
+        // SAFETY: `cb` is NULL or a valid smallmind_engine_callbacks for this call (# Safety of
+        // smallmind_engine_create); as_ref maps NULL to None.
         let callbacks = unsafe { cb.as_ref() };
         let engine = Engine::load(&options, &mut LoadCallbacks(callbacks))?;
         let handle = Box::into_raw(Box::new(smallmind_engine { engine }));
-        // SAFETY: out was checked non-null.
+        // SAFETY: out_arg rejected a NULL `out` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_engine_create).
         unsafe { *out = handle };
         Ok(())
     })
@@ -114,7 +118,8 @@ pub unsafe extern "C" fn smallmind_engine_free(engine: *mut smallmind_engine) {
     if !engine.is_null() {
         // A panic in a destructor must not unwind into C.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // SAFETY: the caller guarantees a live handle from Box::into_raw.
+            // SAFETY: `engine` is non-null (checked above) and, by # Safety, an unfreed handle from
+            // smallmind_engine_create, which made it with Box::into_raw.
             drop(unsafe { Box::from_raw(engine) });
         }));
     }
@@ -127,7 +132,8 @@ pub unsafe extern "C" fn smallmind_engine_free(engine: *mut smallmind_engine) {
 pub(crate) unsafe fn engine_ref<'a>(
     engine: *const smallmind_engine,
 ) -> Result<&'a smallmind_engine, Error> {
-    // SAFETY: per the caller's contract.
+    // SAFETY: this fn's # Safety makes `engine` NULL or a live handle, so as_ref is sound; NULL
+    // becomes the error.
     unsafe { engine.as_ref() }.ok_or_else(|| Error::invalid_argument("engine is NULL"))
 }
 
@@ -146,11 +152,13 @@ pub unsafe extern "C" fn smallmind_engine_info(
     out_json: *mut *mut c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `engine` is NULL or a live handle from smallmind_engine_create (# Safety of
+        // smallmind_engine_info); engine_ref turns NULL into an error.
         let engine = unsafe { engine_ref(engine) }?;
         out_arg(out_json, "out_json")?;
         let json = string_to_c(api::info_json(&engine.engine)?)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_json` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_engine_info).
         unsafe { *out_json = json };
         Ok(())
     })
@@ -169,13 +177,16 @@ pub unsafe extern "C" fn smallmind_engine_tokenize(
     out_json: *mut *mut c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `engine` is NULL or a live handle from smallmind_engine_create (# Safety of
+        // smallmind_engine_tokenize); engine_ref turns NULL into an error.
         let engine = unsafe { engine_ref(engine) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `request_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_engine_tokenize); str_arg rejects NULL.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_json, "out_json")?;
         let result = string_to_c(api::tokenize(&engine.engine, json)?)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_json` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_engine_tokenize).
         unsafe { *out_json = result };
         Ok(())
     })
@@ -193,13 +204,16 @@ pub unsafe extern "C" fn smallmind_engine_detokenize(
     out_json: *mut *mut c_char,
 ) -> smallmind_status {
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `engine` is NULL or a live handle from smallmind_engine_create (# Safety of
+        // smallmind_engine_detokenize); engine_ref turns NULL into an error.
         let engine = unsafe { engine_ref(engine) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `request_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_engine_detokenize); str_arg rejects NULL.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_json, "out_json")?;
         let result = string_to_c(api::detokenize(&engine.engine, json)?)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_json` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_engine_detokenize).
         unsafe { *out_json = result };
         Ok(())
     })
@@ -257,18 +271,22 @@ pub unsafe extern "C" fn smallmind_engine_complete(
 ) -> smallmind_status {
     let started_at = std::time::Instant::now();
     ffi_call(|| {
-        // SAFETY: per the function's contract.
+        // SAFETY: `engine` is NULL or a live handle from smallmind_engine_create (# Safety of
+        // smallmind_engine_complete); engine_ref turns NULL into an error.
         let engine = unsafe { engine_ref(engine) }?;
-        // SAFETY: per the function's contract.
+        // SAFETY: `request_json` is NULL or NUL-terminated and alive for this call (# Safety of
+        // smallmind_engine_complete); str_arg rejects NULL.
         let json = unsafe { str_arg(request_json, "request_json") }?;
         out_arg(out_json, "out_json")?;
         let request = api::completion_request(&engine.engine, json, started_at)?;
-        // SAFETY: cb is NULL or a table of its struct_size, valid for the call.
+        // SAFETY: `cb` is NULL or a host table readable for its struct_size bytes during this call
+        // (# Safety of smallmind_engine_complete), which is what read requires.
         let table = unsafe { smallmind_chat_callbacks::read(cb) }?;
         let mut events = RequestCallbacks::new(table, "");
         let (response, _) = api::complete(&engine.engine, &request, &mut events)?;
         let result = string_to_c(response)?;
-        // SAFETY: checked non-null.
+        // SAFETY: out_arg rejected a NULL `out_json` above, and a non-NULL one is valid for writes
+        // (# Safety of smallmind_engine_complete).
         unsafe { *out_json = result };
         Ok(())
     })

@@ -82,9 +82,9 @@ impl GgufFile {
         };
         let storage = if use_mmap {
             let file = std::fs::File::open(path).map_err(io_err)?;
-            // SAFETY: the map is read-only and private to this process. Like every mmap-based
-            // model loader, we require that the host does not truncate or rewrite the file
-            // while it is loaded; that is documented in the engine's options.
+            // SAFETY: the map is read-only (PROT_READ, MAP_SHARED) and this library never writes
+            // the file. Like every mmap-based model loader, we rely on the host not truncating
+            // or rewriting the file while it is loaded (use_mmap false reads it instead).
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
             Storage::Mapped(map)
         } else {
@@ -268,10 +268,10 @@ impl GgufFile {
         if let Storage::Mapped(map) = &self.storage {
             let (start, end) = (range.start, range.end.min(map.len()));
             if start < end {
-                // SAFETY: the map is private and read-only, so dropping its pages discards no
-                // data: every later read of these bytes faults them in again from the file,
-                // unchanged (the file must not change while mapped, as for any read of the
-                // map). The range lies inside the map.
+                // SAFETY: the map is read-only, so it has no dirty pages and dropping them loses
+                // no data: a later read faults them in again from the file, unchanged (the file
+                // must not change while mapped, as for any read of the map). The range lies
+                // inside the map: `end` was clamped to map.len() above.
                 let _ = unsafe {
                     map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,
