@@ -586,7 +586,9 @@ void smallmind_string_free(char *s);
  Loads a model. `options_json`: {"model_path" (required; UTF-8 like all JSON text, so a
  path that is not UTF-8 is reached through a symbolic link with a UTF-8 name), "threads",
  "context_length" (above the model's training context loads with a warning, sent to on_log
- and listed in `smallmind_engine_info`'s "warnings"), "kv_type": "f16"|"f32", "use_mmap",
+ and listed in `smallmind_engine_info`'s "warnings"), "kv_type": "f16"|"f32", "use_mmap"
+ (default true: the file is memory-mapped and must not be truncated or rewritten while the
+ engine lives; false reads it into memory, so the file may change),
  "vocab_only" (metadata and tokenizer only, any architecture: tokenize, detokenize, info and
  chat render work, completion and chat sends fail with INVALID_ARGUMENT), "chat_template"
  (a Jinja template replacing the file's), "kv_budget_bytes", "max_sessions", "share_prefixes"
