@@ -3,7 +3,9 @@
 //! pre-tokens cost O(n log n).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::HashMap;
 
 /// Merge rules: (left id, right id) → (rank, merged id).
 pub type MergeTable = HashMap<(u32, u32), (u32, u32)>;

@@ -3,7 +3,9 @@
 //! re-splitting unknown pieces and falling back to `<0xXX>` byte tokens.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use super::HashMap;
 
 struct Symbol<'t> {
     text: &'t str,
@@ -58,7 +60,7 @@ pub fn encode(text: &str, vocab: &Vocab<'_>, out: &mut Vec<u32>) {
     }
     let mut queue = BinaryHeap::new();
     // Merged text → the pieces it came from, to re-split pieces that are not tokens.
-    let mut history: HashMap<&str, (usize, usize)> = HashMap::new();
+    let mut history: HashMap<&str, (usize, usize)> = HashMap::default();
     let try_pair = |queue: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: usize| {
         let Some(right) = symbols[left].next else {
             return;

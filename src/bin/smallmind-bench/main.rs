@@ -29,7 +29,9 @@ use std::sync::Arc;
 
 use smallmind::chat::Chat;
 use smallmind::chat::structured::json_schema_constraint;
-use smallmind::engine::{Engine, EngineOptions, GenerationRequest, NoEvents, SilentLoad};
+use smallmind::engine::{
+    Engine, EngineOptions, GenerationRequest, LoadObserver, LogLevel, NoEvents, SilentLoad,
+};
 use smallmind::model::{ForwardScratch, KvType, Logits, Op, OpProfile};
 use smallmind::sample::{SamplingParams, TokenConstraint, TokenMask};
 
@@ -215,6 +217,45 @@ fn decode_rate(
         *picking += pick_start.elapsed();
     }
     n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// When the load reported each step: the file opened (progress 0.05), the tokenizer built
+/// (0.15), then each layer's weights (up to 0.95, repacking included).
+#[derive(Default)]
+struct LoadSteps {
+    reported: Vec<(f32, Instant)>,
+}
+
+impl LoadObserver for LoadSteps {
+    fn progress(&mut self, fraction: f32) -> bool {
+        self.reported.push((fraction, Instant::now()));
+        true
+    }
+    fn log(&mut self, _level: LogLevel, _message: &str) {}
+}
+
+impl LoadSteps {
+    fn print(&self, start: Instant, total_ms: f64) {
+        let at = |fraction: f32| {
+            self.reported
+                .iter()
+                .find(|(f, _)| *f >= fraction - 1e-6)
+                .map_or(total_ms, |(_, t)| (*t - start).as_secs_f64() * 1000.0)
+        };
+        let (file, tokenizer) = (at(0.05), at(0.15));
+        let weights = self
+            .reported
+            .iter()
+            .rfind(|(f, _)| *f <= 0.95 + 1e-6)
+            .map_or(total_ms, |(_, t)| (*t - start).as_secs_f64() * 1000.0);
+        eprintln!(
+            "  load: open and parse the file {file:.1} ms, tokenizer {:.1} ms, weights (repacking \
+             included) {:.1} ms, the rest {:.1} ms",
+            tokenizer - file,
+            weights - tokenizer,
+            total_ms - weights
+        );
+    }
 }
 
 /// Where the time of a profiled run went, per part of the forward pass.
@@ -480,7 +521,8 @@ fn main() -> ExitCode {
         options.threads = Some(threads);
         options.kv_type = args.kv_type;
         let load_start = Instant::now();
-        let engine = match Engine::load(&options, &mut SilentLoad) {
+        let mut load_steps = LoadSteps::default();
+        let engine = match Engine::load(&options, &mut load_steps) {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("{e}");
@@ -537,6 +579,7 @@ fn main() -> ExitCode {
         }
         eprintln!("threads {threads}: load {load_ms:.0} ms");
         if args.profile {
+            load_steps.print(load_start, load_ms);
             let profiled = || {
                 let mut scratch = ForwardScratch::default();
                 scratch.profile = Some(OpProfile::default());
