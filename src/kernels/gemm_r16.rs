@@ -25,7 +25,7 @@ use std::arch::x86_64::*;
 
 use super::ThreadPool;
 use super::cpu::Avx512Vnni;
-use crate::quant::{BlockQ8_0, BlockQ8_1, GgmlType};
+use crate::quant::{BlockQ8_0, BlockQ8_1, BlockQ8_K, GgmlType};
 
 /// Rows per interleaved group.
 pub(crate) const GROUP_ROWS: usize = 16;
@@ -33,6 +33,8 @@ pub(crate) const GROUP_ROWS: usize = 16;
 const BLOCK: usize = 32;
 /// Activation rows whose outputs are accumulated in registers together.
 const MAX_BATCH_TILE: usize = 8;
+/// The same for Q4_K, whose tiles keep two integer sums per activation row besides it.
+const MAX_Q4K_TILE: usize = 4;
 /// Activation rows kept hot in cache while a thread's weight groups pass over them.
 const BATCH_BLOCK: usize = 64;
 
@@ -43,6 +45,8 @@ pub enum Format {
     Q4_1,
     Q5_0,
     Q8_0,
+    /// 256-element blocks of eight 32-element sub-blocks with 6-bit scales and mins.
+    Q4K,
 }
 
 impl Format {
@@ -53,10 +57,21 @@ impl Format {
             GgmlType::Q4_1 => Self::Q4_1,
             GgmlType::Q5_0 => Self::Q5_0,
             GgmlType::Q8_0 => Self::Q8_0,
+            GgmlType::Q4_K => Self::Q4K,
             _ => return None,
         };
-        (rows.is_multiple_of(GROUP_ROWS) && cols.is_multiple_of(BLOCK) && cols > 0)
+        (rows.is_multiple_of(GROUP_ROWS)
+            && cols.is_multiple_of(format.block_elements())
+            && cols > 0)
             .then_some(format)
+    }
+
+    /// Elements per block.
+    const fn block_elements(self) -> usize {
+        match self {
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q8_0 => BLOCK,
+            Self::Q4K => 256,
+        }
     }
 
     /// The activation type ggml pairs with the weight type.
@@ -64,6 +79,7 @@ impl Format {
         match self {
             Self::Q4_1 => GgmlType::Q8_1,
             Self::Q4_0 | Self::Q5_0 | Self::Q8_0 => GgmlType::Q8_0,
+            Self::Q4K => GgmlType::Q8_K,
         }
     }
 
@@ -74,29 +90,39 @@ impl Format {
             Self::Q4_1 => 20,
             Self::Q5_0 => 22,
             Self::Q8_0 => 34,
+            Self::Q4K => 144,
         }
     }
 
-    /// Bytes of one block of one group (16 rows × 32 elements and their scales).
+    /// Bytes of one block of one group (16 rows × a block's elements and their scales).
     const fn group_block_bytes(self) -> usize {
         match self {
             Self::Q4_0 => 256 + 32,
             Self::Q4_1 => 256 + 64,
             Self::Q5_0 => 256 + 64 + 32,
             Self::Q8_0 => 512 + 32,
+            Self::Q4K => Q4K_QUANTS + 2 * Q4K_SCALES + 64,
         }
     }
 
-    /// The unsigned shift of the stored quants (q + 8, q + 16, q + 128; Q4_1 has none).
+    /// The unsigned shift of the stored quants (q + 8, q + 16, q + 128; Q4_1 and Q4_K have
+    /// none, their mins are a separate term).
     const fn shift(self) -> i32 {
         match self {
             Self::Q4_0 => 8,
             Self::Q4_1 => 0,
             Self::Q5_0 => 16,
             Self::Q8_0 => 128,
+            Self::Q4K => 0,
         }
     }
 }
+
+/// Q4_K group block: the 16 rows' nibbles, eight 32-element sub-blocks laid out as a Q4_0
+/// block each (256 bytes), then the 6-bit scales as bytes, sub-block-major (scale of row i
+/// in sub-block s at 16s + i), the mins the same way, then 16 f16 d and 16 f16 dmin.
+const Q4K_QUANTS: usize = 8 * 256;
+const Q4K_SCALES: usize = 8 * 16;
 
 /// Format ids for const generics (enums cannot be const parameters on stable Rust); kernels
 /// turn the id back into a [`Format`] at compile time with `const { format_of(FMT) }`.
@@ -104,6 +130,7 @@ const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
 const Q5_0: u8 = 2;
 const Q8_0: u8 = 3;
+const Q4K: u8 = 4;
 
 /// The format of a kernel id; any other id fails to compile where a kernel uses it.
 const fn format_of(id: u8) -> Format {
@@ -112,6 +139,7 @@ const fn format_of(id: u8) -> Format {
         Q4_1 => Format::Q4_1,
         Q5_0 => Format::Q5_0,
         Q8_0 => Format::Q8_0,
+        Q4K => Format::Q4K,
         _ => panic!("not an interleaved format id"),
     }
 }
@@ -129,15 +157,19 @@ pub struct PackedMatrix {
     len: usize,
 }
 
-/// Matrices at least this large get their own anonymous mapping, which the OS may back with
-/// 2 MiB pages.
+/// The transparent huge page size of x86-64.
 const HUGE_PAGE_BYTES: usize = 2 << 20;
+/// Matrices at least this large (the vocabulary matrices: 30 MB for SmolLM2, 178 MB for
+/// Gemma 3) get their own anonymous mapping, which the OS may back with huge pages.
+/// Measured on a 2-vCPU VM: decode up to ~20 % faster with SmolLM2's output matrix on huge
+/// pages, but every huge page costs far more at its first touch than 512 small ones (the host
+/// backs it afresh), so the many smaller layer matrices stay on small pages to keep the
+/// load short.
+const HUGE_PAGE_MATRIX_BYTES: usize = 16 << 20;
 
 /// A repacked matrix's bytes. A large one lives in an anonymous mapping advised for
-/// transparent huge pages: repacking then takes a page fault per 2 MiB instead of per 4 KiB,
-/// and the kernels streaming it miss the TLB 512 times less often. Small ones (most layer
-/// matrices of a small model) stay on the heap, where a whole huge page each would waste
-/// memory.
+/// transparent huge pages, where the kernels streaming it miss the TLB 512 times less often;
+/// the others stay on the heap.
 enum PackedBytes {
     Mapped(memmap2::MmapMut),
     Heap(Vec<u8>),
@@ -146,7 +178,7 @@ enum PackedBytes {
 impl PackedBytes {
     /// `len` zero bytes.
     fn zeroed(len: usize) -> Self {
-        if len >= HUGE_PAGE_BYTES {
+        if len >= HUGE_PAGE_MATRIX_BYTES {
             // A whole number of huge pages, so the kernel places the mapping on a 2 MiB
             // boundary; the unused tail is never touched and never resident.
             if let Ok(map) = memmap2::MmapOptions::new()
@@ -190,6 +222,9 @@ impl std::fmt::Debug for PackedMatrix {
 /// reference for [`pack_group_fast`].
 #[cfg(test)]
 fn pack_group(format: Format, source: &[u8], out: &mut [u8]) {
+    if format == Format::Q4K {
+        return pack_group_q4k(source, out);
+    }
     let gbb = format.group_block_bytes();
     let row_bytes = source.len() / GROUP_ROWS;
     let block_bytes = row_bytes / (out.len() / gbb);
@@ -205,6 +240,7 @@ fn pack_group(format: Format, source: &[u8], out: &mut [u8]) {
                 quants[64 * v + 4 * i..64 * v + 4 * i + 4].copy_from_slice(&bytes.to_le_bytes())
             };
             let nibbles = match format {
+                Format::Q4K => unreachable!("packed by pack_group_q4k"),
                 Format::Q8_0 => {
                     for k in 0..8 {
                         put(quants, k, word(&block[2 + 4 * k..]) ^ 0x8080_8080);
@@ -243,10 +279,69 @@ fn pack_group(format: Format, source: &[u8], out: &mut [u8]) {
     }
 }
 
+/// Writes 32 elements (values 0..=15) of row `i` into a Q4_0-layout block of 16 rows
+/// (`quants`, 256 bytes): byte t of lane i of vector m holds element 8m + t in its low nibble
+/// and 8m + 4 + t in its high nibble.
+fn put_nibble_block(quants: &mut [u8], i: usize, q: &[u8; 32]) {
+    for m in 0..4 {
+        for t in 0..4 {
+            quants[64 * m + 4 * i + t] = q[8 * m + t] | (q[8 * m + 4 + t] << 4);
+        }
+    }
+}
+
+/// Repacks one group of Q4_K rows (see [`Q4K_QUANTS`] for the layout).
+fn pack_group_q4k(source: &[u8], out: &mut [u8]) {
+    let gbb = Format::Q4K.group_block_bytes();
+    let row_bytes = source.len() / GROUP_ROWS;
+    for (j, out) in out.chunks_exact_mut(gbb).enumerate() {
+        let (quants, rest) = out.split_at_mut(Q4K_QUANTS);
+        let (scales, rest) = rest.split_at_mut(Q4K_SCALES);
+        let (mins, halves) = rest.split_at_mut(Q4K_SCALES);
+        for i in 0..GROUP_ROWS {
+            let block = &source[i * row_bytes + j * 144..][..144];
+            halves[2 * i..2 * i + 2].copy_from_slice(&block[0..2]);
+            halves[32 + 2 * i..32 + 2 * i + 2].copy_from_slice(&block[2..4]);
+            let sm: &[u8; 12] = block[4..16].try_into().expect("12 scale bytes");
+            let qs = &block[16..144];
+            for sub in 0..8 {
+                let (sc, m) = q4k_scale_min(sub, sm);
+                scales[16 * sub + i] = sc;
+                mins[16 * sub + i] = m;
+                // Sub-blocks 2c and 2c + 1 are the low and high nibbles of bytes 32c..32c + 32.
+                let bytes = &qs[32 * (sub / 2)..32 * (sub / 2) + 32];
+                let q: [u8; 32] = std::array::from_fn(|e| {
+                    if sub % 2 == 0 {
+                        bytes[e] & 0x0f
+                    } else {
+                        bytes[e] >> 4
+                    }
+                });
+                put_nibble_block(&mut quants[256 * sub..256 * sub + 256], i, &q);
+            }
+        }
+    }
+}
+
+/// The 6-bit scale and min of sub-block `j` of a Q4_K block (ggml's get_scale_min_k4).
+fn q4k_scale_min(j: usize, s: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        (
+            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
+    }
+}
+
 /// [`pack_group`] with AVX-512 gathers: lane i of a gather reads row i's 4 bytes at one place
 /// of its block, so each vector of the layout is one gather and a few logical operations
 /// (the scalar form spends most of the load time of a model).
 fn pack_group_fast(_cpu: Avx512Vnni, format: Format, source: &[u8], out: &mut [u8]) {
+    if format == Format::Q4K {
+        return pack_group_q4k(source, out);
+    }
     let gbb = format.group_block_bytes();
     let blocks = out.len() / gbb;
     let row_bytes = blocks * format.block_bytes();
@@ -295,11 +390,12 @@ unsafe fn pack_group_avx512(format: Format, source: &[u8], row_bytes: usize, out
                     }
                     512
                 }
+                Format::Q4K => unreachable!("packed by pack_group_q4k"),
                 Format::Q4_0 | Format::Q4_1 | Format::Q5_0 => {
                     let nibbles_at = match format {
                         Format::Q4_0 => 2,
                         Format::Q4_1 => 4,
-                        Format::Q5_0 | Format::Q8_0 => 6,
+                        Format::Q5_0 | Format::Q8_0 | Format::Q4K => 6,
                     };
                     // Vector m takes words a, b = dwords 2(m % 2), 2(m % 2) + 1 of the nibbles:
                     // low nibbles of both for m < 2, high nibbles for m ≥ 2.
@@ -366,7 +462,7 @@ impl PackedMatrix {
         data: &[u8],
         release: &mut dyn FnMut(std::ops::Range<usize>),
     ) -> Self {
-        let blocks = cols / BLOCK;
+        let blocks = cols / format.block_elements();
         let row_bytes = blocks * format.block_bytes();
         assert_eq!(
             data.len(),
@@ -423,6 +519,8 @@ pub struct Activations {
     sums: Vec<i32>,
     /// (rows, blocks): s = d · Σq as stored (Q8_1 only; the Q4_1 min term).
     offset: Vec<f32>,
+    /// (rows, blocks, 8): Σq of each 32-element sub-block (Q8_K only; the Q4_K min term).
+    sub_sums: Vec<i32>,
     rows: usize,
     blocks: usize,
     /// Bytes of one quantized activation row and where its first block's quants begin.
@@ -433,16 +531,17 @@ pub struct Activations {
 
 impl Activations {
     /// Reads the blocks of `rows` activation rows of `cols` elements, already quantized to
-    /// `act_ty` (Q8_0 or Q8_1; `quantized` is rows × row bytes). One fill serves every
+    /// `act_ty` (Q8_0, Q8_1 or Q8_K; `quantized` is rows × row bytes). One fill serves every
     /// format whose activation type is `act_ty`.
     pub fn fill(&mut self, act_ty: GgmlType, quantized: &[u8], rows: usize, cols: usize) {
-        let blocks = cols / BLOCK;
+        let blocks = cols / act_ty.block_elements();
         self.rows = rows;
         self.blocks = blocks;
         self.row_bytes = quantized.len() / rows.max(1);
         self.scale.clear();
         self.sums.clear();
         self.offset.clear();
+        self.sub_sums.clear();
         let f16 = |b: [u8; 2]| half::f16::from_le_bytes(b).to_f32();
         match act_ty {
             GgmlType::Q8_1 => {
@@ -458,6 +557,15 @@ impl Activations {
                 for b in bytemuck::cast_slice::<u8, BlockQ8_0>(quantized) {
                     self.scale.push(f16(b.d));
                     self.sums.push(b.qs.iter().map(|&q| q as i32).sum::<i32>());
+                }
+            }
+            GgmlType::Q8_K => {
+                (self.block_bytes, self.quants_at) = (292, 4);
+                for b in bytemuck::cast_slice::<u8, BlockQ8_K>(quantized) {
+                    self.scale.push(b.d());
+                    self.sums.push((0..16).map(|g| b.bsum(g)).sum());
+                    self.sub_sums
+                        .extend((0..8).map(|sub| b.bsum(2 * sub) + b.bsum(2 * sub + 1)));
                 }
             }
             other => panic!("no interleaved kernel reads activations of type {other}"),
@@ -485,7 +593,7 @@ pub unsafe fn matmul_groups(
     let act_ty = w.format.activation_type();
     let act_row_bytes = act_ty.row_bytes(w.cols as u64).map(|b| b as usize);
     assert_eq!(
-        acts.blocks * BLOCK,
+        acts.blocks * w.format.block_elements(),
         w.cols,
         "activations of the matrix's width"
     );
@@ -506,6 +614,7 @@ pub unsafe fn matmul_groups(
     );
     assert_eq!(acts.sums.len(), acts.rows * acts.blocks, "a sum per block");
     assert!(act_ty != GgmlType::Q8_1 || acts.offset.len() == acts.scale.len());
+    assert!(act_ty != GgmlType::Q8_K || acts.sub_sums.len() == 8 * acts.scale.len());
     assert!(
         groups.end * GROUP_ROWS <= w.rows,
         "groups inside the matrix"
@@ -519,6 +628,7 @@ pub unsafe fn matmul_groups(
             Format::Q4_1 => groups_of::<Q4_1>(w.cpu, w, groups, quantized, acts, out),
             Format::Q5_0 => groups_of::<Q5_0>(w.cpu, w, groups, quantized, acts, out),
             Format::Q8_0 => groups_of::<Q8_0>(w.cpu, w, groups, quantized, acts, out),
+            Format::Q4K => groups_of::<Q4K>(w.cpu, w, groups, quantized, acts, out),
         }
     }
 }
@@ -540,18 +650,29 @@ unsafe fn groups_of<const FMT: u8>(
             let group = &data[g * group_bytes..(g + 1) * group_bytes];
             let mut b0 = first_row;
             while b0 < end_row {
-                let n = MAX_BATCH_TILE.min(end_row - b0);
                 macro_rules! tile {
-                    ($($c:literal)*) => {
-                        match n {
-                            $($c => tile::<FMT, $c>(group, quantized, acts, b0, g, w.rows, out),)*
-                            _ => unreachable!("tiles hold 1..=8 activation rows"),
+                    ($kernel:ident, $n:expr, $($c:literal)*) => {
+                        match $n {
+                            $($c => $kernel::<FMT, $c>(group, quantized, acts, b0, g, w.rows, out),)*
+                            _ => unreachable!("tiles hold 1..={} activation rows", $n),
                         }
                     };
                 }
-                // SAFETY: the group's bytes and rows b0..b0 + n of the activations exist;
-                // the caller owns these outputs.
-                unsafe { tile!(1 2 3 4 5 6 7 8) };
+                let n = match const { format_of(FMT) } {
+                    Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q8_0 => {
+                        let n = MAX_BATCH_TILE.min(end_row - b0);
+                        // SAFETY: the group's bytes and rows b0..b0 + n of the activations
+                        // exist (asserted by matmul_groups); the caller owns these outputs.
+                        unsafe { tile!(tile, n, 1 2 3 4 5 6 7 8) };
+                        n
+                    }
+                    Format::Q4K => {
+                        let n = MAX_Q4K_TILE.min(end_row - b0);
+                        // SAFETY: as above.
+                        unsafe { tile!(tile_q4k, n, 1 2 3 4) };
+                        n
+                    }
+                };
                 b0 += n;
             }
         }
@@ -585,12 +706,13 @@ unsafe fn tile<const FMT: u8, const C: usize>(
         for j in 0..blocks {
             let base = group.as_ptr().add(j * gbb);
             let mut wq = [_mm512_setzero_si512(); 8];
-            let scales_at = if FMT == Q8_0 {
+            let scales_at = if format == Format::Q8_0 {
                 for (k, v) in wq.iter_mut().enumerate() {
                     *v = _mm512_loadu_si512(base.add(64 * k).cast());
                 }
                 512
             } else {
+                debug_assert!(format != Format::Q4K, "Q4_K runs tile_q4k");
                 for m in 0..4 {
                     let v = _mm512_loadu_si512(base.add(64 * m).cast());
                     wq[2 * m] = _mm512_and_si512(v, nibble_mask);
@@ -641,6 +763,85 @@ unsafe fn tile<const FMT: u8, const C: usize>(
     }
 }
 
+/// [`tile`] for Q4_K: per sub-block, the 16 rows' nibbles are unpacked once and dotted with
+/// every activation row's 32 quants; the integer sums take the rows' 6-bit scales, and the
+/// mins' term Σ min · (Σq of the sub-block) is summed apart; both meet d and dmin once per
+/// 256-element block. Inlined into `groups_of`, which enables its features.
+#[inline(always)]
+unsafe fn tile_q4k<const FMT: u8, const C: usize>(
+    group: &[u8],
+    quantized: &[u8],
+    acts: &Activations,
+    b0: usize,
+    g: usize,
+    n_rows: usize,
+    out: *mut f32,
+) {
+    let gbb = Format::Q4K.group_block_bytes();
+    let blocks = acts.blocks;
+    debug_assert_eq!(group.len(), blocks * gbb);
+    debug_assert!((b0 + C) * acts.row_bytes <= quantized.len());
+    // SAFETY: every pointer below stays inside `group` (blocks × gbb bytes) or inside rows
+    // b0..b0 + C of `quantized` and of the per-block activation arrays (asserted by
+    // matmul_groups for every row); the CPU features are enabled by the caller.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); C];
+        let nibble_mask = _mm512_set1_epi8(0x0f);
+        for j in 0..blocks {
+            let base = group.as_ptr().add(j * gbb);
+            let mut scaled = [_mm512_setzero_si512(); C];
+            let mut min_sums = [_mm512_setzero_si512(); C];
+            for sub in 0..8 {
+                let quants = base.add(256 * sub);
+                let mut wq = [_mm512_setzero_si512(); 8];
+                for m in 0..4 {
+                    let v = _mm512_loadu_si512(quants.add(64 * m).cast());
+                    wq[2 * m] = _mm512_and_si512(v, nibble_mask);
+                    wq[2 * m + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble_mask);
+                }
+                let scale =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(base.add(Q4K_QUANTS + 16 * sub).cast()));
+                let min = _mm512_cvtepu8_epi32(_mm_loadu_si128(
+                    base.add(Q4K_QUANTS + Q4K_SCALES + 16 * sub).cast(),
+                ));
+                for c in 0..C {
+                    let row = b0 + c;
+                    let a = quantized.as_ptr().add(
+                        row * acts.row_bytes + j * acts.block_bytes + acts.quants_at + 32 * sub,
+                    );
+                    let mut isum = _mm512_setzero_si512();
+                    for (k, &v) in wq.iter().enumerate() {
+                        let four = a.add(4 * k).cast::<i32>().read_unaligned();
+                        isum = _mm512_dpbusd_epi32(isum, v, _mm512_set1_epi32(four));
+                    }
+                    scaled[c] = _mm512_add_epi32(scaled[c], _mm512_mullo_epi32(isum, scale));
+                    let sub_sum = *acts.sub_sums.get_unchecked((row * blocks + j) * 8 + sub);
+                    min_sums[c] = _mm512_add_epi32(
+                        min_sums[c],
+                        _mm512_mullo_epi32(min, _mm512_set1_epi32(sub_sum)),
+                    );
+                }
+            }
+            let halves = base.add(Q4K_QUANTS + 2 * Q4K_SCALES);
+            let d_w = _mm512_cvtph_ps(_mm256_loadu_si256(halves.cast()));
+            let dmin_w = _mm512_cvtph_ps(_mm256_loadu_si256(halves.add(32).cast()));
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let d_a = _mm512_set1_ps(*acts.scale.get_unchecked((b0 + c) * blocks + j));
+                *acc =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(scaled[c]), _mm512_mul_ps(d_w, d_a), *acc);
+                *acc = _mm512_fnmadd_ps(
+                    _mm512_cvtepi32_ps(min_sums[c]),
+                    _mm512_mul_ps(dmin_w, d_a),
+                    *acc,
+                );
+            }
+        }
+        for (c, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add((b0 + c) * n_rows + g * GROUP_ROWS), *acc);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,6 +860,7 @@ mod tests {
                 Format::Q4_1 => GgmlType::Q4_1,
                 Format::Q5_0 => GgmlType::Q5_0,
                 Format::Q8_0 => GgmlType::Q8_0,
+                Format::Q4K => unreachable!("Q4_K packs without gathers"),
             };
             for cols in [32usize, 96, 576] {
                 let mut source = Vec::new();

@@ -303,6 +303,10 @@ fn fusable_formats(
     use super::gemm_vnni::Format;
     let first = weights.first()?;
     let cpu = super::cpu::Avx512Vbmi::detect()?;
+    // A repacked matrix is read repacked: its file pages were dropped at load.
+    if weights.iter().any(|w| w.packed.is_some()) {
+        return None;
+    }
     let formats: Option<Vec<Format>> = weights
         .iter()
         .map(|w| Format::of(w.ty, w.cols).filter(|_| w.cols == first.cols))
@@ -448,7 +452,7 @@ mod tests {
 mod fast_against_reference {
     use super::*;
     use crate::kernels::Kernels;
-    use crate::kernels::test_data::values;
+    use crate::kernels::test_data::{random_k_rows, values};
 
     /// Every weight type our code can quantize, on the widths that take the VNNI kernels
     /// (512) and the AVX2 dot products (96), as in the file (67 rows) and repacked (80 rows),
@@ -469,17 +473,35 @@ mod fast_against_reference {
                 GgmlType::BF16,
                 GgmlType::F32,
             ];
-            for cols in [96, 512] {
-                for ty in types {
-                    let mut data = Vec::new();
-                    quant::quantize_row(ty, &values(rows * cols, 5, 0.5), &mut data).unwrap();
+            // K-quant rows are random bytes with sane scales (our quantizer has no K types).
+            let k_cases = [
+                (GgmlType::Q4_K, 256),
+                (GgmlType::Q4_K, 768),
+                (GgmlType::Q6_K, 512),
+            ];
+            let cases = [96, 512]
+                .into_iter()
+                .flat_map(|cols| types.map(|ty| (ty, cols)))
+                .chain(k_cases);
+            for (ty, cols) in cases {
+                {
+                    let data = match ty {
+                        GgmlType::Q4_K => random_k_rows(ty, rows, cols, 5, &[0, 2]),
+                        GgmlType::Q6_K => random_k_rows(ty, rows, cols, 5, &[208]),
+                        _ => {
+                            let mut data = Vec::new();
+                            quant::quantize_row(ty, &values(rows * cols, 5, 0.5), &mut data)
+                                .unwrap();
+                            data
+                        }
+                    };
                     let packed = repack(&fast, ty, rows, cols, &data, &mut |_| {});
                     #[cfg(target_arch = "x86_64")]
                     if crate::kernels::cpu::Avx512Vnni::detect().is_some() {
                         let repackable = matches!(
                             ty,
                             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0
-                        );
+                        ) || (ty == GgmlType::Q4_K && cols % 256 == 0);
                         assert_eq!(
                             packed.is_some(),
                             repackable && rows % 16 == 0,
