@@ -283,20 +283,6 @@ impl GgufFile {
         }
     }
 
-    /// Asks the OS to map the pages holding `range` of a mapped file now, in one call, so a
-    /// pass over them (repacking) does not stop at a page fault every few pages; a file read
-    /// into memory is already there. Failure (an old kernel) only loses the speed-up.
-    pub fn prefault_pages(&self, range: std::ops::Range<usize>) {
-        if let Storage::Mapped(map) = &self.storage {
-            let (start, end) = (range.start, range.end.min(map.len()));
-            // memmap2 widens the range to whole pages.
-            #[cfg(target_os = "linux")]
-            if start < end {
-                let _ = map.advise_range(memmap2::Advice::PopulateRead, start, end - start);
-            }
-        }
-    }
-
     pub fn file_len(&self) -> u64 {
         self.bytes().len() as u64
     }

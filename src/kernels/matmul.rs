@@ -38,18 +38,6 @@ pub fn repack(
     None
 }
 
-/// Whether [`repack`] repacks a matrix of this type and shape on this CPU.
-pub fn repacks(ty: GgmlType, rows: usize, cols: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if super::cpu::Avx512Vnni::detect().is_some()
-        && super::gemm_r16::Format::of(ty, rows, cols).is_some()
-    {
-        return true;
-    }
-    let _ = (ty, rows, cols);
-    false
-}
-
 /// Buffers reused between calls so the decode loop does not allocate.
 #[derive(Debug, Default)]
 pub struct MatmulScratch {

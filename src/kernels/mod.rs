@@ -21,7 +21,7 @@ mod simd_x86;
 mod test_data;
 
 pub use attention::{AttentionShape, KvRows, KvSlice, attention};
-pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many, repack, repacks};
+pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many, repack};
 
 /// A weight matrix repacked at load for the fastest kernel (16 interleaved rows).
 #[cfg(target_arch = "x86_64")]

@@ -49,9 +49,6 @@ impl Matrix {
         // Pages are released up to the last one read whole; the last, shared with whatever
         // follows the tensor, when the matrix is done.
         let mut released = start / PAGE_BYTES * PAGE_BYTES;
-        if kernels::repacks(self.ty, self.rows, self.cols) {
-            file.prefault_pages(start..end);
-        }
         let packed = kernels::repack(
             pool,
             self.ty,
