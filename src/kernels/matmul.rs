@@ -15,26 +15,38 @@ pub struct WeightView<'a> {
     pub packed: Option<&'a PackedMatrix>,
 }
 
-/// `data` (rows × row bytes of `ty`, as in the file) repacked for the fastest kernel, when
-/// the CPU and the type have one; `release(range)` is told each stretch of `data` once it has
-/// been read, so the caller can drop those pages from memory as it goes.
-pub fn repack(
-    pool: &ThreadPool,
-    ty: GgmlType,
-    rows: usize,
-    cols: usize,
-    data: &[u8],
-    release: &mut dyn FnMut(std::ops::Range<usize>),
-) -> Option<PackedMatrix> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(cpu) = super::cpu::Avx512Vnni::detect()
-        && let Some(format) = super::gemm_r16::Format::of(ty, rows, cols)
-    {
-        return Some(PackedMatrix::pack(
-            cpu, pool, format, rows, cols, data, release,
-        ));
+/// The repacked matrices of one model, back to back in one allocation: none on other CPUs.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug, Default)]
+pub struct PackedArena;
+
+#[cfg(not(target_arch = "x86_64"))]
+impl PackedArena {
+    pub fn with_capacity(_capacity: usize) -> Self {
+        Self
     }
-    let _ = (pool, ty, rows, cols, data, release);
+
+    /// Nothing is repacked on other CPUs.
+    pub fn repack(
+        &mut self,
+        _pool: &ThreadPool,
+        _ty: GgmlType,
+        _rows: usize,
+        _cols: usize,
+        _data: &[u8],
+        _release: &mut dyn FnMut(std::ops::Range<usize>),
+    ) -> bool {
+        false
+    }
+
+    pub fn into_matrices(self) -> Vec<PackedMatrix> {
+        Vec::new()
+    }
+}
+
+/// Nothing is repacked on other CPUs.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn packed_len(_ty: GgmlType, _rows: usize, _cols: usize) -> Option<usize> {
     None
 }
 
@@ -439,8 +451,8 @@ mod tests {
 #[cfg(test)]
 mod fast_against_reference {
     use super::*;
-    use crate::kernels::Kernels;
     use crate::kernels::test_data::{random_k_rows, values};
+    use crate::kernels::{Kernels, PackedArena, packed_len};
 
     /// Every weight type our code can quantize, on the widths that take the VNNI kernels
     /// (512) and the AVX2 dot products (96), as in the file (67 rows) and repacked (80 rows),
@@ -483,7 +495,10 @@ mod fast_against_reference {
                             data
                         }
                     };
-                    let packed = repack(&fast, ty, rows, cols, &data, &mut |_| {});
+                    let mut arena =
+                        PackedArena::with_capacity(packed_len(ty, rows, cols).unwrap_or(0));
+                    arena.repack(&fast, ty, rows, cols, &data, &mut |_| {});
+                    let packed = arena.into_matrices().pop();
                     #[cfg(target_arch = "x86_64")]
                     if crate::kernels::cpu::Avx512Vnni::detect().is_some() {
                         let repackable = matches!(

@@ -21,15 +21,17 @@ mod simd_x86;
 mod test_data;
 
 pub use attention::{AttentionShape, KvRows, KvSlice, attention};
-pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many, repack};
+pub use matmul::{MatmulScratch, WeightView, matmul, matmul_many};
 
 /// A weight matrix repacked at load for the fastest kernel (16 interleaved rows).
 #[cfg(target_arch = "x86_64")]
-pub use gemm_r16::PackedMatrix;
+pub use gemm_r16::{PackedArena, PackedMatrix, packed_len};
 /// Nothing repacks on other CPUs.
 #[cfg(not(target_arch = "x86_64"))]
 #[derive(Debug)]
 pub enum PackedMatrix {}
+#[cfg(not(target_arch = "x86_64"))]
+pub use matmul::{PackedArena, packed_len};
 pub use ops::{
     RopeStyle, add_in_place, gated_activation, gelu_tanh, rms_norm, rms_norm_in_place, rope,
     rope_table, rope_with_table, silu, softmax_in_place,

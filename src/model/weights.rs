@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Hyperparams, ModelError};
 use crate::gguf::{GgufFile, TensorInfo};
-use crate::kernels::{self, PackedMatrix, ThreadPool, WeightView};
+use crate::kernels::{self, PackedArena, PackedMatrix, ThreadPool, WeightView};
 
 /// The memory map's page size (the OS drops pages whole).
 const PAGE_BYTES: usize = 4096;
@@ -40,16 +40,15 @@ impl Matrix {
         }
     }
 
-    /// Repacks the matrix for the fastest kernel when there is one for the CPU and type,
-    /// dropping the file's pages from memory as they are read (the embedding lookup reads
-    /// the file's rows again, faulting in only those).
-    fn repack(&mut self, pool: &ThreadPool) {
-        let file = Arc::clone(&self.file);
+    /// Repacks the matrix into `arena` when the CPU and type have a faster kernel for
+    /// another layout (false otherwise), dropping the file's pages from memory as they are
+    /// read (the embedding lookup reads the file's rows again, faulting in only those).
+    fn repack_into(&self, arena: &mut PackedArena, pool: &ThreadPool) -> bool {
         let (start, end) = (self.offset, self.offset + self.len);
         // Pages are released up to the last one read whole; the last, shared with whatever
         // follows the tensor, when the matrix is done.
         let mut released = start / PAGE_BYTES * PAGE_BYTES;
-        let packed = kernels::repack(
+        let repacked = arena.repack(
             pool,
             self.ty,
             self.rows,
@@ -58,15 +57,16 @@ impl Matrix {
             &mut |read| {
                 let upto = (start + read.end) / PAGE_BYTES * PAGE_BYTES;
                 if upto > released {
-                    file.release_pages(released..upto);
+                    self.file.release_pages(released..upto);
                     released = upto;
                 }
             },
         );
-        if packed.is_some() {
-            file.release_pages(released..end.next_multiple_of(PAGE_BYTES));
+        if repacked {
+            self.file
+                .release_pages(released..end.next_multiple_of(PAGE_BYTES));
         }
-        self.packed = packed.map(Arc::new);
+        repacked
     }
 
     /// Bytes of the repacked copy (0 if none).
@@ -209,15 +209,6 @@ impl Weights {
         let (n_embd, q_dim, kv_dim, n_ff) = (hp.n_embd, hp.q_dim(), hp.kv_dim(), hp.n_ff);
         let mut token_embd = l.matrix("token_embd.weight", hp.n_vocab, n_embd)?;
         let mut output = l.optional_matrix("output.weight", hp.n_vocab, n_embd)?;
-        if let Some(pool) = repack_on {
-            // The embedding is only looked up by row; as the tied output matrix it is read
-            // whole for every token.
-            match &mut output {
-                Some(output) => output.repack(pool),
-                None => token_embd.repack(pool),
-            }
-        }
-        let output = output.unwrap_or_else(|| token_embd.clone());
         let output_norm = l.vector("output_norm.weight", n_embd)?;
         let rope_freqs = l.optional_vector("rope_freqs.weight", hp.rope_dims / 2)?;
 
@@ -273,24 +264,23 @@ impl Weights {
                     None
                 },
             });
-            if let Some(pool) = repack_on {
-                let layer = layers.last_mut().expect("pushed above");
-                for m in [
-                    &mut layer.wq,
-                    &mut layer.wk,
-                    &mut layer.wv,
-                    &mut layer.wo,
-                    &mut layer.w_gate,
-                    &mut layer.w_up,
-                    &mut layer.w_down,
-                ] {
-                    m.repack(pool);
+        }
+        match repack_on {
+            Some(pool) => {
+                // The embedding is only looked up by row; as the tied output matrix it is
+                // read whole for every token.
+                let vocabulary = output.as_mut().unwrap_or(&mut token_embd);
+                repack(pool, vocabulary, &mut layers, progress)?;
+            }
+            None => {
+                for il in 0..hp.n_layer {
+                    if !progress(il + 1, hp.n_layer) {
+                        return Err(ModelError::LoadAborted);
+                    }
                 }
             }
-            if !progress(il + 1, hp.n_layer) {
-                return Err(ModelError::LoadAborted);
-            }
         }
+        let output = output.unwrap_or_else(|| token_embd.clone());
         Ok(Self {
             token_embd,
             layers,
@@ -299,4 +289,55 @@ impl Weights {
             rope_freqs,
         })
     }
+}
+
+impl LayerWeights {
+    fn matrices_mut(&mut self) -> [&mut Matrix; 7] {
+        [
+            &mut self.wq,
+            &mut self.wk,
+            &mut self.wv,
+            &mut self.wo,
+            &mut self.w_gate,
+            &mut self.w_up,
+            &mut self.w_down,
+        ]
+    }
+}
+
+/// Repacks on `pool`, into one arena, the vocabulary matrix and every layer's matrices that
+/// the fastest kernels read in another layout; `progress` is told after each layer.
+fn repack(
+    pool: &ThreadPool,
+    vocabulary: &mut Matrix,
+    layers: &mut [LayerWeights],
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<(), ModelError> {
+    let packed_len = |m: &Matrix| kernels::packed_len(m.ty, m.rows, m.cols).unwrap_or(0);
+    let capacity = packed_len(vocabulary)
+        + layers
+            .iter_mut()
+            .flat_map(|layer| layer.matrices_mut())
+            .map(|m| packed_len(m))
+            .sum::<usize>();
+    let mut arena = PackedArena::with_capacity(capacity);
+    let mut repacked = vec![vocabulary.repack_into(&mut arena, pool)];
+    let n_layer = layers.len();
+    for (il, layer) in layers.iter_mut().enumerate() {
+        for m in layer.matrices_mut() {
+            repacked.push(m.repack_into(&mut arena, pool));
+        }
+        if !progress(il + 1, n_layer) {
+            return Err(ModelError::LoadAborted);
+        }
+    }
+    let mut packed = arena.into_matrices().into_iter().map(Arc::new);
+    let matrices =
+        std::iter::once(vocabulary).chain(layers.iter_mut().flat_map(|layer| layer.matrices_mut()));
+    for (m, repacked) in matrices.zip(repacked) {
+        if repacked {
+            m.packed = packed.next();
+        }
+    }
+    Ok(())
 }
