@@ -198,8 +198,8 @@ enum PackedBytes {
 }
 
 impl PackedBytes {
-    /// `len` zero bytes.
-    fn zeroed(len: usize) -> Self {
+    /// `len` zero bytes, or None when the system has not that much memory to give.
+    fn zeroed(len: usize) -> Option<Self> {
         if len >= HUGE_PAGE_BYTES {
             // A whole number of huge pages, so the kernel places the mapping on a 2 MiB
             // boundary; the unused tail past the last huge page touched is never resident.
@@ -209,10 +209,14 @@ impl PackedBytes {
             {
                 #[cfg(target_os = "linux")]
                 let _ = map.advise(memmap2::Advice::HugePage);
-                return Self::Mapped(map);
+                return Some(Self::Mapped(map));
             }
         }
-        Self::Heap(vec![0; len])
+        // A failed allocation would abort the host process; a failed reservation is an error.
+        let mut bytes = Vec::new();
+        bytes.try_reserve_exact(len).ok()?;
+        bytes.resize(len, 0);
+        Some(Self::Heap(bytes))
     }
 
     fn as_slice(&self) -> &[u8] {
@@ -238,13 +242,14 @@ pub fn packed_len(ty: GgmlType, rows: usize, cols: usize) -> Option<usize> {
 }
 
 impl PackedArena {
-    /// An arena for matrices of `capacity` bytes in all (the sum of their [`packed_len`]s).
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self {
-            bytes: PackedBytes::zeroed(capacity),
+    /// An arena for matrices of `capacity` bytes in all (the sum of their [`packed_len`]s),
+    /// or None when the system has not that much memory to give.
+    pub fn with_capacity(capacity: usize) -> Option<Self> {
+        Some(Self {
+            bytes: PackedBytes::zeroed(capacity)?,
             used: 0,
             matrices: Vec::new(),
-        }
+        })
     }
 
     /// Repacks `rows` rows of `cols` elements of `ty`, as stored in the file (`data` is
@@ -915,6 +920,16 @@ mod tests {
     use super::*;
     use crate::kernels::test_data::values;
     use crate::quant;
+
+    /// A model whose repacked weights exceed what the system can give is an error for the
+    /// caller, not an allocation failure that aborts the process.
+    #[test]
+    fn an_arena_larger_than_memory_is_refused_not_an_abort() {
+        assert!(PackedArena::with_capacity(1 << 60).is_none());
+        let arena = PackedArena::with_capacity(3 << 20).expect("3 MiB");
+        assert_eq!(arena.bytes.as_slice().len(), 4 << 20, "whole huge pages");
+        assert!(arena.bytes.as_slice().iter().all(|&b| b == 0));
+    }
 
     #[test]
     fn gathered_packing_is_byte_identical_to_the_scalar_packing() {

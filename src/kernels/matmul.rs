@@ -22,8 +22,8 @@ pub struct PackedArena;
 
 #[cfg(not(target_arch = "x86_64"))]
 impl PackedArena {
-    pub fn with_capacity(_capacity: usize) -> Self {
-        Self
+    pub fn with_capacity(_capacity: usize) -> Option<Self> {
+        Some(Self)
     }
 
     /// Nothing is repacked on other CPUs.
@@ -496,7 +496,8 @@ mod fast_against_reference {
                         }
                     };
                     let mut arena =
-                        PackedArena::with_capacity(packed_len(ty, rows, cols).unwrap_or(0));
+                        PackedArena::with_capacity(packed_len(ty, rows, cols).unwrap_or(0))
+                            .unwrap();
                     arena.repack(&fast, ty, rows, cols, &data, &mut |_| {});
                     let packed = arena.into_matrices().pop();
                     #[cfg(target_arch = "x86_64")]

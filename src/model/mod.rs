@@ -39,6 +39,10 @@ pub enum ModelError {
         max: usize,
     },
     LoadAborted,
+    /// The system refused the memory for the repacked weights.
+    OutOfMemory {
+        bytes: usize,
+    },
 }
 
 impl fmt::Display for ModelError {
@@ -83,6 +87,12 @@ impl fmt::Display for ModelError {
                 )
             }
             Self::LoadAborted => write!(f, "loading was cancelled by the progress callback"),
+            Self::OutOfMemory { bytes } => write!(
+                f,
+                "the weights repacked for this CPU's fastest kernels need {} MiB, which the \
+                 system could not provide; free memory or load a smaller model",
+                bytes.div_ceil(1 << 20)
+            ),
         }
     }
 }

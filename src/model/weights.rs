@@ -320,7 +320,8 @@ fn repack(
             .flat_map(|layer| layer.matrices_mut())
             .map(|m| packed_len(m))
             .sum::<usize>();
-    let mut arena = PackedArena::with_capacity(capacity);
+    let mut arena =
+        PackedArena::with_capacity(capacity).ok_or(ModelError::OutOfMemory { bytes: capacity })?;
     let mut repacked = vec![vocabulary.repack_into(&mut arena, pool)];
     let n_layer = layers.len();
     for (il, layer) in layers.iter_mut().enumerate() {
